@@ -1,0 +1,196 @@
+"""Networks only: the convolutional tower and the weighted-L1 twin head (Koch et al. 2015).
+
+A :class:`ModelSpec` describes an architecture completely; named presets live in ``MODELS``.
+The twins are *not* two modules: ``siamax.api`` applies one tower params tree to both images
+with ``jax.vmap`` over the twin axis.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from siamax import layers
+
+ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "none": lambda x: x}
+INITS = ("koch", "lecun")
+CONV_IMPLS = ("xla", "matmul")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything ``siamax`` needs to know about an architecture.
+
+    Hashable, so it can ride along as static data in a params pytree and in ``jax.jit`` caches.
+    ``init="koch"`` is the paper's initialisation (conv N(0, 0.01), fc/head N(0, 0.2), biases
+    N(0.5, 0.01)); ``"lecun"`` (LeCun-normal fc/head, He-normal convs, zero biases) trains small
+    models faster on CPU.
+    """
+
+    input_size: int = 105
+    filters: tuple[int, ...] = (64, 128, 128, 256)
+    kernels: tuple[int, ...] = (10, 7, 4, 4)
+    pools: tuple[bool, ...] = (True, True, True, False)
+    padding: str = "VALID"
+    fc_units: int = 4096
+    fc_activation: str = "sigmoid"
+    init: str = "koch"
+    dtype: str = "float32"  # compute dtype; parameters always stay float32
+    conv_impl: str = "xla"  # "matmul": patches + one matmul per layer (faster on CPU, same maths)
+
+    def __post_init__(self):
+        object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
+        object.__setattr__(self, "kernels", tuple(int(k) for k in self.kernels))
+        object.__setattr__(self, "pools", tuple(bool(p) for p in self.pools))
+        n = len(self.filters)
+        if n == 0 or len(self.kernels) != n or len(self.pools) != n:
+            raise ValueError(
+                f"filters, kernels and pools need one entry per conv layer, got "
+                f"{len(self.filters)}, {len(self.kernels)}, {len(self.pools)}")
+        if self.padding not in ("VALID", "SAME"):
+            raise ValueError(f"padding must be 'VALID' or 'SAME', got {self.padding!r}")
+        for name, value, allowed in (("fc_activation", self.fc_activation, tuple(ACTIVATIONS)),
+                                     ("init", self.init, INITS), ("conv_impl", self.conv_impl, CONV_IMPLS),
+                                     ("dtype", self.dtype, DTYPES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.fc_units < 1 or self.input_size < 1:
+            raise ValueError("fc_units and input_size must be positive")
+        self.feature_shape  # fails early if the image shrinks to nothing
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """Names of the layers that own a weight matrix, in order (used for per-layer optimisation)."""
+        return tuple(f"conv{i + 1}" for i in range(len(self.filters))) + ("fc", "head")
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the last conv block's output, i.e. what the fc layer flattens."""
+        size = self.input_size
+        for k, pool in zip(self.kernels, self.pools):
+            if self.padding == "VALID":
+                size = size - k + 1
+            if pool:
+                size //= 2
+            if size < 1:
+                raise ValueError(f"input_size {self.input_size} is too small for kernels {self.kernels} "
+                                 f"with pools {self.pools}")
+        return size, size, self.filters[-1]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.fc_units
+
+    def replace(self, **changes: Any) -> "ModelSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown ModelSpec fields {sorted(unknown)}; valid: {sorted(fields)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+MODELS: dict[str, ModelSpec] = {
+    # The paper's network: 38,951,745 parameters.
+    "paper": ModelSpec(),
+    # CPU-sized: four 3x3 blocks of 64 filters on 28x28 images (Omniglot downsampled), as in the
+    # few-shot literature, plus the paper's sigmoid fc embedding and weighted-L1 head.
+    "small": ModelSpec(input_size=28, filters=(64, 64, 64, 64), kernels=(3, 3, 3, 3),
+                       pools=(True, True, True, True), padding="SAME", fc_units=256, init="lecun"),
+    # The paper's reduced network for MNIST transfer (OPEN in the paper): Omniglot downsampled 3x to
+    # 35x35, the paper's layer pattern with smaller kernels.
+    "reduced35": ModelSpec(input_size=35, filters=(64, 128, 128, 256), kernels=(4, 3, 3, 2),
+                           pools=(True, True, False, False), padding="VALID", fc_units=1024, init="lecun"),
+}
+
+
+def get_spec(model: str | ModelSpec) -> ModelSpec:
+    if isinstance(model, ModelSpec):
+        return model
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; known models: {sorted(MODELS)} (or pass a ModelSpec)")
+    return MODELS[model]
+
+
+def _inits(spec: ModelSpec, kind: str):
+    """(kernel_init, bias_init) for a layer kind ("conv" or "dense")."""
+    if spec.init == "koch":
+        std = 0.01 if kind == "conv" else 0.2
+        bias = lambda key, shape, dtype=jnp.float32: 0.5 + 0.01 * jax.random.normal(key, shape, dtype)
+        return nn.initializers.normal(std), bias
+    kernel = nn.initializers.he_normal() if kind == "conv" else nn.initializers.lecun_normal()
+    return kernel, nn.initializers.zeros
+
+
+class Conv(nn.Module):
+    """Stride-1 2D convolution whose implementation (XLA conv or patches+matmul) is selectable."""
+
+    features: int
+    kernel_size: int
+    padding: str
+    impl: str
+    dtype: Any
+    kernel_init: Any
+    bias_init: Any
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", self.bias_init, (self.features,))
+        y = layers.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.padding, impl=self.impl)
+        return y + bias.astype(self.dtype)
+
+
+class Siamese(nn.Module):
+    """Tower + head. ``embed`` maps images to embeddings; ``logit`` compares two embeddings."""
+
+    spec: ModelSpec
+
+    def setup(self):
+        s = self.spec
+        dtype = jnp.dtype(s.dtype)
+        conv_k, conv_b = _inits(s, "conv")
+        dense_k, dense_b = _inits(s, "dense")
+        self.convs = [Conv(f, k, s.padding, s.conv_impl, dtype, conv_k, conv_b, name=f"conv{i + 1}")
+                      for i, (f, k) in enumerate(zip(s.filters, s.kernels))]
+        self.fc = nn.Dense(s.fc_units, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="fc")
+        # The head's weights alpha_j weight |h1_j - h2_j|; it is initialised like an fc layer.
+        self.head = nn.Dense(1, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="head")
+
+    def embed(self, x):
+        """(B, S, S, 1) float model input -> (B, D) float32 embeddings."""
+        for conv, pool in zip(self.convs, self.spec.pools):
+            x = nn.relu(conv(x))
+            if pool:
+                x = layers.max_pool_2x2(x)
+        x = x.reshape(x.shape[0], -1)
+        return ACTIVATIONS[self.spec.fc_activation](self.fc(x)).astype(jnp.float32)
+
+    def logit(self, e1, e2):
+        """Weighted L1 distance plus bias: (B, D), (B, D) -> (B,) logits (float32)."""
+        return self.head(jnp.abs(e1 - e2))[..., 0].astype(jnp.float32)
+
+    def __call__(self, x1, x2):  # only used to create the parameters
+        return self.logit(self.embed(x1), self.embed(x2))
+
+
+def param_count(spec: ModelSpec) -> int:
+    """Parameter count from the spec alone (no initialisation needed)."""
+    count, cin = 0, 1
+    for f, k in zip(spec.filters, spec.kernels):
+        count += k * k * cin * f + f
+        cin = f
+    count += math.prod(spec.feature_shape) * spec.fc_units + spec.fc_units
+    return count + spec.fc_units + 1
