@@ -103,7 +103,7 @@ def _train_step(state: TrainState, batch: Mapping, rng: jax.Array):
     weights = optax.apply_updates(state.params.weights, updates)
     new_state = state.replace(step=state.step + 1, params=state.params.replace(weights=weights),
                               opt_state=opt_state)
-    metrics = {"loss": loss, **aux, "grad_norm": optax.global_norm(grads), "finite": jnp.isfinite(loss)}
+    metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads), "finite": jnp.isfinite(loss)}
     return new_state, metrics
 
 
