@@ -71,6 +71,10 @@ def _to_float(x) -> jax.Array:
     dtype = jnp.dtype(x.dtype)
     if dtype == jnp.uint8:
         return jnp.asarray(x, jnp.float32) / 255.0
+    if dtype == jnp.bool_:
+        # A select, not a convert: numpy bool arrays may hold byte 255 for True (Omniglot's npz
+        # does), and XLA's bool->float convert then yields 255.0 inside jit.
+        return jnp.where(jnp.asarray(x), 1.0, 0.0).astype(jnp.float32)
     return jnp.asarray(x).astype(jnp.float32)
 
 

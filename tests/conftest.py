@@ -4,3 +4,44 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+
+# ---- Data fixtures (siamax.data). The raw archives: $SIAMAX_DATA_DIR, defaulting to the project's
+# shared/data next to the checkout. Prepared TFDS datasets: $SIAMAX_TFDS_DIR if set, else a fresh
+# per-session temporary folder, so every test session exercises preparation from scratch.
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+os.environ.setdefault("SIAMAX_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def siamax_data_dir():
+    path = Path(os.environ["SIAMAX_DATA_DIR"])
+    if not path.is_dir():
+        pytest.skip(f"no data: SIAMAX_DATA_DIR={path} does not exist")
+    return path
+
+
+@pytest.fixture(scope="session")
+def siamax_tfds_dir(tmp_path_factory):
+    return Path(os.environ.get("SIAMAX_TFDS_DIR") or tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def omniglot(siamax_data_dir, siamax_tfds_dir):
+    from siamax.data import load_omniglot
+    return load_omniglot(siamax_data_dir, siamax_tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist(siamax_data_dir, siamax_tfds_dir):
+    from siamax.data import load_mnist
+    return load_mnist(siamax_data_dir, siamax_tfds_dir)
+
+
+@pytest.fixture(scope="session")
+def lake(siamax_data_dir):
+    from siamax.data import lake_runs
+    return lake_runs(siamax_data_dir)

@@ -107,6 +107,16 @@ def test_preprocess_resizes_and_inverts(params):
     siamax.score(params, x, x)  # the output is exactly what score takes
 
 
+def test_bool_images_with_nonstandard_true_bytes(params):
+    """numpy bools stored as byte 255 (as in Omniglot's npz) must still mean exactly 1.0, under jit too."""
+    raw = np.random.default_rng(0).random((2, 16, 16)) < 0.5
+    odd = (raw.view(np.uint8) * 255).view(bool)
+    expected = siamax.preprocess(params, raw, ink="dark")
+    got = jax.jit(lambda x: siamax.preprocess(params, x, ink="dark"))(odd)
+    chex.assert_trees_all_close(got, expected, atol=1e-6)
+    chex.assert_trees_all_close(jax.jit(siamax.score)(params, odd, odd), siamax.score(params, raw, raw), rtol=1e-6)
+
+
 def test_preprocess_bad_input(params):
     with pytest.raises(ValueError, match="ink"):
         siamax.preprocess(params, np.zeros((2, 20, 20)), ink="black")

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 
 from siamax.data import _paths
+from siamax.data.omniglot import canonical_bool
 from siamax.data.tasks import Task
 
 # (alphabet, drawer of the training (support) images, drawer of the test (query) images) per run,
@@ -29,7 +30,7 @@ LAKE_DRAWERS = tuple(sorted({d for _, a, b in LAKE_RUNS for d in (a, b)}))  # 1.
 def _png(zf: zipfile.ZipFile, name: str) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(io.BytesIO(zf.read(name))) as im:
-    return np.asarray(im.convert("1"), dtype=bool)
+    return canonical_bool(np.asarray(im.convert("1")))
 
 
 def lake_runs(data_dir=None) -> list[Task]:

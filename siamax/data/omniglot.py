@@ -120,6 +120,17 @@ class Omniglot:
 _PNG_PATH = re.compile(r"(?:^|/)([^/]+)/character(\d+)/(\d{4})_(\d{2})\.png$")
 
 
+def canonical_bool(x: np.ndarray) -> np.ndarray:
+  """A bool array whose bytes are exactly 0/1.
+
+  Why: PIL's 1-bit PNGs (and the npz files made from them) come out as numpy bool arrays whose
+  True bytes are 0xFF. NumPy tolerates that, but JAX copies the raw bytes, and under ``jit``
+  ``x.astype(float32)`` then yields 255, not 1. Every bool array siamax hands out is canonical.
+  """
+  x = np.asarray(x)
+  return x.view(np.uint8) != 0 if x.dtype == bool else x != 0
+
+
 def read_png_zip(path: str | Path):
   """Yield ``(alphabet, character_nn, char_id, drawer, image)`` for every PNG in an official zip.
 
@@ -132,7 +143,7 @@ def read_png_zip(path: str | Path):
       if m is None:
         continue
       with Image.open(io.BytesIO(zf.read(name))) as im:
-        image = np.asarray(im.convert("1"), dtype=bool)
+        image = canonical_bool(np.asarray(im.convert("1")))
       yield m[1], int(m[2]), int(m[3]), int(m[4]), image
 
 
@@ -162,7 +173,7 @@ def _from_npz(path: Path, official_set: str) -> np.ndarray:
     raise ValueError(f"{path}: unexpected images {images.dtype}{images.shape}")
   if not (labels == np.arange(n)[:, None]).all():
     raise ValueError(f"{path}: labels[c, d] != c")
-  return images
+  return canonical_bool(images)
 
 
 _NPZ = ["omniglot_background_npz", "omniglot_evaluation_npz"]
@@ -276,13 +287,14 @@ def read_records(builder, split: str, fields: dict[str, tuple], batch: int = 819
       feature = tf_example_pb2.Example.FromString(record).features.feature
       for k, (shape, dtype) in fields.items():
         if shape:
-          out[k][i] = np.frombuffer(zlib.decompress(feature[k].bytes_list.value[0]), dtype).reshape(shape)
+          value = np.frombuffer(zlib.decompress(feature[k].bytes_list.value[0]), dtype).reshape(shape)
+          out[k][i] = canonical_bool(value) if dtype == bool else value
         else:
           out[k][i] = feature[k].int64_list.value[0]
   if n:
     first = builder.as_data_source(split=split)[0]
     for k in fields:
-      if not np.array_equal(np.asarray(first[k]), out[k][0]):
+      if not np.array_equal(np.asarray(first[k]) != 0, out[k][0] != 0):
         raise RuntimeError(f"fast record parsing disagrees with TFDS on feature {k!r}")
   return out
 
