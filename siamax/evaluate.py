@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import chex
 import jax
@@ -97,11 +97,6 @@ def _embed_raw(params, raw, ink):
 def _score_rows(params, emb, i1, i2):
   import siamax  # pylint: disable=g-import-not-at-top
   return siamax.score_embeddings(params, emb[i1], emb[i2])
-
-
-def _padded_chunks(n: int, size: int):
-  for lo in range(0, n, size):
-    yield lo, min(n, lo + size)
 
 
 def embed_images(params, images: np.ndarray, *, ink: str, batch_size: int = 256) -> jax.Array:

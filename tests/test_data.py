@@ -64,6 +64,12 @@ def test_alphabet_table_matches_every_small_zip_png(omniglot, siamax_data_dir):
   assert n == 2720 + 3120
 
 
+def test_zip_reader_checks_table_and_completeness(siamax_data_dir):
+  path = _paths.locate(["omniglot_small1_zip"], siamax_data_dir)["omniglot_small1_zip"]
+  with pytest.raises(ValueError, match="16560 of the 19280 images are missing"):
+    og._from_zip(path, "background")  # 2720 PNGs read and matched to the table, the rest absent
+
+
 def test_load_is_fast_once_prepared(omniglot, siamax_data_dir, siamax_tfds_dir):
   og._load_omniglot.cache_clear()
   t = time.perf_counter()
@@ -127,6 +133,14 @@ def test_missing_folder_names_setting_folder_and_files(tmp_path):
   with pytest.raises(FileNotFoundError, match="all_runs.zip"):
     D.lake_runs(missing)
   assert not (tmp_path / "tfds" / "siamax_omniglot" / "1.0.0").exists()
+
+
+def test_offline_download_fails_fast(tmp_path, monkeypatch):
+  monkeypatch.setattr(og, "_online", lambda: False)
+  with pytest.raises(FileNotFoundError, match="not reachable") as e:
+    D.load_omniglot(tmp_path / "empty", tmp_path / "tfds")
+  assert "images_evaluation.zip" in str(e.value) and "images_evaluation.npz" in str(e.value)
+  assert not any(p.name == "1.0.0" or "incomplete" in p.name for p in (tmp_path / "tfds").rglob("*"))
 
 
 def test_missing_file_names_it(tmp_path, siamax_data_dir):

@@ -180,6 +180,11 @@ _NPZ = ["omniglot_background_npz", "omniglot_evaluation_npz"]
 _ZIP = ["omniglot_background_zip", "omniglot_evaluation_zip"]
 
 
+def _zip_list(source_dir) -> str:
+  root = _paths.data_dir(source_dir)
+  return "\n".join(f"  {root / _paths.ARCHIVES[n].relpath}" for n in _ZIP)
+
+
 def _source_arrays(source_dir, dl_manager, download: bool) -> dict[str, np.ndarray]:
   """Both official sets as arrays, from the npz files, the official zips, or a download."""
   if _paths.available(_NPZ, source_dir):
@@ -191,14 +196,27 @@ def _source_arrays(source_dir, dl_manager, download: bool) -> dict[str, np.ndarr
   missing = _paths.missing_error(_paths.data_dir(source_dir), _NPZ)
   if not download or dl_manager is None:
     raise missing
+  if not _online():  # TFDS's downloader would retry for minutes on an offline machine
+    raise FileNotFoundError(f"{missing}\nor the official zips instead:\n{_zip_list(source_dir)}\n"
+                            "and github.com is not reachable, so they cannot be downloaded either")
   try:  # Online fallback: the official archives, checked against their published sha256.
     paths = dl_manager.download({n: _paths.OMNIGLOT_URLS[n] for n in _ZIP})
   except Exception as e:  # pylint: disable=broad-except
-    raise FileNotFoundError(f"{missing}\n(or the official zips {_ZIP}); downloading them "
-                            f"failed: {e}") from e
+    raise FileNotFoundError(f"{missing}\nor the official zips instead:\n{_zip_list(source_dir)}\n"
+                            f"and downloading them failed: {e}") from e
   for n in _ZIP:
     _paths.verify(paths[n], _paths.ARCHIVES[n].sha256)
   return {s: _from_zip(Path(paths[n]), s) for s, n in zip(SETS, _ZIP)}
+
+
+def _online(host: str = "github.com", timeout: float = 3.0) -> bool:
+  """Whether ``host`` accepts a TCP connection within ``timeout`` seconds."""
+  import socket  # pylint: disable=g-import-not-at-top
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,14 +114,14 @@ def check(splits: Splits) -> None:
     expected = _split(s, sp.alphabets, sp.drawers).char_ids
     if sorted(sp.char_ids) != sorted(expected):
       raise ValueError(f"{s}: character ids do not match its alphabets")
-  for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
-    both = set(splits[a].alphabets) & set(splits[b].alphabets)
-    if both:
-      raise ValueError(f"alphabets {sorted(both)} are in both {a} and {b}")
   for s in ("train", "validation"):
     lake = set(splits[s].alphabets) & set(LAKE_ALPHABETS)
     if lake:
       raise ValueError(f"Lake's test alphabets {sorted(lake)} may not be used for {s}")
+  for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+    both = set(splits[a].alphabets) & set(splits[b].alphabets)
+    if both:
+      raise ValueError(f"alphabets {sorted(both)} are in both {a} and {b}")
   both = set(splits.train.drawers) & set(splits.validation.drawers)
   if both:
     raise ValueError(f"drawers {sorted(both)} are in both train and validation")
