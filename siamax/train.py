@@ -7,15 +7,22 @@ as static fields, so one compiled step serves a whole run.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+import tqdm
 
-from siamax import api, losses
+from siamax import api, checkpoint, losses
 from siamax.model import Siamese
+
+
+KINDS = ("pairs", "all_pairs", "episodic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,17 +34,22 @@ class Objective:
     ``kind="all_pairs"``: a batch is ``{"x": (B, S, S), "labels": (B,)}``; each image goes through
     the tower once and the head is trained on all B(B-1)/2 pairs among them, same and different
     pairs weighted equally. Same Siamese scorer, B(B-1)/2 pairs for B tower passes.
+    ``kind="episodic"``: the same batch as "all_pairs"; each image is a query whose candidates are
+    all other images of the batch, and the loss is the softmax cross-entropy of picking a same-class
+    candidate by the head's logits (the one-shot decision rule, trained directly), plus
+    ``pair_weight`` times the balanced all-pairs cross-entropy, which keeps p calibrated.
     ``augment``: apply the paper's random affine distortion to every image inside the step.
     ``l2``: per-layer L2 weights lambda_j as ((layer, lambda), ...).
     """
 
     kind: str = "pairs"
     augment: bool = False
+    pair_weight: float = 1.0
     l2: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
-        if self.kind not in ("pairs", "all_pairs"):
-            raise ValueError(f"objective kind must be 'pairs' or 'all_pairs', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"objective kind must be one of {KINDS}, got {self.kind!r}")
 
 
 @flax.struct.dataclass
@@ -61,37 +73,53 @@ def _distort(rng, x):
     return augment.distort(rng, x)
 
 
-def _logits_and_labels(spec, weights, objective: Objective, batch: Mapping, rng):
-    """-> (logits, labels, pair_weights or None) for the objective's pairs."""
-    if objective.kind == "pairs":
-        x1 = api.model_input(spec, batch["x1"], "x1")
-        x2 = api.model_input(spec, batch["x2"], "x2")
-        if objective.augment:
-            k1, k2 = jax.random.split(rng)
-            x1 = _distort(k1, x1[..., 0])[..., None]
-            x2 = _distort(k2, x2[..., 0])[..., None]
-        return api.twin_logits(spec, weights, x1, x2), batch["y"], None
+def _pairs_loss(spec, weights, batch, augment, rng):
+    x1 = api.model_input(spec, batch["x1"], "x1")
+    x2 = api.model_input(spec, batch["x2"], "x2")
+    if augment:
+        k1, k2 = jax.random.split(rng)
+        x1 = _distort(k1, x1[..., 0])[..., None]
+        x2 = _distort(k2, x2[..., 0])[..., None]
+    logits, labels = api.twin_logits(spec, weights, x1, x2), batch["y"]
+    ce = losses.pair_cross_entropy(logits, labels)
+    accuracy = ((logits > 0) == (labels > 0.5)).mean()
+    return ce, accuracy
+
+
+def _in_batch_loss(spec, weights, objective: Objective, batch, rng):
+    """All B(B-1)/2 pairs of one batch of labelled images, each image through the tower once."""
     x = api.model_input(spec, batch["x"], "x")
     if objective.augment:
         x = _distort(rng, x[..., 0])[..., None]
     e = api._embed(spec, weights, x)
-    labels = batch["labels"]
     b = x.shape[0]
-    i, j = jnp.triu_indices(b, k=1)
-    logits = Siamese(spec).apply({"params": weights}, e[i], e[j], method="logit")
-    same = (labels[i] == labels[j]).astype(jnp.float32)
-    n_same = jnp.maximum(same.sum(), 1.0)
-    n_diff = jnp.maximum((1.0 - same).sum(), 1.0)
-    pair_weights = same / n_same + (1.0 - same) / n_diff
-    return logits, same, pair_weights
+    # Logit matrix (B, B): the head is symmetric in its two inputs, so one matrix serves both roles.
+    logits = Siamese(spec).apply({"params": weights}, jnp.repeat(e, b, axis=0), jnp.tile(e, (b, 1)),
+                                 method="logit").reshape(b, b)
+    labels = batch["labels"]
+    same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+    off_diag = 1.0 - jnp.eye(b)
+    pos, neg = same * off_diag, (1.0 - same)
+    # Same and different pairs weigh equally, however few same pairs a batch has.
+    pair_weights = pos / jnp.maximum(pos.sum(), 1.0) + neg / jnp.maximum(neg.sum(), 1.0)
+    ce = losses.pair_cross_entropy(logits, same, pair_weights)
+    accuracy = (((logits > 0) == (same > 0.5)) * pair_weights).sum() / pair_weights.sum()
+    if objective.kind == "all_pairs":
+        return ce, accuracy
+    masked = jnp.where(off_diag > 0, logits, -jnp.inf)
+    has_pos = pos.sum(1) > 0
+    log_p_same = (jax.nn.logsumexp(jnp.where(pos > 0, logits, -jnp.inf), axis=1)
+                  - jax.nn.logsumexp(masked, axis=1))
+    episodic = -jnp.sum(jnp.where(has_pos, log_p_same, 0.0)) / jnp.maximum(has_pos.sum(), 1)
+    return episodic + objective.pair_weight * ce, accuracy
 
 
 def loss_fn(weights, spec, objective: Objective, batch: Mapping, rng):
-    logits, labels, pair_weights = _logits_and_labels(spec, weights, objective, batch, rng)
-    ce = losses.pair_cross_entropy(logits, labels, pair_weights)
+    if objective.kind == "pairs":
+        ce, accuracy = _pairs_loss(spec, weights, batch, objective.augment, rng)
+    else:
+        ce, accuracy = _in_batch_loss(spec, weights, objective, batch, rng)
     l2 = losses.l2_penalty(weights, dict(objective.l2))
-    correct = ((logits > 0) == (labels > 0.5)).astype(jnp.float32)
-    accuracy = correct.mean() if pair_weights is None else (correct * pair_weights).sum() / pair_weights.sum()
     return ce + l2, {"cross_entropy": ce, "l2": l2, "accuracy": accuracy}
 
 
@@ -113,3 +141,111 @@ train_step.__doc__ = """(state, batch, rng) -> (state, metrics). Pure; jitted on
 ``metrics``: loss, cross_entropy, l2, accuracy (of the batch's pairs, thresholded at p = 0.5),
 grad_norm and ``finite`` (False when the loss is NaN or infinite: the caller must stop and keep its
 last good checkpoint)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch loop: checkpoints, resumption, early stopping. It knows nothing of layers.
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
+
+
+def _checkpoint_tree(state: TrainState) -> dict:
+    return {"step": state.step, "weights": state.params.weights, "opt_state": state.opt_state}
+
+
+def _log_lines(path: Path, keep_before_epoch: int) -> None:
+    """Drop log lines of epochs the checkpoint does not cover (written just before a crash)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines()
+             if line.strip() and json.loads(line)["epoch"] < keep_before_epoch]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def fit(state: TrainState, sampler, *, epochs: int, patience: int, validate: Callable[[api.Params], float],
+        workdir: Path, seed: int, place_batch: Callable = lambda b: b, lr_of: Callable | None = None,
+        progress: bool = True) -> tuple[TrainState, dict]:
+    """Train for up to ``epochs`` epochs of ``sampler.steps_per_epoch`` steps, early-stopping on
+    ``validate(params)`` (higher is better; validation data only) with ``patience`` epochs.
+
+    Resumes from ``workdir``'s latest checkpoint when there is one: batches and step keys depend
+    only on (seed, step), so the result equals an uninterrupted run. Each epoch appends a line to
+    ``workdir/metrics.jsonl``; the latest and the best (by validation) checkpoints are kept.
+    Returns (final state, summary), where summary has the best epoch and accuracy.
+    """
+    workdir = Path(workdir)
+    latest, best = checkpoint.managers(workdir)
+    meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
+    if latest.latest_step() is not None:
+        tree, meta = checkpoint.restore(latest, _checkpoint_tree(state))
+        state = state.replace(step=tree["step"], params=state.params.replace(weights=tree["weights"]),
+                              opt_state=tree["opt_state"])
+        print(f"resuming from {workdir / 'checkpoints' / 'latest'}: epoch {meta['epoch']}, step {int(state.step)}")
+    log_path = workdir / "metrics.jsonl"
+    _log_lines(log_path, meta["epoch"])
+    step_key = jax.random.fold_in(jax.random.key(seed), 1)
+    spe = sampler.steps_per_epoch
+    bar = tqdm.tqdm(total=epochs * spe, initial=meta["epoch"] * spe, unit="step", disable=not progress,
+                    dynamic_ncols=True, smoothing=0.05)
+    epoch = meta["epoch"]
+    stopped = lambda: patience and meta["bad_epochs"] >= patience  # noqa: E731 (0 = never stop early)
+    while epoch < epochs and not stopped():
+        t0 = time.perf_counter()
+        sums, finite = None, jnp.asarray(True)
+        for i in range(spe):
+            step = epoch * spe + i
+            state, m = train_step(state, place_batch(sampler.batch(step)), jax.random.fold_in(step_key, step))
+            finite = finite & m["finite"]
+            sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+            if (i + 1) % 25 == 0 or i + 1 == spe:
+                if not bool(finite):
+                    break
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(m['loss']):.4f}",
+                                pairs_s=f"{(i + 1) * sampler.pairs_per_step / elapsed:,.0f}")
+                bar.update(i + 1 - (bar.n - epoch * spe))
+        if not bool(finite):
+            bar.close()
+            raise NonFiniteLoss(
+                f"the loss became NaN or infinite during epoch {epoch + 1}. Training stopped; the last good "
+                f"checkpoint (end of epoch {meta['epoch']}) and the best one (epoch {meta['best_epoch'] + 1}) are "
+                f"in {workdir / 'checkpoints'}. Lower the learning rate (e.g. --learning-rate) and start again in "
+                f"a new --workdir.")
+        seconds = time.perf_counter() - t0
+        val = float(validate(state.params))
+        improved = val > meta["best_accuracy"]
+        means = {k: float(v) / spe for k, v in sums.items() if k != "finite"}
+        meta = {"epoch": epoch + 1, "train_seconds": meta["train_seconds"] + seconds,
+                "best_accuracy": val if improved else meta["best_accuracy"],
+                "best_epoch": epoch if improved else meta["best_epoch"],
+                "bad_epochs": 0 if improved else meta["bad_epochs"] + 1}
+        record = {"epoch": epoch, "step": int(state.step), **means, "val_accuracy": val,
+                  "best_val_accuracy": meta["best_accuracy"], "seconds": seconds,
+                  "pairs_per_s": spe * sampler.pairs_per_step / seconds,
+                  "images_per_s": spe * sampler.images_per_step / seconds,
+                  **(lr_of(state.opt_state) if lr_of else {})}
+        with log_path.open("a") as f:  # before the checkpoint: a resume trims lines it does not cover
+            f.write(json.dumps(record) + "\n")
+        tree = _checkpoint_tree(state)
+        if improved:
+            checkpoint.save(best, epoch + 1, tree, meta)
+        checkpoint.save(latest, epoch + 1, tree, meta)
+        bar.write(f"epoch {epoch + 1}: loss {means['loss']:.4f}  val one-shot {val:.2%}"
+                  f"{'  (best)' if improved else ''}  {record['pairs_per_s']:,.0f} pairs/s")
+        epoch += 1
+        if stopped():
+            bar.write(f"early stopping: no validation improvement for {patience} epochs")
+            break
+    bar.close()
+    return state, meta
+
+
+def restore_best(state: TrainState, workdir: Path) -> api.Params:
+    """The parameters of the best (by validation) checkpoint in ``workdir``."""
+    _, best = checkpoint.managers(Path(workdir))
+    if best.latest_step() is None:
+        raise FileNotFoundError(f"no best checkpoint in {Path(workdir) / 'checkpoints' / 'best'}")
+    tree, _ = checkpoint.restore(best, _checkpoint_tree(state))
+    return state.params.replace(weights=tree["weights"])
