@@ -18,7 +18,7 @@ from siamax import layers
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "none": lambda x: x}
 INITS = ("koch", "lecun")
-CONV_IMPLS = ("xla", "matmul")
+CONV_IMPLS = ("auto", "xla", "matmul", "fft", "hybrid")  # see siamax.layers
 DTYPES = ("float32", "bfloat16")
 
 
@@ -41,7 +41,9 @@ class ModelSpec:
     fc_activation: str = "sigmoid"
     init: str = "koch"
     dtype: str = "float32"  # compute dtype; parameters always stay float32
-    conv_impl: str = "xla"  # "matmul": patches + one matmul per layer (faster on CPU, same maths)
+    # "auto": per layer and backend the fastest of the equal-maths implementations in siamax.layers
+    # (XLA's conv on GPU/TPU; FFT or patches+matmul on CPU); "xla", "matmul", "fft", "hybrid" force one.
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))

@@ -1,0 +1,325 @@
+#!/usr/bin/env python
+"""Pairs per second of siamax (and, optionally, of a plain PyTorch reference) for one model.
+
+Measures, after warm-up and with compile time reported separately, the median over ``--repeats``
+of:
+
+* training pairs/s: the full jitted ``siamax.train.train_step`` (forward of both images of every
+  pair through the tower, BCE loss, gradients, the paper's per-layer SGD with momentum) on
+  independent pairs, ``--batch-size`` pairs per step;
+* scoring pairs/s: jitted ``siamax.score`` on ``--batch-size`` independent pairs;
+* 20-way one-shot trials/s with embedding reuse: one 20-way run (20 query images against the same
+  20 support images, as in Lake's runs) embeds its 40 images once and scores the 400 pairs with the
+  head, i.e. 20 trials per call;
+* with ``--all-pairs``, additionally the in-batch pair reuse objective (``Objective("all_pairs")``:
+  B images through the tower, B(B-1)/2 pairs through the head) as a separate figure, in pairs/s
+  of the head. It is never folded into the training figure above.
+
+siamax and the PyTorch reference are measured in the same process, interleaved repeat by repeat,
+so that a machine shared with other jobs slows both alike. Each repeat times enough calls to last
+``--min-time`` seconds.
+
+Examples::
+
+    python benchmarks/throughput.py --model paper --batch-size 32 --repeats 3 --compare torch
+    python benchmarks/throughput.py --model small --json small.json --compare torch
+    python benchmarks/throughput.py --model paper --dtype bfloat16 --devices 8   # GPU host
+
+JSON (``--json PATH``): {"model", "batch_size", "dtype", "n_devices", "device_kind", "backend",
+"jax_version", "compile_s", "train_pairs_per_s", "score_pairs_per_s", "oneshot_trials_per_s"}, plus
+"torch": {the same keys} with ``--compare torch`` (there "jax_version" is null and "backend" names
+torch's version and thread count), plus "all_pairs_pairs_per_s" with ``--all-pairs``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+MODELS = ("paper", "small", "reduced35")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="throughput.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Timings on shared machines are noisy: compare siamax and torch only within one run.")
+    p.add_argument("--model", default="paper", choices=MODELS,
+                   help="preset network from siamax.model.MODELS (default: paper, the 38.9M-parameter 105x105 net)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="pairs per training/scoring step, global over all devices (default: 32)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype; parameters and optimiser state stay float32 (default: float32)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="data-parallel over this many devices (mesh axis 'data'; batch sharded, params "
+                        "replicated). Default: 1. On CPU, N > 1 simulates N devices on the host's cores.")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed repeats per measurement; the median is reported (default: 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling (default: 1)")
+    p.add_argument("--min-time", type=float, default=0.2,
+                   help="each repeat times as many calls as fit in about this many seconds (default: 0.2)")
+    p.add_argument("--conv-impl", default=None, choices=("auto", "xla", "matmul", "fft", "hybrid"),
+                   help="override the preset's convolution implementation (siamax.layers; default: the "
+                        "preset's, 'auto')")
+    p.add_argument("--compare", default=None, choices=("torch",),
+                   help="also measure a plain PyTorch eager reference of the same network and optimiser "
+                        "(needs torch installed; not a siamax dependency)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads for the reference. Default: the faster of all cores "
+                        "(os.cpu_count(), what XLA uses) and 1, tried on one training step after warm-up: on a "
+                        "CPU shared with other jobs, torch's OpenMP barriers with all cores can run several "
+                        "times slower than one thread. The chosen count is reported.")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="also report in-batch pair reuse (Objective kind='all_pairs') as a separate figure")
+    p.add_argument("--skip", default="", help="comma-separated measurements to skip: train,score,oneshot")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON to PATH")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
+        p.error("--batch-size and --repeats must be >= 1, --warmup >= 0")
+    if args.devices is not None and args.devices < 1:
+        p.error("--devices must be >= 1")
+    return args
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Timer:
+    """Times a callable: calibrates calls per repeat, then returns seconds per call for each repeat."""
+
+    def __init__(self, fn, min_time: float):
+        self.fn, self.min_time, self.inner, self.times = fn, min_time, 1, []
+
+    def warm(self, n: int):
+        for _ in range(n):
+            self.fn()
+        t = time.perf_counter()
+        self.fn()
+        dt = time.perf_counter() - t
+        self.inner = max(1, int(self.min_time / max(dt, 1e-9)))
+
+    def repeat(self):
+        t = time.perf_counter()
+        for _ in range(self.inner):
+            self.fn()
+        self.times.append((time.perf_counter() - t) / self.inner)
+
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def build_siamax(args):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import siamax
+    from siamax import optim, sharding, train
+    from siamax.model import get_spec
+
+    spec = get_spec(args.model).replace(dtype=args.dtype)
+    if args.conv_impl:
+        spec = spec.replace(conv_impl=args.conv_impl)
+    n_dev = args.devices or 1
+    mesh = sharding.make_mesh(n_dev)
+    sharding.check_divisible(args.batch_size, mesh, "--batch-size")
+    b, s = args.batch_size, spec.input_size
+    rng = np.random.default_rng(0)
+    imgs = lambda n: (rng.random((n, s, s)) > 0.8).astype(np.float32)
+
+    params = siamax.init(jax.random.key(0), spec)
+    # Scoring and one-shot use their own copy: the train step donates (deletes) its input state.
+    params_eval = jax.tree.map(jnp.copy, params)
+    tx = optim.koch_sgd(spec.layer_names, optim.SGDConfig(), steps_per_epoch=1000)
+    state = sharding.replicate(train.create_train_state(params, tx, train.Objective()), mesh)
+    batch = sharding.shard_batch({"x1": imgs(b), "x2": imgs(b), "y": (rng.random(b) > 0.5).astype(np.float32)},
+                                 mesh, process_local=False)
+    key = jax.random.key(1)
+    rparams = sharding.replicate(params_eval, mesh)
+
+    compile_s = {}
+    ops = {}
+    skip = set(filter(None, args.skip.split(",")))
+
+    if "train" not in skip:
+        t = time.perf_counter()
+        step = train.train_step.lower(state, batch, key).compile()
+        compile_s["train"] = time.perf_counter() - t
+        box = [state]
+
+        def train_call():
+            box[0], metrics = step(box[0], batch, key)
+            metrics["loss"].block_until_ready()
+
+        ops["train"] = (train_call, b)
+
+    if "score" not in skip:
+        t = time.perf_counter()
+        score = jax.jit(siamax.score).lower(rparams, batch["x1"], batch["x2"]).compile()
+        compile_s["score"] = time.perf_counter() - t
+        ops["score"] = (lambda: score(rparams, batch["x1"], batch["x2"]).block_until_ready(), b)
+
+    if "oneshot" not in skip:
+        def oneshot_run(p, queries, support):
+            e = siamax.embed(p, jnp.concatenate([queries, support]))
+            q, sup = e[:20], e[20:]
+            d = q.shape[-1]
+            e1 = jnp.broadcast_to(q[:, None], (20, 20, d)).reshape(400, d)
+            e2 = jnp.broadcast_to(sup[None], (20, 20, d)).reshape(400, d)
+            logits = siamax.logits_from_embeddings(p, e1, e2).reshape(20, 20)
+            return jnp.argmax(logits, axis=1)
+
+        queries, support = jnp.asarray(imgs(20)), jnp.asarray(imgs(20))
+        t = time.perf_counter()
+        oneshot = jax.jit(oneshot_run).lower(params_eval, queries, support).compile()
+        compile_s["oneshot"] = time.perf_counter() - t
+        ops["oneshot"] = (lambda: oneshot(params_eval, queries, support).block_until_ready(), 20)
+
+    if args.all_pairs:
+        params_ap = jax.tree.map(jnp.copy, params_eval)
+        state_ap = sharding.replicate(train.create_train_state(params_ap, tx, train.Objective(kind="all_pairs")), mesh)
+        batch_ap = sharding.shard_batch({"x": imgs(b), "labels": rng.integers(0, 4, b).astype(np.int32)},
+                                        mesh, process_local=False)
+        t = time.perf_counter()
+        step_ap = train.train_step.lower(state_ap, batch_ap, key).compile()
+        compile_s["all_pairs"] = time.perf_counter() - t
+        box_ap = [state_ap]
+
+        def all_pairs_call():
+            box_ap[0], metrics = step_ap(box_ap[0], batch_ap, key)
+            metrics["loss"].block_until_ready()
+
+        ops["all_pairs"] = (all_pairs_call, b * (b - 1) // 2)
+
+    dev = jax.devices()[0]
+    device_kind = dev.device_kind
+    if dev.platform == "cpu":
+        device_kind = f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)"
+    meta = {"model": args.model, "batch_size": b, "dtype": args.dtype, "n_devices": n_dev,
+            "device_kind": device_kind, "backend": jax.default_backend(), "jax_version": jax.__version__,
+            "compile_s": round(sum(compile_s.values()), 3)}
+    return meta, ops, compile_s, spec
+
+
+def build_torch(args, spec):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch
+    from torch_reference import TorchBench
+
+    bench = TorchBench(spec, args.batch_size, args.dtype, threads=args.threads or os.cpu_count())
+    if not args.threads and os.cpu_count() > 1:
+        best = None
+        for n in (os.cpu_count(), 1):
+            torch.set_num_threads(n)
+            bench.train_step()
+            t = time.perf_counter()
+            bench.train_step()
+            dt = time.perf_counter() - t
+            if best is None or dt < best[1]:
+                best = (n, dt)
+        torch.set_num_threads(best[0])
+    skip = set(filter(None, args.skip.split(",")))
+    ops = {}
+    if "train" not in skip:
+        ops["train"] = (bench.train_step, args.batch_size)
+    if "score" not in skip:
+        ops["score"] = (bench.score, args.batch_size)
+    if "oneshot" not in skip:
+        ops["oneshot"] = (bench.oneshot_run, 20)
+    meta = {"model": args.model, "batch_size": args.batch_size, "dtype": args.dtype, "n_devices": 1,
+            "device_kind": f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)",
+            "backend": f"torch {torch.__version__} eager, {torch.get_num_threads()} threads",
+            "jax_version": None, "compile_s": 0.0}
+    return meta, ops
+
+
+FIGURES = (("train", "train_pairs_per_s", "training pairs/s"),
+           ("score", "score_pairs_per_s", "scoring pairs/s"),
+           ("oneshot", "oneshot_trials_per_s", "20-way one-shot trials/s"),
+           ("all_pairs", "all_pairs_pairs_per_s", "all-pairs objective, head pairs/s (separate)"))
+
+
+def run(args) -> dict:
+    if args.devices and args.devices > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        # Only affects JAX's CPU platform; GPU/TPU hosts use their real devices.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={args.devices}").strip()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    meta, ops, compile_s, spec = build_siamax(args)
+    suites = {"siamax": (meta, ops)}
+    if args.compare == "torch":
+        suites["torch"] = build_torch(args, spec)
+
+    timers = {(name, op): Timer(fn, args.min_time) for name, (_, o) in suites.items() for op, (fn, _) in o.items()}
+    for timer in timers.values():
+        timer.warm(args.warmup)
+    for _ in range(args.repeats):  # interleaved: every op of every suite once per repeat
+        for timer in timers.values():
+            timer.repeat()
+
+    results = {}
+    for name, (m, o) in suites.items():
+        r = dict(m)
+        for op, key, _ in FIGURES:
+            if op in o:
+                r[key] = round(o[op][1] / timers[(name, op)].median(), 3)
+            elif op != "all_pairs":
+                r[key] = None
+        results[name] = r
+    out = results["siamax"]
+    if "torch" in results:
+        out["torch"] = results["torch"]
+    out["_compile_breakdown"] = compile_s
+    out["_load"] = load
+    return out
+
+
+def print_table(r: dict, args) -> None:
+    t = r.get("torch")
+    print(f"\nsiamax throughput: model={r['model']} batch={r['batch_size']} dtype={r['dtype']} "
+          f"devices={r['n_devices']} backend={r['backend']} jax={r['jax_version']}")
+    print(f"device: {r['device_kind']}; load average at start {r['_load']}")
+    if t:
+        print(f"reference: {t['backend']}")
+    comp = ", ".join(f"{k} {v:.1f}s" for k, v in r["_compile_breakdown"].items())
+    print(f"compile: {r['compile_s']:.1f}s ({comp}); medians of {args.repeats} repeats\n")
+    head = f"{'measure':46s} {'siamax':>10s}" + (f" {'torch':>10s} {'ratio':>7s}" if t else "")
+    print(head)
+    print("-" * len(head))
+    for op, key, label in FIGURES:
+        if r.get(key) is None:
+            continue
+        line = f"{label:46s} {r[key]:10.2f}"
+        if t and t.get(key):
+            line += f" {t[key]:10.2f} {r[key] / t[key]:6.2f}x"
+        print(line)
+    print()
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    r = run(args)
+    print_table(r, args)
+    if args.json:
+        out = {k: v for k, v in r.items() if not k.startswith("_")}
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return r
+
+
+if __name__ == "__main__":
+    main()

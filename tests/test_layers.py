@@ -1,0 +1,86 @@
+"""Every conv implementation equals XLA's convolution (forward and both gradients) to float tolerance."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from siamax import layers
+
+CASES = [  # (H, Cin, k, Cout, padding)
+    (20, 1, 5, 8, "VALID"),    # single channel, like conv1
+    (21, 1, 10, 4, "VALID"),   # conv1's 10x10 kernel
+    (12, 8, 3, 16, "SAME"),    # the small model's 3x3 SAME blocks
+    (14, 32, 4, 8, "VALID"),   # FFT territory, like conv3
+    (17, 32, 4, 8, "SAME"),    # odd size, SAME with an even kernel
+    (16, 3, 7, 5, "VALID"),    # 7x7 like conv2
+    (9, 6, 2, 3, "SAME"),
+]
+
+
+def _loss(impl, padding):
+    return lambda x, w: jnp.sum(jnp.sin(layers.conv2d(x, w, padding, impl)))
+
+
+@pytest.mark.parametrize("impl", ["matmul", "fft", "hybrid", "auto"])
+@pytest.mark.parametrize("h,cin,k,cout,padding", CASES)
+def test_conv_impls_match_xla(impl, h, cin, k, cout, padding):
+    kx, kw = jax.random.split(jax.random.key(h * 100 + k))
+    x = jax.random.normal(kx, (3, h, h, cin))
+    w = jax.random.normal(kw, (k, k, cin, cout)) / np.sqrt(k * k * cin)
+    ref = layers.conv2d(x, w, padding, "xla")
+    got = layers.conv2d(x, w, padding, impl)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * float(jnp.abs(ref).max()))
+    gref = jax.grad(_loss("xla", padding), (0, 1))(x, w)
+    ggot = jax.grad(_loss(impl, padding), (0, 1))(x, w)
+    for a, b, name in zip(ggot, gref, ("d input", "d kernel")):
+        scale = float(jnp.abs(b).max())
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("impl", ["matmul", "fft", "hybrid"])
+def test_conv_impls_under_jit_and_vmap(impl):
+    """The tower vmaps the convs over the twin axis inside jit: the custom VJPs must survive it."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 12, 12, 4))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+
+    def loss(w, impl):
+        return jnp.sum(jax.vmap(lambda xi: layers.conv2d(xi, w, "VALID", impl))(x) ** 2)
+
+    ref = jax.jit(jax.grad(loss), static_argnums=1)(w, "xla")
+    got = jax.jit(jax.grad(loss), static_argnums=1)(w, impl)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(jnp.abs(ref).max()))
+
+
+def test_bfloat16_compute():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 32))
+    w = jax.random.normal(jax.random.key(1), (4, 4, 32, 8)) / 16
+    ref = layers.conv2d(x, w, "VALID", "xla")
+    for impl in ("xla", "matmul", "fft", "hybrid"):
+        y = layers.conv2d(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), "VALID", impl)
+        assert y.dtype == jnp.bfloat16, impl
+        np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.05 * float(jnp.abs(ref).max()))
+
+
+def test_choose_impl():
+    assert layers.choose_impl((64, 48, 48, 64), (7, 7, 64, 128), "VALID", backend="gpu") == "xla"
+    assert layers.choose_impl((64, 48, 48, 64), (7, 7, 64, 128), "VALID", backend="cpu") == "fft"
+    assert layers.choose_impl((64, 105, 105, 1), (10, 10, 1, 64), "VALID", backend="cpu") == "hybrid"
+    assert layers.choose_impl((64, 14, 14, 64), (3, 3, 64, 64), "SAME", backend="cpu") == "xla"
+
+
+def test_bad_args():
+    x, w = jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 2, 4))
+    with pytest.raises(ValueError, match="impl"):
+        layers.conv2d(x, w, "VALID", "nope")
+    with pytest.raises(ValueError, match="padding"):
+        layers.conv2d(x, w, "FULL", "xla")
+    with pytest.raises(ValueError, match="kernel"):
+        layers.conv2d(x, jnp.zeros((3, 3, 5, 4)), "VALID", "xla")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
+def test_max_pool_matches_reduce_window(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(layers.max_pool_2x2(x), ref)
