@@ -15,7 +15,7 @@ from siamax import config, experiment
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.omniglot_oneshot", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m experiments.omniglot_oneshot", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=config.preset_names(), default=None,
                         help="named config (default: quick on CPU, paper on an accelerator)")

@@ -2,9 +2,10 @@
 from siamax.api import (Params, embed, init, logits_from_embeddings, pair_logits, preprocess, score,
                         score_embeddings)
 from siamax import losses
+from siamax.checkpoint import load
 from siamax.model import MODELS, ModelSpec, param_count
 
 __version__ = "0.1.0"
 
-__all__ = ["MODELS", "ModelSpec", "Params", "embed", "init", "logits_from_embeddings", "pair_logits",
+__all__ = ["MODELS", "ModelSpec", "Params", "embed", "init", "load", "logits_from_embeddings", "pair_logits",
            "param_count", "preprocess", "score", "score_embeddings"]

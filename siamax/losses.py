@@ -22,7 +22,7 @@ def pair_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array 
 
 def layer_kernels(weights: Mapping) -> dict[str, jax.Array]:
     """The weight matrix of each layer by name (conv1.., fc, head); biases are not regularised."""
-    return {name: layer["kernel"] for name, layer in weights.items()}
+    return {name: layer["kernel"] for name, layer in weights.items() if "kernel" in layer}
 
 
 def l2_penalty(weights: Mapping, lambdas: Mapping[str, float]) -> jax.Array:

@@ -18,6 +18,7 @@ from siamax import layers
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "none": lambda x: x}
 INITS = ("koch", "lecun")
+NORMS = ("none", "layer")
 CONV_IMPLS = ("auto", "xla", "matmul", "fft", "hybrid")  # see siamax.layers
 DTYPES = ("float32", "bfloat16")
 
@@ -39,6 +40,7 @@ class ModelSpec:
     padding: str = "VALID"
     fc_units: int = 4096
     fc_activation: str = "sigmoid"
+    norm: str = "none"  # "layer": LayerNorm over channels after each conv (not in the paper)
     init: str = "koch"
     dtype: str = "float32"  # compute dtype; parameters always stay float32
     # "auto": per layer and backend the fastest of the equal-maths implementations in siamax.layers
@@ -57,6 +59,7 @@ class ModelSpec:
         if self.padding not in ("VALID", "SAME"):
             raise ValueError(f"padding must be 'VALID' or 'SAME', got {self.padding!r}")
         for name, value, allowed in (("fc_activation", self.fc_activation, tuple(ACTIVATIONS)),
+                                     ("norm", self.norm, NORMS),
                                      ("init", self.init, INITS), ("conv_impl", self.conv_impl, CONV_IMPLS),
                                      ("dtype", self.dtype, DTYPES)):
             if value not in allowed:
@@ -110,6 +113,9 @@ MODELS: dict[str, ModelSpec] = {
     # few-shot literature, plus the paper's sigmoid fc embedding and weighted-L1 head.
     "small": ModelSpec(input_size=28, filters=(64, 64, 64, 64), kernels=(3, 3, 3, 3),
                        pools=(True, True, True, True), padding="SAME", fc_units=256, init="lecun"),
+    # For tests and smoke runs only: trains in seconds, learns little.
+    "tiny": ModelSpec(input_size=28, filters=(8, 16), kernels=(3, 3), pools=(True, True), padding="SAME",
+                      fc_units=32, init="lecun"),
     # The paper's reduced network for MNIST transfer (OPEN in the paper): Omniglot downsampled 3x to
     # 35x35, the paper's layer pattern with smaller kernels.
     "reduced35": ModelSpec(input_size=35, filters=(64, 128, 128, 256), kernels=(4, 3, 3, 2),
@@ -167,14 +173,17 @@ class Siamese(nn.Module):
         dense_k, dense_b = _inits(s, "dense")
         self.convs = [Conv(f, k, s.padding, s.conv_impl, dtype, conv_k, conv_b, name=f"conv{i + 1}")
                       for i, (f, k) in enumerate(zip(s.filters, s.kernels))]
+        self.norms = [nn.LayerNorm(dtype=dtype, name=f"norm{i + 1}") for i in range(len(s.filters))
+                      ] if s.norm == "layer" else [None] * len(s.filters)
         self.fc = nn.Dense(s.fc_units, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="fc")
         # The head's weights alpha_j weight |h1_j - h2_j|; it is initialised like an fc layer.
         self.head = nn.Dense(1, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="head")
 
     def embed(self, x):
         """(B, S, S, 1) float model input -> (B, D) float32 embeddings."""
-        for conv, pool in zip(self.convs, self.spec.pools):
-            x = nn.relu(conv(x))
+        for conv, norm, pool in zip(self.convs, self.norms, self.spec.pools):
+            x = conv(x)
+            x = nn.relu(norm(x) if norm is not None else x)
             if pool:
                 x = layers.max_pool_2x2(x)
         x = x.reshape(x.shape[0], -1)
@@ -192,7 +201,7 @@ def param_count(spec: ModelSpec) -> int:
     """Parameter count from the spec alone (no initialisation needed)."""
     count, cin = 0, 1
     for f, k in zip(spec.filters, spec.kernels):
-        count += k * k * cin * f + f
+        count += k * k * cin * f + f + (2 * f if spec.norm == "layer" else 0)
         cin = f
     count += math.prod(spec.feature_shape) * spec.fc_units + spec.fc_units
     return count + spec.fc_units + 1

@@ -67,8 +67,10 @@ def koch_sgd(layers: tuple[str, ...], cfg: SGDConfig, steps_per_epoch: int) -> o
 
 
 def layer_labels(weights: Mapping) -> dict:
-    """Label every leaf with the name of its layer (the top-level key of the weights dict)."""
-    return {name: jax.tree.map(lambda _, n=name: n, layer) for name, layer in weights.items()}
+    """Label every leaf with the name of its layer (the top-level key of the weights dict); a
+    conv's normalisation parameters (``normK``) belong to ``convK``."""
+    owner = lambda name: "conv" + name[4:] if name.startswith("norm") else name  # noqa: E731
+    return {name: jax.tree.map(lambda _, n=owner(name): n, layer) for name, layer in weights.items()}
 
 
 def adam(learning_rate: float, steps_per_epoch: int, decay_per_epoch: float = 0.99) -> optax.GradientTransformation:

@@ -188,7 +188,7 @@ def fit(state: TrainState, sampler, *, epochs: int, patience: int, validate: Cal
     step_key = jax.random.fold_in(jax.random.key(seed), 1)
     spe = sampler.steps_per_epoch
     bar = tqdm.tqdm(total=epochs * spe, initial=meta["epoch"] * spe, unit="step", disable=not progress,
-                    dynamic_ncols=True, smoothing=0.05)
+                    dynamic_ncols=True, smoothing=0.05, mininterval=2.0)
     epoch = meta["epoch"]
     stopped = lambda: patience and meta["bad_epochs"] >= patience  # noqa: E731 (0 = never stop early)
     while epoch < epochs and not stopped():
@@ -208,11 +208,12 @@ def fit(state: TrainState, sampler, *, epochs: int, patience: int, validate: Cal
                 bar.update(i + 1 - (bar.n - epoch * spe))
         if not bool(finite):
             bar.close()
+            kept = (f"the last good checkpoint (end of epoch {meta['epoch']}) and the best one (epoch "
+                    f"{meta['best_epoch'] + 1}) are in {workdir / 'checkpoints'}" if meta["epoch"] else
+                    "no checkpoint had been written yet")
             raise NonFiniteLoss(
-                f"the loss became NaN or infinite during epoch {epoch + 1}. Training stopped; the last good "
-                f"checkpoint (end of epoch {meta['epoch']}) and the best one (epoch {meta['best_epoch'] + 1}) are "
-                f"in {workdir / 'checkpoints'}. Lower the learning rate (e.g. --learning-rate) and start again in "
-                f"a new --workdir.")
+                f"the loss became NaN or infinite during epoch {epoch + 1}. Training stopped; {kept}. Lower the "
+                f"learning rate (e.g. --learning-rate) and start again in a new --workdir.")
         seconds = time.perf_counter() - t0
         val = float(validate(state.params))
         improved = val > meta["best_accuracy"]

@@ -1,0 +1,161 @@
+"""The main job's machinery on real data with a tiny model: config, resume, refusal, export, report."""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import siamax
+from siamax import checkpoint, config, experiment, train
+from siamax import data as sd
+from siamax.data import batches
+
+TINY = dict(model="tiny", objective="episodic", episode_chars=8, episode_drawers=2, optimizer="adam",
+            learning_rate=1e-3, epochs=3, steps_per_epoch=3, patience=0, val_trials=40,
+            verification_pairs=200, devices=1)
+
+
+@pytest.fixture
+def tfds_env(monkeypatch, siamax_tfds_dir):
+    monkeypatch.setenv("SIAMAX_TFDS_DIR", str(siamax_tfds_dir))
+
+
+def test_presets_and_overrides():
+    cfg = config.Config.from_preset("quick", learning_rate=3e-4)
+    assert cfg.learning_rate == 3e-4 and cfg.model == "small"
+    paper = config.Config.from_preset("paper")
+    assert (paper.model, paper.n_pairs, paper.distortions, paper.epochs, paper.patience, paper.optimizer) == \
+        ("paper", 150_000, 8, 200, 20, "sgd")
+    with pytest.raises(ValueError, match="valid presets: .*quick"):
+        config.Config.from_preset("fast")
+    with pytest.raises(ValueError, match="unknown config field.*valid fields"):
+        config.Config.from_preset("quick", learning_rat=1.0)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        config.Config.from_preset("quick", objective="triplet")
+    with pytest.raises(ValueError, match="unknown layers"):
+        config.Config.from_preset("paper", layer_l2="conv9=0.1")
+    assert dict(config.Config.from_preset("paper").l2_lambdas())["fc"] == 0.0001
+
+
+def test_cli_rejects_bad_preset_and_field():
+    for args in (["--preset", "fast"], ["--learning-rat", "1"], ["--objective", "nope"]):
+        out = subprocess.run([sys.executable, "-m", "experiments.omniglot_oneshot", *args],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and ("invalid choice" in out.stderr or "must be one of" in out.stderr
+                                        or "unrecognized" in out.stderr), out.stderr
+
+
+def _state_and_sampler(cfg, omni):
+    splits = sd.paper_splits(cfg.split_seed)
+    images = batches.device_images(omni, cfg.spec)
+    sampler = batches.make_sampler(cfg, splits.train, images, cfg.seed)
+    tx, _ = experiment.make_optimizer(cfg, sampler.steps_per_epoch)
+    params = siamax.init(jax.random.key(cfg.seed), cfg.spec)
+    return train.create_train_state(params, tx, train.Objective(kind=cfg.objective)), sampler
+
+
+def test_resume_after_interruption_gives_identical_parameters(omniglot, tmp_path):
+    cfg = config.Config(**TINY)
+    val = iter(np.linspace(0.1, 0.9, 100))
+
+    def validate(_):
+        return next(val)
+
+    state, sampler = _state_and_sampler(cfg, omniglot)
+    reference, _ = train.fit(state, sampler, epochs=3, patience=0, validate=validate, workdir=tmp_path / "a",
+                             seed=0, progress=False)
+
+    calls = {"n": 0}
+
+    def interrupted(_):
+        calls["n"] += 1
+        if calls["n"] == 2:  # like Ctrl-C during epoch 2's evaluation, before its checkpoint
+            raise KeyboardInterrupt
+        return 0.5
+
+    state, sampler = _state_and_sampler(cfg, omniglot)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(state, sampler, epochs=3, patience=0, validate=interrupted, workdir=tmp_path / "b", seed=0,
+                  progress=False)
+    state, sampler = _state_and_sampler(cfg, omniglot)  # a fresh process would start like this
+    resumed, meta = train.fit(state, sampler, epochs=3, patience=0, validate=lambda _: 0.5,
+                              workdir=tmp_path / "b", seed=0, progress=False)
+    assert meta["epoch"] == 3 and int(resumed.step) == int(reference.step) == 9
+    for a, b in zip(jax.tree.leaves(reference.params.weights), jax.tree.leaves(resumed.params.weights)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1, 2]  # no duplicate or missing epoch after the resume
+
+
+def test_early_stopping_keeps_best(omniglot, tmp_path):
+    cfg = config.Config(**{**TINY, "epochs": 10})
+    scores = iter([0.2, 0.5, 0.4, 0.3, 0.45, 0.9])
+    state, sampler = _state_and_sampler(cfg, omniglot)
+    best_weights = {}
+
+    def validate(params):
+        s = next(scores)
+        if s == 0.5:
+            best_weights["w"] = np.asarray(params.weights["head"]["kernel"])
+        return s
+
+    state, meta = train.fit(state, sampler, epochs=10, patience=3, validate=validate, workdir=tmp_path,
+                            seed=0, progress=False)
+    assert meta["epoch"] == 5 and meta["best_epoch"] == 1 and meta["best_accuracy"] == 0.5
+    best = train.restore_best(state, tmp_path)
+    np.testing.assert_array_equal(np.asarray(best.weights["head"]["kernel"]), best_weights["w"])
+
+
+def test_non_finite_loss_stops_and_keeps_last_good(omniglot, tmp_path):
+    cfg = config.Config(**TINY)
+    state, sampler = _state_and_sampler(cfg, omniglot)
+
+    def poisoned(step):  # epoch 2 feeds NaN images: the loss turns NaN
+        batch = sampler.batch(step)
+        return {**batch, "x": batch["x"] * np.nan} if step >= sampler.steps_per_epoch else batch
+
+    with pytest.raises(train.NonFiniteLoss, match="during epoch 2.*end of epoch 1.*learning rate"):
+        train.fit(state, dataclasses.replace(sampler, batch=poisoned), epochs=3, patience=0,
+                  validate=lambda _: 0.5, workdir=tmp_path, seed=0, progress=False)
+    latest, _ = checkpoint.managers(tmp_path)
+    assert latest.latest_step() == 1  # nothing non-finite was written over it
+    tree, _ = checkpoint.restore(latest, train._checkpoint_tree(state))
+    assert all(bool(np.all(np.isfinite(np.asarray(w)))) for w in jax.tree.leaves(tree["weights"]))
+
+
+def test_end_to_end_run_report_export_and_refusal(omniglot, tfds_env, tmp_path):
+    cfg = config.Config(**TINY)
+    results = experiment.run(cfg, tmp_path, preset="tiny-test", progress=False)
+    for key in ("lake20", "within_alphabet", "verification", "one_nn"):
+        r = results[key]
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1], key
+    assert results["lake20"]["trials"] == 400 and results["within_alphabet"]["trials"] == 400
+    assert abs(results["one_nn"]["accuracy"] - 0.19) < 0.02
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"] == cfg.to_dict() and saved["preset"] == "tiny-test" and "versions" in saved
+    for name in ("learning_curves.png", "accuracy_vs_nway.png", "oneshot_trials.png", "splits.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    # The exported model: siamax.load + preprocess + score on new images.
+    params = siamax.load(tmp_path)
+    assert params.spec == cfg.spec
+    lake = sd.lake_runs()
+    x = siamax.preprocess(params, lake[0].query[:4], ink="dark")
+    p = siamax.score(params, x, siamax.preprocess(params, lake[0].support[:4], ink="dark"))
+    assert p.shape == (4,) and bool(np.all((np.asarray(p) >= 0) & (np.asarray(p) <= 1)))
+    assert siamax.load(tmp_path / "model.msgpack").spec == params.spec
+    # Same work directory, different config: refuse, say which fields differ, touch nothing.
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(experiment.ConfigMismatch, match="learning_rate: 0.001 in the work directory, 0.01 now"):
+        experiment.run(cfg.replace(learning_rate=1e-2), tmp_path, preset="tiny-test", progress=False)
+    assert (tmp_path / "config.json").read_text() == before
+
+
+def test_load_rejects_non_models(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no exported siamax model"):
+        siamax.load(tmp_path)
+    (tmp_path / "model.msgpack").write_bytes(b"\x93not a model")
+    with pytest.raises(ValueError, match="not a"):
+        siamax.load(tmp_path)
