@@ -141,12 +141,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU-sized (2 cores, <= 15 minutes in all): a 28x28 four-block tower trained episodically on
     # within-alphabet batches (see README, "The quick preset").
     "quick": dict(model="small", objective="episodic", episode_chars=20, episode_drawers=4,
-                  episode_alphabets=1, optimizer="adam", learning_rate=1e-3, lr_decay=0.99,
-                  epochs=12, steps_per_epoch=250, patience=12, batch_size=80),
+                  episode_alphabets=1, optimizer="adam", learning_rate=1e-3, lr_decay=0.92,
+                  epochs=24, steps_per_epoch=250, patience=8, batch_size=80),
     # MNIST transfer (paper section 5): the reduced 35x35 network, trained on Omniglot downsampled 3x.
     "mnist_quick": dict(model="reduced35", objective="episodic", episode_chars=20, episode_drawers=4,
-                        episode_alphabets=1, optimizer="adam", learning_rate=1e-3, epochs=10,
-                        steps_per_epoch=250, patience=10, batch_size=80),
+                        episode_alphabets=1, optimizer="adam", learning_rate=1e-3, lr_decay=0.92, epochs=6,
+                        steps_per_epoch=250, patience=6, batch_size=80),
     "mnist_paper": dict(model="reduced35", objective="pairs", n_pairs=150_000, distortions=8,
                         batch_size=128, optimizer="sgd", learning_rate=0.01, epochs=200, patience=20),
 }
