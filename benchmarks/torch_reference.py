@@ -23,7 +23,8 @@ class Tower(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.pools = tuple(spec.pools)
         h, w, c = spec.feature_shape
-        self.fc = nn.Linear(h * w * c, spec.fc_units)
+        # fc_units=0: no fc layer, the flattened last block is the embedding (as in siamax).
+        self.fc = nn.Linear(h * w * c, spec.fc_units) if spec.fc_units else None
         self.fc_activation = spec.fc_activation
 
     def forward(self, x):
@@ -31,7 +32,10 @@ class Tower(nn.Module):
             x = torch.relu(conv(x))
             if pool:
                 x = nn.functional.max_pool2d(x, 2)
-        x = self.fc(x.flatten(1))
+        x = x.flatten(1)
+        if self.fc is None:
+            return x
+        x = self.fc(x)
         if self.fc_activation == "sigmoid":
             return torch.sigmoid(x)
         if self.fc_activation == "relu":
@@ -43,7 +47,7 @@ class SiameseTorch(nn.Module):
     def __init__(self, spec):
         super().__init__()
         self.tower = Tower(spec)
-        self.head = nn.Linear(spec.fc_units, 1)
+        self.head = nn.Linear(spec.embedding_dim, 1)
 
     def logits(self, x1, x2):
         """Both images of every pair through the one tower (one batched call), weighted L1 head."""
@@ -58,7 +62,7 @@ class SiameseTorch(nn.Module):
 def per_layer_sgd(model: SiameseTorch, lr: float = 0.01, momentum: float = 0.5):
     """torch.optim.SGD with one parameter group per layer (the paper's per-layer eta_j, mu_j)."""
     groups = [{"params": list(m.parameters()), "lr": lr, "momentum": momentum}
-              for m in [*model.tower.convs, model.tower.fc, model.head]]
+              for m in [*model.tower.convs, model.tower.fc, model.head] if m is not None]
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
