@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from siamax import api, checkpoint, config, evaluate, optim, report, sharding, train
 from siamax import data as sd
