@@ -138,11 +138,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   optimizer="sgd", learning_rate=0.01, momentum=0.9, momentum_ramp_epochs=20,
                   l2=0.0, layer_l2="conv1=0.0002,conv2=0.0002,conv3=0.0002,conv4=0.0002,fc=0.0001",
                   epochs=200, patience=20),
-    # CPU-sized (2 cores, <= 15 minutes in all): a 28x28 four-block tower trained episodically on
+    # CPU-sized (2 cores, <= 15 minutes in all): a 35x35 four-block tower trained episodically on
     # within-alphabet batches (see README, "The quick preset").
     "quick": dict(model="small", objective="episodic", episode_chars=20, episode_drawers=4,
                   episode_alphabets=1, optimizer="adam", learning_rate=1e-3, lr_decay=0.92,
-                  epochs=24, steps_per_epoch=250, patience=8, batch_size=80),
+                  epochs=14, steps_per_epoch=250, patience=6, batch_size=80),
     # MNIST transfer (paper section 5): the reduced 35x35 network, trained on Omniglot downsampled 3x.
     "mnist_quick": dict(model="reduced35", objective="episodic", episode_chars=20, episode_drawers=4,
                         episode_alphabets=1, optimizer="adam", learning_rate=1e-3, lr_decay=0.92, epochs=6,
