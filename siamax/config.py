@@ -139,7 +139,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   l2=0.0, layer_l2="conv1=0.0002,conv2=0.0002,conv3=0.0002,conv4=0.0002,fc=0.0001",
                   epochs=200, patience=20),
     # CPU-sized (2 cores, <= 15 minutes in all): a 35x35 four-block tower trained episodically on
-    # within-alphabet batches (see README, "The quick preset").
+    # within-alphabet batches (see README, "Results").
     "quick": dict(model="small", objective="episodic", episode_chars=20, episode_drawers=4,
                   episode_alphabets=1, optimizer="adam", learning_rate=1e-3, lr_decay=0.92,
                   epochs=14, steps_per_epoch=250, patience=6, batch_size=80),

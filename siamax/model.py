@@ -113,7 +113,7 @@ MODELS: dict[str, ModelSpec] = {
     # CPU-sized: four 3x3 blocks of 64 filters on 35x35 images (Omniglot downsampled 3x, as the
     # paper's MNIST model), close to the few-shot literature's 28x28 "conv4". No fc layer: the
     # embedding is the last block's 2x2x64 features and the paper's weighted-L1 head compares them.
-    # Both choices were made on validation alphabets (README, "The quick preset"): without the
+    # Both choices were made on validation alphabets (README, "Results"): without the
     # 256-unit sigmoid fc, and at 35 rather than 28 pixels, it learned faster per CPU-minute.
     "small": ModelSpec(input_size=35, filters=(64, 64, 64, 64), kernels=(3, 3, 3, 3),
                        pools=(True, True, True, True), padding="SAME", fc_units=0, init="lecun"),
