@@ -87,7 +87,7 @@ def make_sampler(cfg, split, images: jax.Array, seed: int) -> Sampler:
         b = cfg.episode_chars * cfg.episode_drawers
         if not cfg.steps_per_epoch:
             raise ValueError(f"objective {cfg.objective!r} samples on the fly: set steps_per_epoch > 0")
-        return Sampler(lambda step: episodic(step), cfg.steps_per_epoch, b * (b - 1) // 2, b)
+        return Sampler(episodic, cfg.steps_per_epoch, b * (b - 1) // 2, b)
 
     b = cfg.batch_size
     if cfg.n_pairs == 0:  # fresh pairs every step, distorted on the fly if asked
@@ -102,7 +102,7 @@ def make_sampler(cfg, split, images: jax.Array, seed: int) -> Sampler:
                 x1, x2 = _warped(x1, augment.sample_affine(k1, b)), _warped(x2, augment.sample_affine(k2, b))
             return {"x1": x1, "x2": x2, "y": y.astype(jnp.float32)}
 
-        return Sampler(lambda step: fresh(step), cfg.steps_per_epoch, b, 2 * b)
+        return Sampler(fresh, cfg.steps_per_epoch, b, 2 * b)
 
     # The paper's fixed pair set, with `distortions` transformed copies of every pair (9x for 8).
     pairs = make_pairs(split, cfg.n_pairs, different=cfg.different, seed=seed)
