@@ -76,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--all-pairs", action="store_true",
                    help="also report in-batch pair reuse (Objective kind='all_pairs') as a separate figure")
     p.add_argument("--skip", default="", help="comma-separated measurements to skip: train,score,oneshot")
+    p.add_argument("--peak", action="store_true",
+                   help="also measure the device's bf16 matrix-product rate (8192^3 jnp.dot on random data) "
+                        "and report training FLOP/s as a fraction of it (FLOPs counted analytically)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON to PATH")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
@@ -156,6 +159,8 @@ def build_siamax(args):
     if "train" not in skip:
         compile_s["train"], train_call = _compiled_train_step(state, batch, key)
         ops["train"] = (train_call, b)
+    if args.peak:
+        ops["matmul"] = (_matmul_call(8192), 2 * 8192**3)
 
     if "score" not in skip:
         t = time.perf_counter()
@@ -193,17 +198,46 @@ def build_siamax(args):
         device_kind = f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)"
     meta = {"model": args.model, "batch_size": b, "dtype": args.dtype, "n_devices": n_dev,
             "device_kind": device_kind, "backend": jax.default_backend(), "jax_version": jax.__version__,
-            "compile_s": round(sum(compile_s.values()), 3)}
+            "compile_s": round(sum(compile_s.values()), 3),
+            "train_flops_per_pair": train_flops_per_pair(spec)}
     return meta, ops, compile_s, spec
+
+
+def train_flops_per_pair(spec) -> int:
+    """Multiply-adds x 2 of one training pair: forward, input and weight gradients of both twins' towers
+    (the first layer needs no input gradient), the head ignored (it is tiny)."""
+    s, cin, total = spec.input_size, 1, 0
+    for i, (f, k, pool) in enumerate(zip(spec.filters, spec.kernels, spec.pools)):
+        out = s if spec.padding == "SAME" else s - k + 1
+        fwd = 2 * out * out * k * k * cin * f
+        total += fwd * (2 if i == 0 else 3)
+        s, cin = (out // 2 if pool else out), f
+    if spec.fc_units:
+        total += 3 * 2 * s * s * cin * spec.fc_units
+    return 2 * total
+
+
+def _matmul_call(n: int):
+    import jax
+    import jax.numpy as jnp
+
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.bfloat16)
+    b = jax.random.normal(kb, (n, n), jnp.bfloat16)
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    return lambda: dot(a, b).block_until_ready()
 
 
 def build_torch(args, spec):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import jax
     import torch
     from torch_reference import TorchBench
 
-    bench = TorchBench(spec, args.batch_size, args.dtype, threads=args.threads or os.cpu_count())
-    if not args.threads and os.cpu_count() > 1:
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    bench = TorchBench(spec, args.batch_size, args.dtype, threads=args.threads or os.cpu_count(), device=device)
+    if device == "cpu" and not args.threads and os.cpu_count() > 1:
         best = None
         for n in (os.cpu_count(), 1):
             torch.set_num_threads(n)
@@ -222,9 +256,11 @@ def build_torch(args, spec):
         ops["score"] = (bench.score, args.batch_size)
     if "oneshot" not in skip:
         ops["oneshot"] = (bench.oneshot_run, 20)
+    kind = (torch.cuda.get_device_name() if device == "cuda"
+            else f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)")
+    where = "cuda, cudnn.benchmark" if device == "cuda" else f"{torch.get_num_threads()} threads"
     meta = {"model": args.model, "batch_size": args.batch_size, "dtype": args.dtype, "n_devices": 1,
-            "device_kind": f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)",
-            "backend": f"torch {torch.__version__} eager, {torch.get_num_threads()} threads",
+            "device_kind": kind, "backend": f"torch {torch.__version__} eager, {where}",
             "jax_version": None, "compile_s": 0.0}
     return meta, ops
 
@@ -232,7 +268,8 @@ def build_torch(args, spec):
 FIGURES = (("train", "train_pairs_per_s", "training pairs/s"),
            ("score", "score_pairs_per_s", "scoring pairs/s"),
            ("oneshot", "oneshot_trials_per_s", "20-way one-shot trials/s"),
-           ("all_pairs", "all_pairs_pairs_per_s", "all-pairs objective, head pairs/s (separate)"))
+           ("all_pairs", "all_pairs_pairs_per_s", "all-pairs objective, head pairs/s (separate)"),
+           ("matmul", "matmul_flops_per_s", "bf16 8192^3 matrix product, FLOP/s"))
 
 
 def run(args) -> dict:
@@ -259,10 +296,13 @@ def run(args) -> dict:
         for op, key, _ in FIGURES:
             if op in o:
                 r[key] = round(o[op][1] / timers[(name, op)].median(), 3)
-            elif op != "all_pairs":
+            elif op not in ("all_pairs", "matmul"):
                 r[key] = None
         results[name] = r
     out = results["siamax"]
+    if out.get("matmul_flops_per_s") and out.get("train_pairs_per_s"):
+        out["train_fraction_of_matmul_peak"] = round(
+            out["train_pairs_per_s"] * out["train_flops_per_pair"] / out["matmul_flops_per_s"], 4)
     if "torch" in results:
         out["torch"] = results["torch"]
     out["_compile_breakdown"] = compile_s
@@ -285,10 +325,13 @@ def print_table(r: dict, args) -> None:
     for op, key, label in FIGURES:
         if r.get(key) is None:
             continue
-        line = f"{label:46s} {r[key]:10.2f}"
+        line = f"{label:46s} {r[key]:10.4g}" if op == "matmul" else f"{label:46s} {r[key]:10.2f}"
         if t and t.get(key):
             line += f" {t[key]:10.2f} {r[key] / t[key]:6.2f}x"
         print(line)
+    if r.get("train_fraction_of_matmul_peak"):
+        print(f"training at {r['train_fraction_of_matmul_peak']:.1%} of the measured bf16 matrix rate "
+              f"({r['train_flops_per_pair'] / 1e9:.2f} GFLOP per training pair)")
     print()
 
 

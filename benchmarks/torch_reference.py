@@ -67,14 +67,19 @@ def per_layer_sgd(model: SiameseTorch, lr: float = 0.01, momentum: float = 0.5):
 
 
 class TorchBench:
-    """The three measured operations for one ModelSpec and batch size, on CPU, float32 or bfloat16."""
+    """The three measured operations for one ModelSpec and batch size, float32 or bfloat16 (autocast),
+    on the CPU or a CUDA GPU (there with cuDNN's autotuner on, as a speed-minded user would have it).
+    Every operation waits for its result, so wall-clock timing around it is honest on a GPU too."""
 
-    def __init__(self, spec, batch_size: int, dtype: str = "float32", threads: int | None = None, seed: int = 0):
+    def __init__(self, spec, batch_size: int, dtype: str = "float32", threads: int | None = None, seed: int = 0,
+                 device: str = "cpu"):
         if threads:
             torch.set_num_threads(threads)
         torch.manual_seed(seed)
+        torch.backends.cudnn.benchmark = True
+        self.device = device
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-        self.model = SiameseTorch(spec)
+        self.model = SiameseTorch(spec).to(device)
         self.opt = per_layer_sgd(self.model)
         self.loss = nn.BCEWithLogitsLoss()
         s = spec.input_size
@@ -84,9 +89,16 @@ class TorchBench:
         self.y = (torch.rand(batch_size, generator=g) > 0.5).float()
         self.support = (torch.rand(20, 1, s, s, generator=g) > 0.8).float()
         self.queries = (torch.rand(20, 1, s, s, generator=g) > 0.8).float()
+        for name in ("x1", "x2", "y", "support", "queries"):
+            setattr(self, name, getattr(self, name).to(device))
 
     def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
+        return torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
+
+    def _sync(self, out):
+        if self.device != "cpu":
+            torch.cuda.synchronize()
+        return out
 
     def train_step(self):
         self.opt.zero_grad(set_to_none=True)
@@ -100,7 +112,7 @@ class TorchBench:
     @torch.no_grad()
     def score(self):
         with self._autocast():
-            return torch.sigmoid(self.model.logits(self.x1, self.x2).float())
+            return self._sync(torch.sigmoid(self.model.logits(self.x1, self.x2).float()))
 
     @torch.no_grad()
     def oneshot_run(self):
@@ -109,4 +121,4 @@ class TorchBench:
             e = self.model.tower(torch.cat([self.queries, self.support]))
             q, s = e[:20], e[20:]
             logits = self.model.head_logits(q[:, None, :], s[None, :, :]).float()  # (20, 20)
-        return logits.argmax(1)
+        return self._sync(logits.argmax(1))

@@ -69,8 +69,13 @@ def make_optimizer(cfg: config.Config, steps_per_epoch: int):
 
 
 def run(cfg: config.Config, workdir: str | Path, *, preset: str = "custom", progress: bool = True,
-        report_plots: bool = True) -> dict:
-    """Train (or resume) in ``workdir``, then evaluate the best checkpoint and write the report."""
+        report_plots: bool = True, test: bool = True) -> dict:
+    """Train (or resume) in ``workdir``, then evaluate the best checkpoint and write the report.
+
+    ``test=False`` stops after training and returns the validation summary (``best_val_accuracy``,
+    ``best_epoch``, ``epochs``, ``train_seconds``) without touching the test alphabets or Lake's
+    runs: what model selection (``experiments.validation_sweep``) may look at.
+    """
     t_start = time.perf_counter()
     workdir = Path(workdir)
     claim_workdir(workdir, cfg, preset)
@@ -79,7 +84,7 @@ def run(cfg: config.Config, workdir: str | Path, *, preset: str = "custom", prog
 
     t0 = time.perf_counter()
     omni = sd.load_omniglot()
-    splits = sd.paper_splits(cfg.split_seed)
+    splits = sd.paper_splits(cfg.split_seed, train_drawers=cfg.train_drawers)
     splits.save(workdir / "splits.json")
     images = batches.device_images(omni, spec)
     sampler = batches.make_sampler(cfg, splits.train, images, cfg.seed)
@@ -98,6 +103,10 @@ def run(cfg: config.Config, workdir: str | Path, *, preset: str = "custom", prog
     state, summary = train.fit(state, sampler, epochs=cfg.epochs, patience=cfg.patience, validate=validate,
                                workdir=workdir, seed=cfg.seed, place_batch=lambda b: sharding.shard_batch(b, mesh),
                                lr_of=lr_of, progress=progress)
+    if not test:
+        return {"best_val_accuracy": summary["best_accuracy"], "best_epoch": summary["best_epoch"] + 1,
+                "epochs": summary["epoch"], "train_seconds": summary["train_seconds"],
+                "data_seconds": data_seconds, "wall_seconds": time.perf_counter() - t_start}
     best = train.restore_best(state, workdir)
     checkpoint.export(best, workdir, metadata={"preset": preset, "config": cfg.to_dict(),
                                                "best_epoch": summary["best_epoch"] + 1})

@@ -11,6 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "throughput.py")
 KEYS = {"model", "batch_size", "dtype", "n_devices", "device_kind", "backend", "jax_version", "compile_s",
         "train_pairs_per_s", "score_pairs_per_s", "oneshot_trials_per_s"}
+SIAMAX_KEYS = KEYS | {"train_flops_per_pair"}  # the torch section has no FLOP count
 
 
 def _load():
@@ -40,7 +41,7 @@ def test_small_model_json(tmp_path):
             "--json", str(path), "--all-pairs"] + (["--compare", "torch", "--threads", "1"] if torch_available else [])
     _load().main(argv)
     r = json.loads(path.read_text())
-    assert set(r) == KEYS | {"all_pairs_pairs_per_s"} | ({"torch"} if torch_available else set())
+    assert set(r) == SIAMAX_KEYS | {"all_pairs_pairs_per_s"} | ({"torch"} if torch_available else set())
     _check(r)
     assert r["compile_s"] > 0 and r["backend"] == "cpu" and r["dtype"] == "float32"
     assert r["all_pairs_pairs_per_s"] > 0
@@ -55,7 +56,29 @@ def test_data_parallel_and_indivisible_batch(tmp_path):
     mod.main(["--model", "small", "--batch-size", "8", "--devices", "8", "--repeats", "1", "--warmup", "0",
               "--min-time", "0", "--skip", "oneshot,score", "--json", str(path)])
     r = json.loads(path.read_text())
-    assert set(r) == KEYS and r["n_devices"] == 8 and r["train_pairs_per_s"] > 0
+    assert set(r) == SIAMAX_KEYS and r["n_devices"] == 8 and r["train_pairs_per_s"] > 0
     assert r["score_pairs_per_s"] is None
     with pytest.raises(ValueError, match="does not divide"):
         mod.main(["--model", "small", "--batch-size", "6", "--devices", "4", "--repeats", "1"])
+
+
+def test_flop_count_matches_xla_cost_analysis():
+    """The analytic FLOPs behind the GPU fraction-of-peak figure agree with XLA's own count of the
+    paper network's train step (XLA's convolutions, so nothing is rewritten)."""
+    import jax
+    import numpy as np
+
+    import siamax
+    from siamax import optim, train
+    from siamax.model import get_spec
+
+    spec = get_spec("paper").replace(conv_impl="xla")
+    analytic = _load().train_flops_per_pair(spec)
+    assert analytic == 2 * (2 * 117_964_800 + 3 * (1_416_167_424 + 169_869_312 + 37_748_736 + 75_497_472))
+    b, s = 2, spec.input_size
+    state = train.create_train_state(siamax.init(jax.random.key(0), spec),
+                                     optim.koch_sgd(spec.layer_names, optim.SGDConfig(), 10), train.Objective())
+    batch = {"x1": np.ones((b, s, s), np.float32), "x2": np.ones((b, s, s), np.float32), "y": np.ones(b, np.float32)}
+    cost = train.train_step.lower(state, batch, jax.random.key(1)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    assert abs(cost["flops"] / b / analytic - 1) < 0.03

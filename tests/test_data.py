@@ -179,3 +179,28 @@ def test_checksum_mismatch_monkeypatched(monkeypatch, siamax_data_dir, tmp_path)
   with pytest.raises(D.ChecksumError, match="0{64}"):
     D.load_mnist(siamax_data_dir, tmp_path / "tfds")
   assert not any(p.name == "1.0.0" for p in (tmp_path / "tfds").rglob("*"))
+
+
+def test_prepare_survives_another_process_finishing_first():
+  """TFDS prepares into a temporary folder and renames it; a process that loses that race to a
+  concurrent one (seen with parallel sweeps on one machine) must use the winner's dataset."""
+  from siamax.data.omniglot import prepare
+
+  class Builder:
+    made = 0
+
+    def __init__(self, prepared_by_other: bool):
+      Builder.made += 1
+      self.prepared_by_other = prepared_by_other
+
+    def download_and_prepare(self):
+      if Builder.made == 1:
+        raise FileExistsError("Cannot rename incomplete.X_1.0.0: destination 1.0.0 already exists")
+
+    def is_prepared(self):
+      return self.prepared_by_other
+
+  assert isinstance(prepare(lambda: Builder(True)), Builder) and Builder.made == 2
+  Builder.made = 0
+  with pytest.raises(FileExistsError):
+    prepare(lambda: Builder(False))

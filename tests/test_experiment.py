@@ -57,6 +57,21 @@ def _state_and_sampler(cfg, omni):
     return train.create_train_state(params, tx, train.Objective(kind=cfg.objective)), sampler
 
 
+def test_rotations_make_turned_characters_new_classes(omniglot):
+    cfg = config.Config.from_preset("quick", **{**TINY, "rotations": True, "train_drawers": 20})
+    splits = sd.paper_splits(cfg.split_seed, train_drawers=cfg.train_drawers)
+    images = batches.device_images(omniglot, cfg.spec)
+    plain = batches.make_sampler(cfg.replace(rotations=False), splits.train, images, 0).batch(3)
+    turned = batches.make_sampler(cfg, splits.train, images, 0).batch(3)
+    labels = np.asarray(turned["labels"])
+    np.testing.assert_array_equal(labels // 4, plain["labels"])
+    for x0, x1, k in zip(np.asarray(plain["x"]), np.asarray(turned["x"]), labels % 4):
+        np.testing.assert_array_equal(np.rot90(x0, k), x1)
+    assert len(set(labels % 4)) > 1
+    with pytest.raises(ValueError, match="rotations"):
+        cfg.replace(objective="pairs")
+
+
 def test_resume_after_interruption_gives_identical_parameters(omniglot, tmp_path):
     cfg = config.Config(**TINY)
     val = iter(np.linspace(0.1, 0.9, 100))
@@ -159,3 +174,31 @@ def test_load_rejects_non_models(tmp_path):
     (tmp_path / "model.msgpack").write_bytes(b"\x93not a model")
     with pytest.raises(ValueError, match="not a"):
         siamax.load(tmp_path)
+
+
+def test_validation_sweep_ranks_variants_without_touching_the_test_set(omniglot, tfds_env, tmp_path, monkeypatch,
+                                                                       capsys):
+    from experiments import validation_sweep
+    from siamax import report
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the validation sweep touched the test data")
+
+    monkeypatch.setattr(sd, "lake_runs", forbidden)
+    monkeypatch.setattr(sd, "within_alphabet_tasks", forbidden)
+    monkeypatch.setattr(report, "evaluate_and_report", forbidden)
+    args = ["--preset", "quick", "--model", "tiny", "--epochs", "2", "--steps-per-epoch", "2",
+            "--episode-chars", "8", "--episode-drawers", "2", "--val-trials", "40", "--no-progress",
+            "--devices", "1", "--seeds", "0", "--workdir", str(tmp_path),
+            "--variant", "base", "--variant", "rot=--rotations true --train-drawers 20"]
+    assert validation_sweep.main(args) == 0
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["variant"] for r in sweep["runs"]] == ["base", "rot"]
+    rot = sweep["runs"][1]
+    assert rot["config"]["rotations"] and rot["config"]["train_drawers"] == 20 and rot["config"]["model"] == "tiny"
+    assert len(rot["val_accuracy_per_epoch"]) == 2 and rot["best_val_accuracy"] == max(rot["val_accuracy_per_epoch"])
+    assert "validation alphabets only" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        validation_sweep.main(args[:-4] + ["--variant", "a", "--variant", "a"])
+    with pytest.raises(SystemExit):
+        validation_sweep.main(args[:-4] + ["--variant", "bad=--no-such-flag 1"])

@@ -34,6 +34,15 @@ def test_flat_indices_and_alphabets(splits, omniglot):
   assert {og.ALPHABETS[a] for a in splits.test.char_alphabets} == set(D.LAKE_ALPHABETS)
 
 
+def test_train_drawers_extend_the_seeded_permutation(splits):
+  full = D.paper_splits(seed=0, train_drawers=20)
+  assert full.train.drawers == tuple(range(1, 21))
+  assert (full.validation, full.test) == (splits.validation, splits.test)
+  more = D.paper_splits(seed=0, train_drawers=14)
+  assert set(splits.train.drawers) < set(more.train.drawers) and len(more.train.drawers) == 14
+  assert not set(full.train.alphabets) & (set(full.validation.alphabets) | set(full.test.alphabets))
+
+
 def test_splits_reproducible_and_manifest_roundtrip(splits, tmp_path):
   assert D.paper_splits(seed=0).to_json() == splits.to_json()
   assert D.paper_splits(seed=1).train.drawers != splits.train.drawers
@@ -46,7 +55,8 @@ def test_splits_reproducible_and_manifest_roundtrip(splits, tmp_path):
     (dict(train_alphabets=og.BACKGROUND_ALPHABETS + ("Tibetan",)), "Lake"),
     (dict(validation_alphabets=("Angelic", "Tengwar")), "Lake"),
     (dict(test_alphabets=("Angelic",)), "both"),
-    (dict(drawers=((1, 2, 3), (3, 4), (5, 6))), "drawers"),
+    (dict(drawers=((1, 2, 3), (3, 4), (5, 0))), "drawers"),
+    (dict(train_drawers=21), "train_drawers"),
     (dict(n_drawers=(12, 5, 4)), "drawers"),
     (dict(train_alphabets=("Klingon",)), "unknown"),
 ])

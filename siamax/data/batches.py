@@ -80,9 +80,15 @@ def make_sampler(cfg, split, images: jax.Array, seed: int) -> Sampler:
 
         @jax.jit
         def episodic(step):
-            idx, labels = _episodic_indices(jax.random.fold_in(key, step), arrays, cfg.episode_alphabets,
-                                            per, cfg.episode_drawers, max_count)
-            return {"x": images[idx], "labels": labels}
+            k_step = jax.random.fold_in(key, step)
+            idx, labels = _episodic_indices(k_step, arrays, cfg.episode_alphabets, per, cfg.episode_drawers,
+                                            max_count)
+            x = images[idx]
+            if cfg.rotations:
+                turns = jnp.repeat(jax.random.randint(jax.random.fold_in(k_step, 1), (cfg.episode_chars,), 0, 4),
+                                   cfg.episode_drawers)
+                x, labels = rotate90(x, turns), labels * 4 + turns
+            return {"x": x, "labels": labels}
 
         b = cfg.episode_chars * cfg.episode_drawers
         if not cfg.steps_per_epoch:
@@ -136,6 +142,12 @@ def make_sampler(cfg, split, images: jax.Array, seed: int) -> Sampler:
         return gather(cache[epoch], offset * b)
 
     return Sampler(fixed, steps, b, 2 * b)
+
+
+def rotate90(x: jax.Array, turns: jax.Array) -> jax.Array:
+    """(B, S, S) images, each turned counter-clockwise by ``turns[i]`` (0..3) quarter turns."""
+    every = jnp.stack([jnp.rot90(x, k, axes=(1, 2)) for k in range(4)])
+    return every[turns, jnp.arange(x.shape[0])]
 
 
 def _warped(x_uint8, transforms):

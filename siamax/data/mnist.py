@@ -8,7 +8,7 @@ import gzip
 import numpy as np
 
 from siamax.data import _paths
-from siamax.data.omniglot import _tfds, read_records
+from siamax.data.omniglot import _tfds, prepare, read_records
 
 _FILES = {"train": ("mnist_train_images", "mnist_train_labels"),
           "test": ("mnist_test_images", "mnist_test_labels")}
@@ -95,8 +95,7 @@ def load_mnist(data_dir=None, tfds_dir=None) -> Mnist:
 
 @functools.lru_cache(maxsize=4)
 def _load_mnist(data_dir: str, tfds_dir: str) -> Mnist:
-  builder = mnist_builder(data_dir, tfds_dir)
-  builder.download_and_prepare()
+  builder = prepare(lambda: mnist_builder(data_dir, tfds_dir))
   out = {}
   for split in _FILES:
     # TFDS shuffles records by key hash; put them back in the idx files' order.

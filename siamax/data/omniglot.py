@@ -284,6 +284,21 @@ def omniglot_builder(data_dir=None, tfds_dir=None, *, download: bool = True):
                           data_dir=str(_paths.tfds_dir(tfds_dir)), file_format="array_record")
 
 
+def prepare(make_builder):
+  """``make_builder()`` prepared, also when other processes prepare the same dataset at the same
+  time (parallel sweeps, several hosts on one disk): TFDS writes to a temporary folder and renames
+  it, so every process but the first to finish fails that rename; the dataset is then complete, and
+  a fresh builder reads it."""
+  builder = make_builder()
+  try:
+    builder.download_and_prepare()  # a no-op once prepared
+  except FileExistsError:
+    builder = make_builder()
+    if not builder.is_prepared():
+      raise
+  return builder
+
+
 def read_records(builder, split: str, fields: dict[str, tuple], batch: int = 8192):
   """All records of a prepared split as numpy arrays, one per field: ``{name: (n, *shape)}``.
 
@@ -330,8 +345,7 @@ def load_omniglot(data_dir=None, tfds_dir=None, *, download: bool = True) -> Omn
 
 @functools.lru_cache(maxsize=4)
 def _load_omniglot(data_dir: str, tfds_dir: str, download: bool) -> Omniglot:
-  builder = omniglot_builder(data_dir, tfds_dir, download=download)
-  builder.download_and_prepare()  # a no-op once prepared; atomic (TFDS writes to a temp dir).
+  builder = prepare(lambda: omniglot_builder(data_dir, tfds_dir, download=download))
   images = np.zeros((N_CHARS, N_DRAWERS, SIZE, SIZE), bool)
   seen = np.zeros((N_CHARS, N_DRAWERS), bool)
   fields = {"image": ((SIZE, SIZE), bool), "character_id": ((), np.int32), "drawer": ((), np.int32)}

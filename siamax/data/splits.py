@@ -8,13 +8,14 @@ Default (OPEN choices, all configurable):
 * test: the 10 evaluation alphabets of Lake's 20 runs x 4 more drawers.
 
 Drawers: a permutation of 1..20 drawn from ``seed`` gives 12 train, 4 validation and 4 test drawers,
-disjoint. (Drawer numbers do not name the same person across characters, so the choice is arbitrary;
+disjoint. ``train_drawers`` > 12 lets the training alphabets use more of their drawers (all 20, as in
+Lake's protocol, which trains on the whole background set): the extra drawers are the ones the
+validation and test alphabets use, which shares no image, because the alphabets are disjoint. (Drawer numbers do not name the same person across characters, so the choice is arbitrary;
 Lake's runs use drawers 1..8 of the test alphabets. They are never seen in training or
 validation whatever the drawers, because their alphabets are not.)
 
-Rules enforced with a ``ValueError`` whatever the arguments: splits have disjoint alphabets;
-validation drawers differ from training drawers; Lake's 10 alphabets never appear in training or
-validation.
+Rules enforced with a ``ValueError`` whatever the arguments: splits have disjoint alphabets (so no
+image is ever in two splits); Lake's 10 alphabets never appear in training or validation.
 """
 from __future__ import annotations
 
@@ -122,20 +123,21 @@ def check(splits: Splits) -> None:
     both = set(splits[a].alphabets) & set(splits[b].alphabets)
     if both:
       raise ValueError(f"alphabets {sorted(both)} are in both {a} and {b}")
-  both = set(splits.train.drawers) & set(splits.validation.drawers)
-  if both:
-    raise ValueError(f"drawers {sorted(both)} are in both train and validation")
 
 
 def paper_splits(seed: int = 0, *, train_alphabets: Sequence[str] = og.BACKGROUND_ALPHABETS,
                  validation_alphabets: Sequence[str] = VALIDATION_ALPHABETS,
                  test_alphabets: Sequence[str] = LAKE_ALPHABETS, n_drawers: tuple[int, int, int] = (12, 4, 4),
-                 drawers: tuple[Sequence[int], Sequence[int], Sequence[int]] | None = None) -> Splits:
+                 drawers: tuple[Sequence[int], Sequence[int], Sequence[int]] | None = None,
+                 train_drawers: int | None = None) -> Splits:
   """The paper's verification split (see the module docstring), deterministic from ``seed``.
 
   Args:
     seed: picks the drawers (a permutation of 1..20 cut into ``n_drawers`` parts).
     drawers: explicit 1-based (train, validation, test) drawers instead of the seeded choice.
+    train_drawers: drawers per training character, the first ``train_drawers`` of the seeded
+      permutation (None: ``n_drawers[0]``; up to 20, overlapping the drawers that the validation
+      and test alphabets use).
   """
   if drawers is None:
     if sum(n_drawers) > og.N_DRAWERS:
@@ -143,5 +145,11 @@ def paper_splits(seed: int = 0, *, train_alphabets: Sequence[str] = og.BACKGROUN
     perm = np.random.default_rng(seed).permutation(og.N_DRAWERS) + 1
     cuts = np.cumsum((0,) + tuple(n_drawers))
     drawers = tuple(perm[cuts[i]:cuts[i + 1]] for i in range(3))
+    if train_drawers is not None:
+      if not 1 <= train_drawers <= og.N_DRAWERS:
+        raise ValueError(f"train_drawers must be in 1..{og.N_DRAWERS}, got {train_drawers}")
+      drawers = (perm[:train_drawers],) + drawers[1:]
+  elif train_drawers is not None:
+    raise ValueError("give either drawers or train_drawers, not both")
   return Splits(*(_split(s, a, d) for s, a, d in zip(SPLITS, (train_alphabets, validation_alphabets,
                                                                 test_alphabets), drawers)), seed=seed)
