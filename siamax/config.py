@@ -159,8 +159,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # All 20 drawers as in quick (validation 61.6% vs 60.0% with 12); quick's Adam 3e-3 made this
     # network's validation collapse (18% -> 6% in two epochs), so it keeps 1e-3 x0.92.
     "mnist_quick": dict(model="reduced35", train_drawers=20, objective="episodic", episode_chars=20,
-                        episode_drawers=4, episode_alphabets=1, optimizer="adam", learning_rate=1e-3, lr_decay=0.92, epochs=6,
-                        steps_per_epoch=250, patience=6, batch_size=80),
+                        episode_drawers=4, episode_alphabets=1, optimizer="adam", learning_rate=1e-3,
+                        lr_decay=0.92, epochs=6, steps_per_epoch=250, patience=6, batch_size=80),
     "mnist_paper": dict(model="reduced35", objective="pairs", n_pairs=150_000, distortions=8,
                         batch_size=128, optimizer="sgd", learning_rate=0.01, epochs=200, patience=20),
 }

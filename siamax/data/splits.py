@@ -8,11 +8,12 @@ Default (OPEN choices, all configurable):
 * test: the 10 evaluation alphabets of Lake's 20 runs x 4 more drawers.
 
 Drawers: a permutation of 1..20 drawn from ``seed`` gives 12 train, 4 validation and 4 test drawers,
-disjoint. ``train_drawers`` > 12 lets the training alphabets use more of their drawers (all 20, as in
-Lake's protocol, which trains on the whole background set): the extra drawers are the ones the
-validation and test alphabets use, which shares no image, because the alphabets are disjoint. (Drawer numbers do not name the same person across characters, so the choice is arbitrary;
-Lake's runs use drawers 1..8 of the test alphabets. They are never seen in training or
-validation whatever the drawers, because their alphabets are not.)
+disjoint. (Drawer numbers do not name the same person across characters, so the choice is arbitrary;
+Lake's runs use drawers 1..8 of the test alphabets. They are never seen in training or validation
+whatever the drawers, because their alphabets are not.) ``train_drawers`` > 12 lets the training
+alphabets use more of their drawers (all 20, as in Lake's protocol, which trains on the whole
+background set): the extra drawers are the ones the validation and test alphabets use, which shares
+no image, because the alphabets are disjoint.
 
 Rules enforced with a ``ValueError`` whatever the arguments: splits have disjoint alphabets (so no
 image is ever in two splits); Lake's 10 alphabets never appear in training or validation.
