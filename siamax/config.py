@@ -148,11 +148,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   l2=0.0, layer_l2="conv1=0.0002,conv2=0.0002,conv3=0.0002,conv4=0.0002,fc=0.0001",
                   epochs=200, patience=20),
     # CPU-sized (2 cores, <= 15 minutes in all): a 35x35 four-block tower trained episodically on
-    # within-alphabet batches of all 20 drawers of the background alphabets, each character turned by
-    # a random quarter turn as its own class. Every setting was chosen on the validation alphabets
+    # within-alphabet batches (40 characters x 2 drawings) from all 20 drawers of the background
+    # alphabets, each character turned by a random quarter turn as its own class. Every setting was chosen on the validation alphabets
     # (results/validation_sweeps/, README "How the quick preset was chosen"); patience 0 because the
     # 14-epoch budget is fixed anyway and the best epoch is still kept by validation.
-    "quick": dict(model="small", train_drawers=20, objective="episodic", episode_chars=20, episode_drawers=4,
+    "quick": dict(model="small", train_drawers=20, objective="episodic", episode_chars=40, episode_drawers=2,
                   episode_alphabets=1, rotations=True, optimizer="adam", learning_rate=3e-3, lr_decay=0.97,
                   epochs=14, steps_per_epoch=250, patience=0, batch_size=80),
     # MNIST transfer (paper section 5): the reduced 35x35 network, trained on Omniglot downsampled 3x.
