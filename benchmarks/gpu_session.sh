@@ -33,9 +33,11 @@ pack() {  # results without checkpoints or exported weights (too large to bring 
 
 seconds_left() { echo $(( ${DEADLINE:-$(( $(date +%s) + 86400 ))} - $(date +%s) - 30 )); }
 
-sweep() {  # sweep ROUND GROUP FLAGS...: one validation_sweep process, in the background
+sweep() {  # sweep ROUND GROUP FLAGS...: one validation_sweep process, in the background, with a
+  # fifth of the GPU's memory (XLA would take three quarters per process), four side by side
   local round=$1 group=$2; shift 2
-  timeout "$(seconds_left)" python -m experiments.validation_sweep --preset quick --seeds 0,1 \
+  XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.2} \
+    timeout "$(seconds_left)" python -m experiments.validation_sweep --preset quick --seeds 0,1 \
     --val-trials 1000 --no-progress --workdir "$RUNS/$round/$group" "$@" > "$RUNS/${round}_$group.log" 2>&1 &
 }
 
@@ -59,7 +61,6 @@ stage_bench() {
 }
 
 stage_sweep() {  # round 1, from the previous quick preset (12 drawers, Adam 1e-3 x0.92, patience 6)
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.2}
   sweep sweep a --variant base --variant 'all20=--train-drawers 20' \
     --variant 'all20_aug=--train-drawers 20 --augment true' \
     --variant 'all20_rot_decay95=--train-drawers 20 --rotations true --lr-decay 0.95'
@@ -72,7 +73,6 @@ stage_sweep() {  # round 1, from the previous quick preset (12 drawers, Adam 1e-
 }
 
 stage_sweep2() {  # round 2, from round 1's choice (--train-drawers 20 --rotations true --lr-decay 0.95)
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.2}
   sweep sweep2 a --patience 0 --variant q --variant 'q_bf16=--dtype bfloat16'
   sweep sweep2 b --patience 0 --variant 'q_lr2=--learning-rate 2e-3' \
     --variant 'q_lr2_d97=--learning-rate 2e-3 --lr-decay 0.97'
@@ -82,7 +82,6 @@ stage_sweep2() {  # round 2, from round 1's choice (--train-drawers 20 --rotatio
 }
 
 stage_sweep3() {  # round 3, from the same preset as round 2, where --learning-rate 3e-3 looked best
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.2}
   sweep sweep3 a --patience 0 --variant 'q_lr3=--learning-rate 3e-3'
   sweep sweep3 b --patience 0 --variant 'q_lr3_bf16=--learning-rate 3e-3 --dtype bfloat16'
   sweep sweep3 c --patience 0 --variant 'q_lr5=--learning-rate 5e-3'

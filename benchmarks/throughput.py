@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -206,14 +207,13 @@ def build_siamax(args):
 def train_flops_per_pair(spec) -> int:
     """Multiply-adds x 2 of one training pair: forward, input and weight gradients of both twins' towers
     (the first layer needs no input gradient), the head ignored (it is tiny)."""
-    s, cin, total = spec.input_size, 1, 0
-    for i, (f, k, pool) in enumerate(zip(spec.filters, spec.kernels, spec.pools)):
-        out = s if spec.padding == "SAME" else s - k + 1
+    cin, total = 1, 0
+    for i, (f, k, out) in enumerate(zip(spec.filters, spec.kernels, spec.conv_sizes)):
         fwd = 2 * out * out * k * k * cin * f
         total += fwd * (2 if i == 0 else 3)
-        s, cin = (out // 2 if pool else out), f
+        cin = f
     if spec.fc_units:
-        total += 3 * 2 * s * s * cin * spec.fc_units
+        total += 3 * 2 * math.prod(spec.feature_shape) * spec.fc_units
     return 2 * total
 
 

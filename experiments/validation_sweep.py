@@ -47,14 +47,12 @@ def main(argv=None):
     flag_parser = argparse.ArgumentParser(prog="variant flags", allow_abbrev=False, add_help=False)
     config.add_arguments(flag_parser)
     try:
-        common = config.from_args(args, args.preset).to_dict()
-        base = config.Config.from_preset(args.preset).to_dict()
-        common = {k: v for k, v in common.items() if v != base[k]}
-        cfgs = {name: config.Config.from_preset(args.preset, **{**common, **_overrides(flag_parser, flags)})
-                for name, flags in args.variant}
+        common = config.from_args(args, args.preset)
+        cfgs = {name: common.replace(**_overrides(flag_parser, flags)) for name, flags in args.variant}
     except (ValueError, SystemExit) as e:
         parser.error(f"bad variant flags: {e}")
 
+    base = config.Config.from_preset(args.preset).to_dict()
     workdir = Path(args.workdir)
     out = {"preset": args.preset, "seeds": seeds, "runs": []}
     for name, cfg in cfgs.items():
@@ -67,7 +65,6 @@ def main(argv=None):
             history = [json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").open()]
             out["runs"].append({"variant": name, "seed": seed, "config": run_cfg.to_dict(), **summary,
                                 "val_accuracy_per_epoch": history})
-            workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "sweep.json").write_text(json.dumps(out, indent=1))
     print(f"\n{'variant':<16} {'best val (mean)':>16} {'per seed':>24} {'train s':>8}")
     for name in cfgs:

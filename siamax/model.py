@@ -74,17 +74,22 @@ class ModelSpec:
         return tuple(f"conv{i + 1}" for i in range(len(self.filters))) + (("fc",) if self.fc_units else ()) + ("head",)
 
     @property
-    def feature_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of the last conv block's output, i.e. what the fc layer flattens."""
-        size = self.input_size
+    def conv_sizes(self) -> tuple[int, ...]:
+        """Height (= width) of each conv layer's output, before its pooling."""
+        sizes, size = [], self.input_size
         for k, pool in zip(self.kernels, self.pools):
-            if self.padding == "VALID":
-                size = size - k + 1
-            if pool:
-                size //= 2
+            out = size - k + 1 if self.padding == "VALID" else size
+            size = out // 2 if pool else out
             if size < 1:
                 raise ValueError(f"input_size {self.input_size} is too small for kernels {self.kernels} "
                                  f"with pools {self.pools}")
+            sizes.append(out)
+        return tuple(sizes)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the last conv block's output, i.e. what the fc layer flattens."""
+        size = self.conv_sizes[-1] // (2 if self.pools[-1] else 1)
         return size, size, self.filters[-1]
 
     @property
