@@ -5,9 +5,12 @@
 #   OUT=dir SIAMAX_DATA_DIR=... [DEADLINE=epoch-seconds] benchmarks/gpu_session.sh STAGE [STAGE ...]
 #
 # Stages (each writes $OUT/<stage>.log and packs its result files into $OUT/<stage>.tar.gz):
-#   bench         benchmarks/throughput.py for the paper network, float32 and bfloat16, batch 128
-#                 and 512, each next to the same network in PyTorch on the same GPU, plus the
-#                 measured bf16 matrix-product rate (benchmarks/results/gpu_h100_*.json)
+#   bench         benchmarks/throughput.py for the paper network, float32 and bfloat16, batch 128,
+#                 512 and 1024, and the small model with and without space-to-depth blocks, each
+#                 next to the same network in PyTorch on the same GPU, plus the measured bf16
+#                 matrix-product rate; then a device trace of the paper network's training step
+#                 (benchmarks/gpu_profile.py; results in benchmarks/results/gpu_h100_*)
+#   profile       benchmarks/gpu_profile.py: ceilings, per-layer timings, training-step variants
 #   sweep         round 1 of experiments.validation_sweep on quick-preset variants (validation
 #                 alphabets only), four processes side by side: the small model leaves the GPU idle
 #   sweep2        round 2, around round 1's choice     (results/validation_sweeps/round*.json)
@@ -47,17 +50,27 @@ finish_sweep() {  # wait for a round's processes, show their tables, pack
   pack "$1" "$1" "$1"_a.log "$1"_b.log "$1"_c.log "$1"_d.log
 }
 
-stage_bench() {
+stage_bench() {  # most important first: a run past the deadline is skipped
   mkdir -p "$RUNS/bench"
-  local peak=--peak
-  for b in 128 512; do
-    for dtype in float32 bfloat16; do
-      python benchmarks/throughput.py --model paper --batch-size $b --dtype $dtype --repeats 5 \
-        --compare torch $peak --json "$RUNS/bench/gpu_paper_${dtype}_b$b.json"
-      peak=
-    done
+  local m b dtype impl peak=--peak
+  for m in paper:512:bfloat16 paper:128:float32 paper:1024:bfloat16 paper:512:float32 paper:128:bfloat16 \
+           small:512:bfloat16:auto small:512:bfloat16:xla; do
+    IFS=: read -r model b dtype impl <<< "$m"
+    (( $(seconds_left) > 90 )) || { echo "skipped $m: deadline"; continue; }
+    timeout "$(seconds_left)" python benchmarks/throughput.py --model "$model" --batch-size "$b" --dtype "$dtype" \
+      --repeats 5 --compare torch $peak ${impl:+--conv-impl $impl} \
+      --json "$RUNS/bench/gpu_${model}_${dtype}_b$b${impl:+_$impl}.json"
+    peak=
   done
+  (( $(seconds_left) > 90 )) && timeout "$(seconds_left)" python benchmarks/gpu_profile.py --trace-only \
+    --batch-sizes 512 --out "$RUNS/bench/trace_paper_bf16_b512"
   pack bench bench
+}
+
+stage_profile() {
+  timeout "$(seconds_left)" python benchmarks/gpu_profile.py --batch-sizes 512,1024 --out "$RUNS/profile" \
+    --deadline $(( $(date +%s) + $(seconds_left) ))
+  pack profile profile
 }
 
 stage_sweep() {  # round 1, from the previous quick preset (12 drawers, Adam 1e-3 x0.92, patience 6)
@@ -104,9 +117,11 @@ stage_paper() {  # $1: epochs, $2: dtype
 }
 
 nvidia-smi -L 2>/dev/null
-python -c "import jax, flax, optax, orbax.checkpoint as o, tensorflow_datasets as t; print('jax', jax.__version__, \
-  'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, 'tfds', t.__version__, jax.devices())"
-python -c "import siamax.data as d; d.load_omniglot()"  # prepare the dataset once, before any stage
+python -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__version__, 'flax', flax.__version__, \
+  'optax', optax.__version__, 'orbax', o.__version__, jax.devices())"
+case " $* " in  # prepare the dataset once, before any stage that trains
+  *" sweep"*|*" quick"*|*" paper"*) python -c "import siamax.data as d; d.load_omniglot()" ;;
+esac
 for stage in "$@"; do
   name=${stage%%:*} arg=${stage#*:}
   echo "=== $stage $(date -u +%FT%TZ)"
@@ -114,7 +129,7 @@ for stage in "$@"; do
     *_bg)
       (export XLA_PYTHON_CLIENT_MEM_FRACTION=0.08; "stage_${name%_bg}" > "$OUT/${name%_bg}.log" 2>&1) &
       export XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 ;;
-    bench|sweep|sweep2|sweep3|quick) "stage_$name" 2>&1 | tee "$OUT/$name.log" ;;
+    bench|profile|sweep|sweep2|sweep3|quick) "stage_$name" 2>&1 | tee "$OUT/$name.log" ;;
     paper) stage_paper "$arg" float32 2>&1 | tee "$OUT/paper_float32.log" ;;
     paper_bf16) stage_paper "$arg" bfloat16 2>&1 | tee "$OUT/paper_bfloat16.log" ;;
     *) echo "unknown stage $stage"; exit 2 ;;

@@ -23,6 +23,14 @@ All implementations compute the same stride-1 NHWC cross-correlation as
     matmul (single-channel inputs: one kernel row of patches at a time, so they stay in cache)
     and whose input gradient is XLA's convolution of the padded grad_out with the flipped kernel.
     For layers whose forward XLA does well but whose weight gradient it does not (conv1).
+``impl="s2d"`` (whole pooled blocks only: :func:`conv_relu_pool`)
+    Space-to-depth: each 2x2 block of input pixels becomes 4*Cin channels and each 2x2 block of
+    output pixels 4*Cout channels, so the convolution runs directly on the pooled grid with a
+    (k//2+1)^2 kernel assembled from the k^2 one (zeros where a tap falls outside it), and the
+    2x2 max-pooling is a max over the 4 output channel groups. About (2(k//2+1)/k)^2 times the
+    multiply-adds (1.44x for the paper's conv1, 1.31x for conv2), but in matrix shapes that GPU
+    tensor cores run well: the paper's conv1 (one input channel) ran 18 TFLOP/s as XLA's/cuDNN's
+    convolution on an H100. A plain :func:`conv2d` under ``impl="s2d"`` is XLA's.
 ``impl="auto"`` (the presets' default)
     ``"xla"`` on every backend except CPU; on CPU a per-layer choice from the layer's shape
     (:func:`choose_impl`), measured on the paper and small networks.
@@ -39,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLS = ("xla", "matmul", "fft", "hybrid", "auto")
+IMPLS = ("xla", "matmul", "fft", "hybrid", "s2d", "auto")
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, padding: str = "VALID", impl: str = "xla") -> jax.Array:
@@ -51,7 +59,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: str = "VALID", impl: str = 
                          f"x {tuple(x.shape)}, kernel {tuple(kernel.shape)}")
     if impl == "auto":
         impl = choose_impl(x.shape, kernel.shape, padding)
-    if impl == "xla":
+    if impl in ("xla", "s2d"):
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if impl not in ("matmul", "fft", "hybrid"):
@@ -229,6 +237,75 @@ def _conv_fft(x, kernel):
     return jnp.transpose(y[:, :, :ho, :wo], (0, 2, 3, 1)).astype(dtype)
 
 
+# ----------------------------------------------------------------------------- space-to-depth blocks
+def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str = "VALID",
+                   impl: str = "xla") -> jax.Array:
+    """One pooled tower block, ``max_pool_2x2(relu(conv2d(x, kernel, padding) + bias))``.
+
+    ``impl="s2d"`` computes it by space-to-depth (module docstring); ``"auto"`` uses that where
+    :func:`prefers_s2d` says so and otherwise :func:`conv2d`'s own choice.
+    """
+    if impl == "auto" and prefers_s2d(kernel.shape):
+        impl = "s2d"
+    if impl != "s2d":
+        return max_pool_2x2(jax.nn.relu(conv2d(x, kernel, padding, impl) + bias))
+    if padding not in ("VALID", "SAME"):
+        raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
+    x = _pad_same(x, kernel.shape[0]) if padding == "SAME" else x
+    return _s2d_conv_relu_pool(x, kernel, bias)
+
+
+def prefers_s2d(kernel_shape, backend: str | None = None) -> bool:
+    """Whether ``impl="auto"`` computes a pooled block by space-to-depth on ``backend``.
+
+    Measured on an H100 (docs/performance.md): the paper's conv1 (10x10, one input channel) and
+    conv2 (7x7, 64 -> 128) blocks ran faster so, its conv3 (4x4: 2.25x the multiply-adds) slower.
+    So on GPU/TPU: one input channel, or at most 1.5x the direct form's multiply-adds. Never on
+    CPU (not measured to help there).
+    """
+    if (backend or jax.default_backend()) == "cpu":
+        return False
+    k, cin = kernel_shape[0], kernel_shape[2]
+    return cin == 1 or (2 * (k // 2 + 1) / k) ** 2 <= 1.5
+
+
+@functools.lru_cache(maxsize=None)
+def _s2d_taps(k: int):
+    """Tap indices and mask that assemble the space-to-depth kernel from a k x k one.
+
+    Output pixel (2Y + r, 2X + s) reads input pixel (2(Y + a) + p, 2(X + b) + q) through the
+    original tap (2a + p - r, 2b + q - s), a, b in [0, k//2]; taps outside [0, k) are zero.
+    """
+    ka = k // 2 + 1
+    tap = 2 * np.arange(ka)[:, None, None] + np.arange(2)[None, :, None] - np.arange(2)[None, None, :]  # (a, p, r)
+    inside = (tap >= 0) & (tap < k)
+    return np.clip(tap, 0, k - 1), inside
+
+
+def _s2d_conv_relu_pool(x, kernel, bias):
+    b, h, w, cin = x.shape
+    k, _, _, cout = kernel.shape
+    if h != w:
+        raise ValueError(f"impl='s2d' needs square inputs, got {h}x{w}")
+    hp = (h - k + 1) // 2  # pooled output size (floor, as max_pool_2x2)
+    if hp < 1:
+        raise ValueError(f"a {k}x{k} convolution and 2x2 pooling leave nothing of a {h}x{w} input")
+    ka = k // 2 + 1
+    n = hp + ka - 1  # space-to-depth rows needed; rows past the image meet only zero taps
+    x = jnp.pad(x, ((0, 0), (0, max(0, 2 * n - h)), (0, max(0, 2 * n - w)), (0, 0)))[:, :2 * n, :2 * n]
+    xs = x.reshape(b, n, 2, n, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, n, n, 4 * cin)
+    tap, inside = _s2d_taps(k)
+    # ws[a, b, p, q, r, s] = kernel[tap[a, p, r], tap[b, q, s]]: (ka, ka, 2, 2, 2, 2, Cin, Cout)
+    ws = kernel[tap[:, None, :, None, :, None], tap[None, :, None, :, None, :]]
+    mask = (inside[:, None, :, None, :, None] & inside[None, :, None, :, None, :])[..., None, None]
+    ws = jnp.where(mask, ws, jnp.zeros((), ws.dtype))
+    ws = ws.transpose(0, 1, 2, 3, 6, 4, 5, 7).reshape(ka, ka, 4 * cin, 4 * cout)  # in (p, q, c), out (r, s, o)
+    y = jax.lax.conv_general_dilated(xs, ws, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # max before bias + ReLU: both are monotonic, so this equals pooling after them, on a quarter of the data
+    y = y.reshape(b, hp, hp, 4, cout).max(axis=3)
+    return jax.nn.relu(y + bias)
+
+
 # ----------------------------------------------------------------------------- pooling
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2/2 max-pooling (floor: an odd trailing row/column is dropped), as reshape + max."""
@@ -245,4 +322,4 @@ def conv_flops(x_shape, kernel_shape, padding: str = "VALID") -> int:
     return 2 * b * ho * wo * k * k * cin * cout
 
 
-__all__ = ["IMPLS", "choose_impl", "conv2d", "conv_flops", "max_pool_2x2"]
+__all__ = ["IMPLS", "choose_impl", "conv2d", "conv_flops", "conv_relu_pool", "max_pool_2x2", "prefers_s2d"]

@@ -19,7 +19,7 @@ from siamax import layers
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "none": lambda x: x}
 INITS = ("koch", "lecun")
 NORMS = ("none", "layer")
-CONV_IMPLS = ("auto", "xla", "matmul", "fft", "hybrid")  # see siamax.layers
+CONV_IMPLS = ("auto", "xla", "matmul", "fft", "hybrid", "s2d")  # see siamax.layers
 DTYPES = ("float32", "bfloat16")
 
 
@@ -44,7 +44,8 @@ class ModelSpec:
     init: str = "koch"
     dtype: str = "float32"  # compute dtype; parameters always stay float32
     # "auto": per layer and backend the fastest of the equal-maths implementations in siamax.layers
-    # (XLA's conv on GPU/TPU; FFT or patches+matmul on CPU); "xla", "matmul", "fft", "hybrid" force one.
+    # (on GPU/TPU XLA's conv, pooled blocks by space-to-depth where that is faster; on CPU FFT or
+    # patches+matmul where faster); "xla", "matmul", "fft", "hybrid", "s2d" force one.
     conv_impl: str = "auto"
 
     def __post_init__(self):
@@ -151,7 +152,11 @@ def _inits(spec: ModelSpec, kind: str):
 
 
 class Conv(nn.Module):
-    """Stride-1 2D convolution whose implementation (XLA conv or patches+matmul) is selectable."""
+    """Stride-1 2D convolution + bias (implementation selectable, see siamax.layers).
+
+    With ``relu_pool`` the whole block, ReLU and 2x2 max-pooling included, so that an
+    implementation may fuse them (``layers.conv_relu_pool``).
+    """
 
     features: int
     kernel_size: int
@@ -160,14 +165,17 @@ class Conv(nn.Module):
     dtype: Any
     kernel_init: Any
     bias_init: Any
+    relu_pool: bool = False
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
         bias = self.param("bias", self.bias_init, (self.features,))
-        y = layers.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.padding, impl=self.impl)
-        return y + bias.astype(self.dtype)
+        x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        if self.relu_pool:
+            return layers.conv_relu_pool(x, kernel, bias, self.padding, impl=self.impl)
+        return layers.conv2d(x, kernel, self.padding, impl=self.impl) + bias
 
 
 class Siamese(nn.Module):
@@ -180,8 +188,10 @@ class Siamese(nn.Module):
         dtype = jnp.dtype(s.dtype)
         conv_k, conv_b = _inits(s, "conv")
         dense_k, dense_b = _inits(s, "dense")
-        self.convs = [Conv(f, k, s.padding, s.conv_impl, dtype, conv_k, conv_b, name=f"conv{i + 1}")
-                      for i, (f, k) in enumerate(zip(s.filters, s.kernels))]
+        # Without a norm between convolution and ReLU, a pooled block is one op (it may be fused).
+        self.convs = [Conv(f, k, s.padding, s.conv_impl, dtype, conv_k, conv_b, relu_pool=pool and s.norm == "none",
+                           name=f"conv{i + 1}")
+                      for i, (f, k, pool) in enumerate(zip(s.filters, s.kernels, s.pools))]
         self.norms = [nn.LayerNorm(dtype=dtype, name=f"norm{i + 1}") for i in range(len(s.filters))
                       ] if s.norm == "layer" else [None] * len(s.filters)
         self.fc = nn.Dense(s.fc_units, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="fc") \
@@ -193,6 +203,8 @@ class Siamese(nn.Module):
         """(B, S, S, 1) float model input -> (B, D) float32 embeddings."""
         for conv, norm, pool in zip(self.convs, self.norms, self.spec.pools):
             x = conv(x)
+            if conv.relu_pool:
+                continue
             x = nn.relu(norm(x) if norm is not None else x)
             if pool:
                 x = layers.max_pool_2x2(x)

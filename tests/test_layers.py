@@ -84,3 +84,52 @@ def test_max_pool_matches_reduce_window(shape):
     x = jax.random.normal(jax.random.key(0), shape)
     ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     np.testing.assert_array_equal(layers.max_pool_2x2(x), ref)
+
+
+S2D_CASES = [  # (H, Cin, k, Cout, padding): odd and even conv outputs (floor pooling), both paddings
+    (105, 1, 10, 4, "VALID"),  # the paper's conv1 shape (96x96 -> 48x48)
+    (48, 3, 7, 5, "VALID"),    # conv2's kernel, odd conv output (42 -> 21)
+    (21, 4, 4, 3, "VALID"),    # even kernel, odd conv output (18 -> 9)
+    (13, 2, 3, 4, "SAME"),     # the small model's blocks: SAME, odd plane
+    (12, 1, 4, 2, "SAME"),     # SAME with an even kernel
+    (6, 2, 5, 3, "VALID"),     # conv output 2 -> one pooled pixel
+]
+
+
+def _block_ref(x, w, b, padding):
+    return layers.max_pool_2x2(jax.nn.relu(layers.conv2d(x, w, padding, "xla") + b))
+
+
+@pytest.mark.parametrize("h,cin,k,cout,padding", S2D_CASES)
+def test_s2d_block_matches_conv_relu_pool(h, cin, k, cout, padding):
+    """Space-to-depth computes the same block, values and all three gradients, on random inputs."""
+    kx, kw, kb = jax.random.split(jax.random.key(h * 10 + k), 3)
+    x = jax.random.normal(kx, (2, h, h, cin))
+    w = jax.random.normal(kw, (k, k, cin, cout)) / np.sqrt(k * k * cin)
+    b = 0.1 * jax.random.normal(kb, (cout,))
+    ref = _block_ref(x, w, b, padding)
+    got = layers.conv_relu_pool(x, w, b, padding, "s2d")
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
+    loss = lambda fn: lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b)))
+    gref = jax.grad(loss(lambda x, w, b: _block_ref(x, w, b, padding)), (0, 1, 2))(x, w, b)
+    ggot = jax.grad(loss(lambda x, w, b: layers.conv_relu_pool(x, w, b, padding, "s2d")), (0, 1, 2))(x, w, b)
+    for a, r, name in zip(ggot, gref, ("d input", "d kernel", "d bias")):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5 * float(jnp.abs(r).max()), err_msg=name)
+
+
+def test_s2d_choice_and_model_equivalence():
+    """auto picks s2d only off CPU, for thin or large-kernel blocks; a model forced to s2d embeds
+    exactly as the plain one (same parameters)."""
+    assert not layers.prefers_s2d((10, 10, 1, 64), backend="cpu")
+    assert layers.prefers_s2d((10, 10, 1, 64), backend="gpu")      # paper conv1
+    assert layers.prefers_s2d((7, 7, 64, 128), backend="gpu")      # paper conv2: 1.31x the work
+    assert not layers.prefers_s2d((4, 4, 128, 128), backend="gpu")  # paper conv3: 2.25x
+    assert not layers.prefers_s2d((3, 3, 64, 64), backend="gpu")
+    import siamax
+
+    spec = siamax.MODELS["tiny"].replace(padding="VALID", conv_impl="xla")
+    params = siamax.init(jax.random.key(0), spec)
+    x = jax.random.uniform(jax.random.key(1), (3, spec.input_size, spec.input_size))
+    forced = siamax.Params(weights=params.weights, spec=spec.replace(conv_impl="s2d"))
+    np.testing.assert_allclose(siamax.embed(forced, x), siamax.embed(params, x), rtol=1e-5, atol=1e-6)
