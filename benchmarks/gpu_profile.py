@@ -258,24 +258,25 @@ def patched(conv_impls=None, pool=None):
         layers.choose_impl, layers.max_pool_2x2 = saved
 
 
-def _train_setup(spec, batch_size):
+def _random_pairs(spec, batch_size):
     import jax
     import numpy as np
-
-    import siamax
-    from siamax import optim, train
 
     rng = np.random.default_rng(0)
     s = spec.input_size
     imgs = lambda n: (rng.random((n, s, s)) > 0.8).astype(np.float32)
-    batch = jax.device_put({"x1": imgs(batch_size), "x2": imgs(batch_size),
-                            "y": (rng.random(batch_size) > 0.5).astype(np.float32)})
-    tx = optim.koch_sgd(spec.layer_names, optim.SGDConfig(), steps_per_epoch=1000)
-    state = train.create_train_state(siamax.init(jax.random.key(0), spec), tx, train.Objective())
-    step_fn = jax.jit(lambda st, b, r: train._train_step(st, b, r), donate_argnums=0)
+    return jax.device_put({"x1": imgs(batch_size), "x2": imgs(batch_size),
+                           "y": (rng.random(batch_size) > 0.5).astype(np.float32)})
+
+
+def _compiled(step_fn, state, batch):
+    """(call, compile seconds, compiled step): a fresh jit, so patched layers are traced anew; the
+    state is donated, so it lives in a box."""
+    import jax
+
     key = jax.random.key(1)
     t = time.perf_counter()
-    step = step_fn.lower(state, batch, key).compile()
+    step = jax.jit(step_fn, donate_argnums=0).lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t
     box = [state]
 
@@ -286,14 +287,29 @@ def _train_setup(spec, batch_size):
     return call, compile_s, step
 
 
-def train_rate(spec, batch_size, flops_per_pair, peak_flops):
-    call, compile_s, _ = _train_setup(spec, batch_size)
+def _library_step(spec, batch_size):
+    import jax
+
+    import siamax
+    from siamax import optim, train
+
+    tx = optim.koch_sgd(spec.layer_names, optim.SGDConfig(), steps_per_epoch=1000)
+    state = train.create_train_state(siamax.init(jax.random.key(0), spec), tx, train.Objective())
+    return _compiled(lambda st, b, r: train._train_step(st, b, r), state, _random_pairs(spec, batch_size))
+
+
+def _rate(compiled, batch_size, flops_per_pair, peak_flops):
+    call, compile_s, _ = compiled
     dt = bench(call, min_time=1.0, repeats=5)
     rate = batch_size / dt
     out = {"pairs_per_s": round(rate, 1), "step_ms": round(dt * 1e3, 2), "compile_s": round(compile_s, 1)}
     if peak_flops:
         out["fraction_of_peak"] = round(rate * flops_per_pair / peak_flops, 4)
     return out
+
+
+def train_rate(spec, batch_size, flops_per_pair, peak_flops):
+    return _rate(_library_step(spec, batch_size), batch_size, flops_per_pair, peak_flops)
 
 
 def _functional_step(spec, s2d_layers):
@@ -341,41 +357,20 @@ def _functional_step(spec, s2d_layers):
 
 def functional_rate(spec, batch_size, s2d_layers, flops_per_pair, peak_flops):
     import jax
-    import numpy as np
 
     import siamax
 
     step_fn, tx = _functional_step(spec, frozenset(s2d_layers))
-    rng = np.random.default_rng(0)
-    s = spec.input_size
-    imgs = lambda n: (rng.random((n, s, s)) > 0.8).astype(np.float32)
-    batch = jax.device_put({"x1": imgs(batch_size), "x2": imgs(batch_size),
-                            "y": (rng.random(batch_size) > 0.5).astype(np.float32)})
     weights = siamax.init(jax.random.key(0), spec).weights
-    state = (weights, tx.init(weights))
-    key = jax.random.key(1)
-    t = time.perf_counter()
-    step = jax.jit(step_fn, donate_argnums=0).lower(state, batch, key).compile()
-    compile_s = time.perf_counter() - t
-    box = [state]
-
-    def call():
-        box[0], metrics = step(box[0], batch, key)
-        metrics["loss"].block_until_ready()
-
-    dt = bench(call, min_time=1.0, repeats=5)
-    rate = batch_size / dt
-    out = {"pairs_per_s": round(rate, 1), "step_ms": round(dt * 1e3, 2), "compile_s": round(compile_s, 1)}
-    if peak_flops:
-        out["fraction_of_peak"] = round(rate * flops_per_pair / peak_flops, 4)
-    return out
+    compiled = _compiled(step_fn, (weights, tx.init(weights)), _random_pairs(spec, batch_size))
+    return _rate(compiled, batch_size, flops_per_pair, peak_flops)
 
 
 # ----------------------------------------------------------------------------- 4. device trace
 def trace_kernels(spec, batch_size, out_dir, steps=5):
     import jax
 
-    call, _, step = _train_setup(spec, batch_size)
+    call, _, step = _library_step(spec, batch_size)
     for _ in range(3):
         call()
     with open(os.path.join(out_dir, "train_step_hlo.txt.gz"), "wb") as f:
