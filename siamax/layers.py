@@ -23,6 +23,22 @@ All implementations compute the same stride-1 NHWC cross-correlation as
     matmul (single-channel inputs: one kernel row of patches at a time, so they stay in cache)
     and whose input gradient is XLA's convolution of the padded grad_out with the flipped kernel.
     For layers whose forward XLA does well but whose weight gradient it does not (conv1).
+``impl="winograd"`` (3x3 kernels)
+    Winograd minimal filtering F(4x4, 3x3) (Lavin & Gray 2016), with a custom VJP: input tiles
+    (6x6, stride 4) and the kernel go through the small constant transforms (adds and a few
+    scalings, fused loops), then one batched matmul over the channels per tile position (36 of
+    them) needs 4x fewer multiplies than the direct form (36 per 16 outputs instead of 144, less
+    the padding of partial tiles); the output transform recombines them. The
+    weight gradient is again one batched matmul in the Winograd domain (the forward's transformed
+    input is kept as the residual), the input gradient is the same Winograd convolution of the
+    grad with the flipped kernel. Computes in float32; ~1e-6 relative to XLA's convolution.
+``impl="direct"`` (single-channel inputs)
+    k*k shifted multiply-adds in one fused loop (the small model's conv1: 3x3 on a 35x35 image),
+    weight gradient as one patches^T @ grad matmul. Inside :func:`conv_relu_pool` the whole
+    block is one op with a custom VJP: the four 2x2-pool phases of conv + bias are computed side
+    by side, pooled and rectified without materialising the full-resolution map; the backward
+    pass routes the gradient to the window maxima (shared on ties, as autodiff of
+    :func:`max_pool_2x2` does) and contracts it with the phase patches for the weight gradient.
 ``impl="s2d"`` (whole pooled blocks only: :func:`conv_relu_pool`)
     Space-to-depth: each 2x2 block of input pixels becomes 4*Cin channels and each 2x2 block of
     output pixels 4*Cout channels, so the convolution runs directly on the pooled grid with a
@@ -47,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLS = ("xla", "matmul", "fft", "hybrid", "s2d", "auto")
+IMPLS = ("xla", "matmul", "fft", "hybrid", "winograd", "direct", "s2d", "auto")
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, padding: str = "VALID", impl: str = "xla") -> jax.Array:
@@ -62,8 +78,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: str = "VALID", impl: str = 
     if impl in ("xla", "s2d"):
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if impl not in ("matmul", "fft", "hybrid"):
+    if impl not in ("matmul", "fft", "hybrid", "winograd", "direct"):
         raise ValueError(f"unknown conv impl {impl!r}; expected one of {IMPLS}")
+    if impl in ("winograd", "direct"):
+        pads = _pads(kernel.shape[0], padding)
+        if impl == "direct":
+            _check_direct(x.shape, kernel.shape)
+            return _conv_direct(x, kernel, pads)
+        if kernel.shape[0] != 3:
+            raise ValueError(f"impl='winograd' is for 3x3 kernels, got {kernel.shape[0]}x{kernel.shape[0]}")
+        # float32 inside: the transforms' coefficients (up to 8 and 1/24) cost bf16 too much precision
+        y = _conv_winograd(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, WINOGRAD_TILE)
+        return y.astype(x.dtype)
     x = _pad_same(x, kernel.shape[0]) if padding == "SAME" else x
     if impl == "matmul":
         return _conv_matmul(x, kernel)
@@ -83,7 +109,13 @@ def choose_impl(x_shape, kernel_shape, padding: str = "VALID", backend: str | No
       paper's conv2 and conv3: 7x7x64 and 4x4x128);
     * ``"hybrid"`` for single-channel inputs on large planes (the paper's conv1, 10x10 on
       105x105): XLA's forward convolution is fine there, its weight gradient is not;
-    * ``"xla"`` otherwise (small 3x3 layers, the paper's conv4 on 9x9 planes).
+    * ``"winograd"`` for 3x3 kernels with >= 16 input channels (the small model's conv2-conv4):
+      F(4x4, 3x3) needs 4x fewer multiplies than the direct form and its weight gradient is
+      one batched matmul, where XLA's weight-gradient convolution is slow;
+    * ``"direct"`` for single-channel inputs with small kernels (the small model's conv1, 3x3 on
+      35x35): k*k multiply-adds per output in one fused loop, the weight gradient as one
+      patches^T @ grad matmul; inside :func:`conv_relu_pool` the whole block is fused;
+    * ``"xla"`` otherwise (the paper's conv4, 4x4 on 9x9 planes).
     """
     backend = backend or jax.default_backend()
     if backend != "cpu":
@@ -94,7 +126,23 @@ def choose_impl(x_shape, kernel_shape, padding: str = "VALID", backend: str | No
         return "fft"
     if cin == 1 and h >= 48:
         return "hybrid"
+    if k == 3 and cin >= 16:
+        return "winograd"
+    if cin == 1 and k <= 5:
+        return "direct"
     return "xla"
+
+
+def _pads(k, padding):
+    """((lo, hi), (lo, hi)) zero padding of H and W that turns ``padding`` into a VALID convolution."""
+    lo = (k - 1) // 2 if padding == "SAME" else 0
+    hi = k - 1 - lo if padding == "SAME" else 0
+    return ((lo, hi), (lo, hi))
+
+
+def _check_direct(x_shape, kernel_shape):
+    if x_shape[-1] != 1:
+        raise ValueError(f"impl='direct' is for single-channel inputs, got {x_shape[-1]} channels")
 
 
 def _pad_same(x, k):
@@ -237,16 +285,239 @@ def _conv_fft(x, kernel):
     return jnp.transpose(y[:, :, :ho, :wo], (0, 2, 3, 1)).astype(dtype)
 
 
-# ----------------------------------------------------------------------------- space-to-depth blocks
+# ----------------------------------------------------------------------------- Winograd (3x3)
+# F(m x m, 3 x 3) minimal filtering (Lavin & Gray 2016): y = A^T [(G w G^T) . (B^T d B)] A per
+# (m+2) x (m+2) input tile d, summed over input channels. Points 0, +-1, (+-2,) infinity.
+_WINOGRAD = {
+    2: (np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64),
+        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)),
+    4: (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                 np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)),
+}
+WINOGRAD_TILE = 4  # F(4x4, 3x3): 36 products per 16 outputs (direct: 144; F(2x2, 3x3): 64). Measured faster than 2
+
+
+def _lincomb(coefs, terms):
+    """sum_i coefs[i] * terms[i] with the zero terms dropped and +-1 as additions (Python floats)."""
+    out = None
+    for c, t in zip(coefs, terms):
+        if c == 0:
+            continue
+        v = t if c == 1 else (-t if c == -1 else t * float(c))
+        out = v if out is None else out + v
+    return out
+
+
+def _winograd_geometry(h, w, k, pads, m):
+    """Output size, tile counts and the zero padding that makes (m*th + k - 1) x (m*tw + k - 1) inputs."""
+    (lo, hi), (lo2, hi2) = pads
+    ho, wo = h + lo + hi - k + 1, w + lo2 + hi2 - k + 1
+    th, tw = -(-ho // m), -(-wo // m)
+    return ho, wo, th, tw, ((0, 0), (lo, m * th + k - 1 - h - lo), (lo2, m * tw + k - 1 - w - lo2), (0, 0))
+
+
+def _winograd_input(xp, m, th, tw, bt):
+    """B^T d B of every overlapping tile: (B, m*th+2, m*tw+2, C) -> (a, a, B, th, tw, C), a = m + 2.
+
+    Separable (rows, then columns), each step a few strided slices combined with the transform's
+    small integer coefficients; the tile positions lead, so they batch the matmul.
+    """
+    a = bt.shape[0]
+    rows = [jax.lax.slice_in_dim(xp, i, i + m * (th - 1) + 1, m, axis=1) for i in range(a)]
+    r = jnp.stack([_lincomb(bt[p], rows) for p in range(a)])                      # (a, B, th, Wp, C)
+    cols = [jax.lax.slice_in_dim(r, j, j + m * (tw - 1) + 1, m, axis=3) for j in range(a)]
+    # no reshape to (a*a, N, C): under the tower's vmap that would move the twin axis (a copy)
+    return jnp.stack([_lincomb(bt[q], cols) for q in range(a)], axis=1)
+
+
+def _winograd_output(mt, m, b, th, tw, at):
+    """A^T M A: (a, a, B, th, tw, K) -> (B, m*th, m*tw, K)."""
+    a, k = at.shape[1], mt.shape[-1]
+    t = jnp.stack([_lincomb(at[v], [mt[:, q] for q in range(a)]) for v in range(m)], axis=1)  # (a, m, B, th, tw, K)
+    y = jnp.stack([_lincomb(at[u], [t[p] for p in range(a)]) for u in range(m)])              # (m, m, B, th, tw, K)
+    return y.transpose(2, 3, 0, 4, 1, 5).reshape(b, th * m, tw * m, k)
+
+
+def _winograd_output_transposed(gp, m, th, tw, at):
+    """The transpose of :func:`_winograd_output` (A g A^T per m x m tile of the padded grad):
+    (B, m*th, m*tw, K) -> (a, a, B, th, tw, K)."""
+    a, b, k = at.shape[1], gp.shape[0], gp.shape[-1]
+    g6 = gp.reshape(b, th, m, tw, m, k)
+    r = jnp.stack([_lincomb(at[:, p], [g6[:, :, u] for u in range(m)]) for p in range(a)])       # (a, B, th, tw, m, K)
+    return jnp.stack([_lincomb(at[:, q], [r[:, :, :, :, v] for v in range(m)]) for q in range(a)], axis=1)
+
+
+def _winograd_fwd_impl(x, kernel, pads, m):
+    at, g, bt = _WINOGRAD[m]
+    b, h, w, cin = x.shape
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    ho, wo, th, tw, pp = _winograd_geometry(h, w, k, pads, m)
+    v = _winograd_input(jnp.pad(x, pp), m, th, tw, bt)
+    a = m + k - 1
+    u = (jnp.asarray(np.kron(g, g), kernel.dtype) @ kernel.reshape(k * k, cin * cout)).reshape(a, a, cin, cout)
+    mt = jnp.einsum("pqbhwc,pqck->pqbhwk", v, u)  # one matmul per tile position, over the channels
+    return _winograd_output(mt, m, b, th, tw, at)[:, :ho, :wo], v
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_winograd(x, kernel, pads, m):
+    return _winograd_fwd_impl(x, kernel, pads, m)[0]
+
+
+def _conv_winograd_fwd(x, kernel, pads, m):
+    y, v = _winograd_fwd_impl(x, kernel, pads, m)
+    return y, (v, kernel)
+
+
+def _conv_winograd_bwd(pads, m, res, gy):
+    v, kernel = res
+    at, g, _ = _WINOGRAD[m]
+    k = kernel.shape[0]
+    ho, wo = gy.shape[1], gy.shape[2]
+    th, tw = -(-ho // m), -(-wo // m)
+    # weight gradient in the Winograd domain: dU = V^T (A g A^T) per tile position, dW = G^T dU G
+    gp = jnp.pad(gy, ((0, 0), (0, m * th - ho), (0, m * tw - wo), (0, 0)))
+    du = jnp.einsum("pqbhwc,pqbhwk->pqck", v, _winograd_output_transposed(gp, m, th, tw, at))
+    dw = (jnp.asarray(np.kron(g, g).T, du.dtype) @ du.reshape((m + k - 1) ** 2, -1)).reshape(kernel.shape)
+    # input gradient: the correlation of the grad (padded k-1-pad) with the flipped, in/out-swapped kernel
+    (lo, hi), (lo2, hi2) = pads
+    bpads = ((k - 1 - lo, k - 1 - hi), (k - 1 - lo2, k - 1 - hi2))
+    dx = _winograd_fwd_impl(gy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), bpads, m)[0]
+    return dx.astype(gy.dtype), dw.astype(kernel.dtype)
+
+
+_conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
+
+
+# ----------------------------------------------------------------------------- direct (one input channel)
+def _shifted(xp, i, j, ho, wo, stride=1):
+    """xp[:, i + stride*y, j + stride*x, 0] for y < ho, x < wo: (B, ho, wo)."""
+    b = xp.shape[0]
+    return jax.lax.slice(xp[..., 0], (0, i, j), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1),
+                         (1, stride, stride))
+
+
+def _direct_dx(g, kernel, pads):
+    """Input gradient of a VALID-after-``pads`` convolution: XLA's correlation of g with the flipped kernel."""
+    k = kernel.shape[0]
+    bpads = [(k - 1 - lo, k - 1 - hi) for lo, hi in pads]
+    return jax.lax.conv_general_dilated(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), (1, 1), bpads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_direct(x, kernel, pads):
+    k = kernel.shape[0]
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    ho, wo = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+    return _lincomb_arrays([_shifted(xp, i, j, ho, wo)[..., None] for i in range(k) for j in range(k)],
+                           kernel.reshape(k * k, -1))
+
+
+def _lincomb_arrays(terms, weights):
+    """sum_t terms[t] * weights[t] (terms broadcast over the last axis)."""
+    out = None
+    for t, wt in zip(terms, weights):
+        out = t * wt if out is None else out + t * wt
+    return out
+
+
+def _conv_direct_fwd(x, kernel, pads):
+    return _conv_direct(x, kernel, pads), (x, kernel)
+
+
+def _conv_direct_bwd(pads, res, g):
+    x, kernel = res
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    ho, wo = g.shape[1], g.shape[2]
+    p = jnp.stack([_shifted(xp, i, j, ho, wo).reshape(-1) for i in range(k) for j in range(k)])  # (k*k, N)
+    dw = (p @ g.reshape(-1, cout)).reshape(kernel.shape)
+    return _direct_dx(g, kernel, pads).astype(x.dtype), dw.astype(kernel.dtype)
+
+
+_conv_direct.defvjp(_conv_direct_fwd, _conv_direct_bwd)
+
+
+def _direct_pre(x, kernel, bias, pads):
+    """conv + bias at the four 2x2-pool phases: a list of (B, Hp, Wp, Cout), phase 2r + s at (2y+r, 2x+s)."""
+    k = kernel.shape[0]
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    hp, wp = (xp.shape[1] - k + 1) // 2, (xp.shape[2] - k + 1) // 2
+    wk = kernel.reshape(k * k, -1)
+    return [_lincomb_arrays([_shifted(xp, r + i, s + j, hp, wp, 2)[..., None] for i in range(k) for j in range(k)],
+                            wk) + bias for r in range(2) for s in range(2)]
+
+
+def _max4(z):
+    # elementwise, not a reduction over a stacked axis (XLA:CPU's reductions are slow here)
+    return jnp.maximum(jnp.maximum(z[0], z[1]), jnp.maximum(z[2], z[3]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _direct_relu_pool(x, kernel, bias, pads):
+    return jax.nn.relu(_max4(_direct_pre(x, kernel, bias, pads)))
+
+
+def _direct_relu_pool_fwd(x, kernel, bias, pads):
+    z = _direct_pre(x, kernel, bias, pads)
+    return jax.nn.relu(_max4(z)), (x, kernel, z)
+
+
+def _direct_relu_pool_bwd(pads, res, g):
+    x, kernel, z = res
+    k, cout = kernel.shape[0], kernel.shape[-1]
+    zmax = _max4(z)
+    # As autodiff of max_pool_2x2(relu(.)): the window's maxima share the gradient, ReLU passes it where > 0.
+    hits = [zr == zmax for zr in z]
+    count = (hits[0].astype(g.dtype) + hits[1].astype(g.dtype)) + (hits[2].astype(g.dtype) + hits[3].astype(g.dtype))
+    gz = jnp.where(zmax > 0, g, 0)
+    share = gz / count
+    dz = [jnp.where(hit, share, 0) for hit in hits]                                      # 4 x (B, Hp, Wp, K)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    hp, wp = g.shape[1], g.shape[2]
+    dw = None
+    for (r, s), dzr in zip(((0, 0), (0, 1), (1, 0), (1, 1)), dz):
+        p = jnp.stack([_shifted(xp, r + i, s + j, hp, wp, 2).reshape(-1) for i in range(k) for j in range(k)])
+        part = p @ dzr.reshape(-1, cout)                                                # (k*k, K)
+        dw = part if dw is None else dw + part
+    dw = dw.reshape(kernel.shape)
+    db = gz.sum(axis=(0, 1, 2))
+    # input gradient (unused when x is data): the phases back on the conv output grid, then XLA's correlation
+    b = x.shape[0]
+    ho, wo = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+    dy = jnp.stack(dz).reshape(2, 2, b, hp, wp, cout).transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * hp, 2 * wp, cout)
+    dy = jnp.pad(dy, ((0, 0), (0, ho - 2 * hp), (0, wo - 2 * wp), (0, 0)))
+    return _direct_dx(dy, kernel, pads).astype(x.dtype), dw.astype(kernel.dtype), db.astype(g.dtype)
+
+
+_direct_relu_pool.defvjp(_direct_relu_pool_fwd, _direct_relu_pool_bwd)
+
+
+# ----------------------------------------------------------------------------- pooled blocks
 def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str = "VALID",
                    impl: str = "xla") -> jax.Array:
     """One pooled tower block, ``max_pool_2x2(relu(conv2d(x, kernel, padding) + bias))``.
 
-    ``impl="s2d"`` computes it by space-to-depth (module docstring); ``"auto"`` uses that where
-    :func:`prefers_s2d` says so and otherwise :func:`conv2d`'s own choice.
+    ``impl="s2d"`` computes it by space-to-depth, ``"direct"`` (one input channel) as one fused
+    op with its own VJP (module docstring); ``"auto"`` takes s2d where :func:`prefers_s2d` says
+    so, the fused direct block where :func:`choose_impl` picks ``"direct"``, and otherwise
+    :func:`conv2d` with its own choice followed by ReLU and pooling.
     """
     if impl == "auto" and prefers_s2d(kernel.shape):
         impl = "s2d"
+    if impl == "auto" and choose_impl(x.shape, kernel.shape, padding) == "direct":
+        impl = "direct"
+    if impl == "direct":
+        _check_direct(x.shape, kernel.shape)
+        if padding not in ("VALID", "SAME"):
+            raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
+        return _direct_relu_pool(x, kernel, bias, _pads(kernel.shape[0], padding))
     if impl != "s2d":
         return max_pool_2x2(jax.nn.relu(conv2d(x, kernel, padding, impl) + bias))
     if padding not in ("VALID", "SAME"):

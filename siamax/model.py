@@ -19,7 +19,7 @@ from siamax import layers
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "none": lambda x: x}
 INITS = ("koch", "lecun")
 NORMS = ("none", "layer")
-CONV_IMPLS = ("auto", "xla", "matmul", "fft", "hybrid", "s2d")  # see siamax.layers
+CONV_IMPLS = ("auto", "xla", "matmul", "fft", "hybrid", "winograd", "direct", "s2d")  # see siamax.layers
 DTYPES = ("float32", "bfloat16")
 
 
@@ -45,7 +45,8 @@ class ModelSpec:
     dtype: str = "float32"  # compute dtype; parameters always stay float32
     # "auto": per layer and backend the fastest of the equal-maths implementations in siamax.layers
     # (on GPU/TPU XLA's conv, pooled blocks by space-to-depth where that is faster; on CPU FFT or
-    # patches+matmul where faster); "xla", "matmul", "fft", "hybrid", "s2d" force one.
+    # patches+matmul, Winograd or direct where faster); "xla", "matmul", "fft", "hybrid", "winograd",
+    # "direct", "s2d" force one.
     conv_impl: str = "auto"
 
     def __post_init__(self):

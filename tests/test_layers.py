@@ -17,6 +17,16 @@ CASES = [  # (H, Cin, k, Cout, padding)
 ]
 
 
+def _jgrad(f, argnums=0):
+    # jitted: op-by-op dispatch of the unrolled transforms would dominate the test time.
+    # A fresh function each call, so nothing traced under another WINOGRAD_TILE is reused.
+    return jax.jit(jax.grad(lambda *a: f(*a), argnums))
+
+
+def _fwd(impl, padding):
+    return jax.jit(lambda x, w: layers.conv2d(x, w, padding, impl))
+
+
 def _loss(impl, padding):
     return lambda x, w: jnp.sum(jnp.sin(layers.conv2d(x, w, padding, impl)))
 
@@ -28,11 +38,11 @@ def test_conv_impls_match_xla(impl, h, cin, k, cout, padding):
     x = jax.random.normal(kx, (3, h, h, cin))
     w = jax.random.normal(kw, (k, k, cin, cout)) / np.sqrt(k * k * cin)
     ref = layers.conv2d(x, w, padding, "xla")
-    got = layers.conv2d(x, w, padding, impl)
+    got = _fwd(impl, padding)(x, w)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * float(jnp.abs(ref).max()))
-    gref = jax.grad(_loss("xla", padding), (0, 1))(x, w)
-    ggot = jax.grad(_loss(impl, padding), (0, 1))(x, w)
+    gref = _jgrad(_loss("xla", padding), (0, 1))(x, w)
+    ggot = _jgrad(_loss(impl, padding), (0, 1))(x, w)
     for a, b, name in zip(ggot, gref, ("d input", "d kernel")):
         scale = float(jnp.abs(b).max())
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * scale, err_msg=name)
@@ -66,7 +76,8 @@ def test_choose_impl():
     assert layers.choose_impl((64, 48, 48, 64), (7, 7, 64, 128), "VALID", backend="gpu") == "xla"
     assert layers.choose_impl((64, 48, 48, 64), (7, 7, 64, 128), "VALID", backend="cpu") == "fft"
     assert layers.choose_impl((64, 105, 105, 1), (10, 10, 1, 64), "VALID", backend="cpu") == "hybrid"
-    assert layers.choose_impl((64, 14, 14, 64), (3, 3, 64, 64), "SAME", backend="cpu") == "xla"
+    assert layers.choose_impl((64, 14, 14, 64), (3, 3, 64, 64), "SAME", backend="cpu") == "winograd"
+    assert layers.choose_impl((64, 14, 14, 8), (3, 3, 8, 64), "SAME", backend="cpu") == "xla"
 
 
 def test_bad_args():
@@ -108,12 +119,12 @@ def test_s2d_block_matches_conv_relu_pool(h, cin, k, cout, padding):
     w = jax.random.normal(kw, (k, k, cin, cout)) / np.sqrt(k * k * cin)
     b = 0.1 * jax.random.normal(kb, (cout,))
     ref = _block_ref(x, w, b, padding)
-    got = layers.conv_relu_pool(x, w, b, padding, "s2d")
+    got = jax.jit(lambda x, w, b: layers.conv_relu_pool(x, w, b, padding, "s2d"))(x, w, b)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
     loss = lambda fn: lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b)))
-    gref = jax.grad(loss(lambda x, w, b: _block_ref(x, w, b, padding)), (0, 1, 2))(x, w, b)
-    ggot = jax.grad(loss(lambda x, w, b: layers.conv_relu_pool(x, w, b, padding, "s2d")), (0, 1, 2))(x, w, b)
+    gref = _jgrad(loss(lambda x, w, b: _block_ref(x, w, b, padding)), (0, 1, 2))(x, w, b)
+    ggot = _jgrad(loss(lambda x, w, b: layers.conv_relu_pool(x, w, b, padding, "s2d")), (0, 1, 2))(x, w, b)
     for a, r, name in zip(ggot, gref, ("d input", "d kernel", "d bias")):
         np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5 * float(jnp.abs(r).max()), err_msg=name)
 
@@ -133,3 +144,118 @@ def test_s2d_choice_and_model_equivalence():
     x = jax.random.uniform(jax.random.key(1), (3, spec.input_size, spec.input_size))
     forced = siamax.Params(weights=params.weights, spec=spec.replace(conv_impl="s2d"))
     np.testing.assert_allclose(siamax.embed(forced, x), siamax.embed(params, x), rtol=1e-5, atol=1e-6)
+
+
+WINOGRAD_CASES = [  # (H, Cin, Cout, padding): 3x3 kernels; odd/even planes, partial last tiles, both paddings
+    (12, 8, 16, "SAME"),   # the small model's blocks
+    (17, 16, 4, "SAME"),   # odd plane, like conv2 (17 = 4 tiles of 4 + 1)
+    (8, 3, 5, "SAME"),     # exact tiles, like conv3
+    (4, 64, 8, "SAME"),    # one tile, like conv4
+    (9, 5, 7, "VALID"),
+    (10, 2, 3, "VALID"),
+    (3, 4, 2, "VALID"),    # a single output pixel
+]
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("h,cin,cout,padding", WINOGRAD_CASES)
+def test_winograd_matches_xla(monkeypatch, tile, h, cin, cout, padding):
+    """Winograd F(tile x tile, 3x3): forward and both gradients equal XLA's convolution."""
+    monkeypatch.setattr(layers, "WINOGRAD_TILE", tile)
+    kx, kw = jax.random.split(jax.random.key(h * 100 + cin))
+    x = jax.random.normal(kx, (3, h, h, cin))
+    w = jax.random.normal(kw, (3, 3, cin, cout)) / np.sqrt(9 * cin)
+    ref = layers.conv2d(x, w, padding, "xla")
+    got = _fwd("winograd", padding)(x, w)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * float(jnp.abs(ref).max()))
+    gref = _jgrad(_loss("xla", padding), (0, 1))(x, w)
+    ggot = _jgrad(_loss("winograd", padding), (0, 1))(x, w)
+    for a, b, name in zip(ggot, gref, ("d input", "d kernel")):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5 * float(jnp.abs(b).max()), err_msg=name)
+
+
+DIRECT_CASES = [  # (H, k, Cout, padding): single-channel inputs
+    (35, 3, 8, "SAME"),    # the small model's conv1 (odd plane: floor pooling drops a row/column)
+    (12, 3, 4, "VALID"),
+    (11, 5, 3, "SAME"),
+    (10, 2, 4, "VALID"),   # even kernel
+    (8, 4, 3, "SAME"),     # even kernel, SAME
+]
+
+
+@pytest.mark.parametrize("h,k,cout,padding", DIRECT_CASES)
+def test_direct_matches_xla(h, k, cout, padding):
+    kx, kw, kb = jax.random.split(jax.random.key(h * 10 + k), 3)
+    x = jax.random.normal(kx, (3, h, h, 1))
+    w = jax.random.normal(kw, (k, k, 1, cout)) / k
+    ref = layers.conv2d(x, w, padding, "xla")
+    np.testing.assert_allclose(_fwd("direct", padding)(x, w), ref, rtol=1e-5,
+                               atol=1e-6 * float(jnp.abs(ref).max()))
+    gref = _jgrad(_loss("xla", padding), (0, 1))(x, w)
+    ggot = _jgrad(_loss("direct", padding), (0, 1))(x, w)
+    for a, r, name in zip(ggot, gref, ("d input", "d kernel")):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5 * float(jnp.abs(r).max()), err_msg=name)
+    # the fused block: conv + bias + ReLU + 2x2 max-pooling, values and all three gradients
+    b = 0.1 * jax.random.normal(kb, (cout,))
+    blk = lambda fn: lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b)))
+    fused = jax.jit(lambda x, w, b: layers.conv_relu_pool(x, w, b, padding, "direct"))
+    plain = lambda x, w, b: _block_ref(x, w, b, padding)
+    ref = plain(x, w, b)
+    assert fused(x, w, b).shape == ref.shape
+    np.testing.assert_allclose(fused(x, w, b), ref, rtol=1e-5, atol=1e-6 * float(jnp.abs(ref).max()))
+    gref = _jgrad(blk(plain), (0, 1, 2))(x, w, b)
+    ggot = _jgrad(blk(fused), (0, 1, 2))(x, w, b)
+    for a, r, name in zip(ggot, gref, ("d input", "d kernel", "d bias")):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=2e-5 * float(jnp.abs(r).max()), err_msg=name)
+
+
+def test_direct_block_ties():
+    """Tied window maxima share the gradient as in autodiff of max_pool_2x2 (blank images tie everywhere)."""
+    x = jnp.zeros((2, 9, 9, 1)).at[0, 4, 4, 0].set(1.0)
+    w = jnp.ones((3, 3, 1, 2)) * jnp.array([1.0, -1.0])
+    b = jnp.array([0.5, 0.25])
+    blk = lambda fn: lambda w, b: jnp.sum(fn(w, b) * jnp.arange(1.0, 33.0).reshape(1, 4, 4, 2))
+    ref = _jgrad(blk(lambda w, b: _block_ref(x, w, b, "SAME")), (0, 1))(w, b)
+    got = _jgrad(blk(lambda w, b: layers.conv_relu_pool(x, w, b, "SAME", "direct")), (0, 1))(w, b)
+    for a, r in zip(got, ref):
+        np.testing.assert_allclose(a, r, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl,cin", [("winograd", 4), ("direct", 1)])
+def test_new_impls_under_jit_and_vmap(impl, cin):
+    """The tower vmaps over the twin axis inside jit: the custom VJPs must survive it."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 12, 12, cin))
+    w = jax.random.normal(jax.random.key(1), (3, 3, cin, 5))
+    b = jax.random.normal(jax.random.key(2), (5,))
+
+    def loss(w, b, impl):
+        y = jax.vmap(lambda xi: layers.conv_relu_pool(xi, w, b, "SAME", impl))(x)
+        return jnp.sum(y ** 2) + jnp.sum(jax.vmap(lambda xi: layers.conv2d(xi, w, "VALID", impl))(x) ** 2)
+
+    ref = jax.jit(jax.grad(loss, (0, 1)), static_argnums=2)(w, b, "xla")
+    got = jax.jit(jax.grad(loss, (0, 1)), static_argnums=2)(w, b, impl)
+    for a, r in zip(got, ref):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-4 * float(jnp.abs(r).max()))
+
+
+def test_new_impls_bad_args_and_bfloat16():
+    with pytest.raises(ValueError, match="3x3"):
+        layers.conv2d(jnp.zeros((1, 8, 8, 2)), jnp.zeros((5, 5, 2, 4)), "SAME", "winograd")
+    with pytest.raises(ValueError, match="single-channel"):
+        layers.conv2d(jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 2, 4)), "SAME", "direct")
+    x = jax.random.normal(jax.random.key(0), (2, 12, 12, 32))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 32, 8)) / 16
+    ref = layers.conv2d(x, w, "SAME", "xla")
+    y = layers.conv2d(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), "SAME", "winograd")
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.05 * float(jnp.abs(ref).max()))
+
+
+def test_choose_impl_small_model():
+    """The small model on CPU: conv1 (one channel, 3x3 on 35x35) direct, conv2-4 (3x3, 64 channels) Winograd."""
+    assert layers.choose_impl((64, 35, 35, 1), (3, 3, 1, 64), "SAME", backend="cpu") == "direct"
+    for h in (17, 8, 4):
+        assert layers.choose_impl((64, h, h, 64), (3, 3, 64, 64), "SAME", backend="cpu") == "winograd"
+        assert layers.choose_impl((64, h, h, 64), (3, 3, 64, 64), "SAME", backend="gpu") == "xla"
+    assert layers.choose_impl((64, 9, 9, 128), (4, 4, 128, 256), "VALID", backend="cpu") == "xla"  # paper conv4
