@@ -19,6 +19,7 @@ checks use static shapes only.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -101,7 +102,10 @@ def model_input(spec: ModelSpec, x, name: str = "x", allow_single: bool = False)
     return _to_float(x)[..., None]
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _embed(spec: ModelSpec, weights, x):
+    # Jitted (inlined under a caller's jit): called eagerly, the tower's unrolled CPU convolutions
+    # (Winograd transforms, fused blocks) would otherwise dispatch hundreds of small ops one by one.
     return Siamese(spec).apply({"params": weights}, x, method="embed")
 
 
