@@ -140,6 +140,16 @@ def _pads(k, padding):
     return ((lo, hi), (lo, hi))
 
 
+def _grad_pads(k, pads):
+    """Padding of the output gradient whose VALID correlation with :func:`_flipped` is the input gradient."""
+    return tuple((k - 1 - lo, k - 1 - hi) for lo, hi in pads)
+
+
+def _flipped(kernel):
+    """The spatially flipped, in/out-swapped kernel that maps output gradients to input gradients."""
+    return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
 def _check_direct(x_shape, kernel_shape):
     if x_shape[-1] != 1:
         raise ValueError(f"impl='direct' is for single-channel inputs, got {x_shape[-1]} channels")
@@ -192,7 +202,7 @@ def _conv_matmul_bwd(res, g):
     dw = dw.reshape(kernel.shape).astype(kernel.dtype)
     # d x = "full" correlation of g with the spatially flipped, in/out-swapped kernel.
     gp = jnp.pad(g, ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0)))
-    kf = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    kf = _flipped(kernel)
     dx = _conv_matmul_fwd_impl(gp, kf).astype(x.dtype)
     return dx, dw
 
@@ -233,7 +243,7 @@ def _conv_hybrid_bwd(res, g):
         p = _patches(x, k)
         dw = jax.lax.dot_general(p, g, (((0, 1, 2), (0, 1, 2)), ((), ()))).reshape(kernel.shape)
     gp = jnp.pad(g, ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0)))
-    kf = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    kf = _flipped(kernel)
     dx = jax.lax.conv_general_dilated(gp, kf, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return dx.astype(x.dtype), dw.astype(kernel.dtype)
 
@@ -385,9 +395,7 @@ def _conv_winograd_bwd(pads, m, res, gy):
     du = jnp.einsum("pqbhwc,pqbhwk->pqck", v, _winograd_output_transposed(gp, m, th, tw, at))
     dw = (jnp.asarray(np.kron(g, g).T, du.dtype) @ du.reshape((m + k - 1) ** 2, -1)).reshape(kernel.shape)
     # input gradient: the correlation of the grad (padded k-1-pad) with the flipped, in/out-swapped kernel
-    (lo, hi), (lo2, hi2) = pads
-    bpads = ((k - 1 - lo, k - 1 - hi), (k - 1 - lo2, k - 1 - hi2))
-    dx = _winograd_fwd_impl(gy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), bpads, m)[0]
+    dx = _winograd_fwd_impl(gy, _flipped(kernel), _grad_pads(k, pads), m)[0]
     return dx.astype(gy.dtype), dw.astype(kernel.dtype)
 
 
@@ -404,9 +412,7 @@ def _shifted(xp, i, j, ho, wo, stride=1):
 
 def _direct_dx(g, kernel, pads):
     """Input gradient of a VALID-after-``pads`` convolution: XLA's correlation of g with the flipped kernel."""
-    k = kernel.shape[0]
-    bpads = [(k - 1 - lo, k - 1 - hi) for lo, hi in pads]
-    return jax.lax.conv_general_dilated(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), (1, 1), bpads,
+    return jax.lax.conv_general_dilated(g, _flipped(kernel), (1, 1), _grad_pads(kernel.shape[0], pads),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -509,19 +515,17 @@ def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: st
     so, the fused direct block where :func:`choose_impl` picks ``"direct"``, and otherwise
     :func:`conv2d` with its own choice followed by ReLU and pooling.
     """
+    if padding not in ("VALID", "SAME"):
+        raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
     if impl == "auto" and prefers_s2d(kernel.shape):
         impl = "s2d"
     if impl == "auto" and choose_impl(x.shape, kernel.shape, padding) == "direct":
         impl = "direct"
     if impl == "direct":
         _check_direct(x.shape, kernel.shape)
-        if padding not in ("VALID", "SAME"):
-            raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
         return _direct_relu_pool(x, kernel, bias, _pads(kernel.shape[0], padding))
     if impl != "s2d":
         return max_pool_2x2(jax.nn.relu(conv2d(x, kernel, padding, impl) + bias))
-    if padding not in ("VALID", "SAME"):
-        raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
     x = _pad_same(x, kernel.shape[0]) if padding == "SAME" else x
     return _s2d_conv_relu_pool(x, kernel, bias)
 
