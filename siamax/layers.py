@@ -24,21 +24,24 @@ All implementations compute the same stride-1 NHWC cross-correlation as
     and whose input gradient is XLA's convolution of the padded grad_out with the flipped kernel.
     For layers whose forward XLA does well but whose weight gradient it does not (conv1).
 ``impl="winograd"`` (3x3 kernels)
-    Winograd minimal filtering F(4x4, 3x3) (Lavin & Gray 2016), with a custom VJP: input tiles
-    (6x6, stride 4) and the kernel go through the small constant transforms (adds and a few
-    scalings, fused loops), then one batched matmul over the channels per tile position (36 of
-    them) needs 4x fewer multiplies than the direct form (36 per 16 outputs instead of 144, less
-    the padding of partial tiles); the output transform recombines them. The
-    weight gradient is again one batched matmul in the Winograd domain (the forward's transformed
-    input is kept as the residual), the input gradient is the same Winograd convolution of the
-    grad with the flipped kernel. Computes in float32; ~1e-6 relative to XLA's convolution.
+    Winograd minimal filtering F(m x m, 3x3) (Lavin & Gray 2016), m = 4 or 6 per layer (whichever
+    needs fewer products for the layer's output size, :func:`winograd_tile`), with a custom VJP:
+    input tiles ((m+2)^2, stride m) and the kernel go through the small constant Toom-Cook
+    transforms (adds and a few scalings, fused loops), then one batched matmul over the channels
+    per tile position needs 4x (F(4x4): 36 products per 16 outputs) or 5x (F(6x6): 64 per 36)
+    fewer multiplies than the direct form, less the padding of partial tiles; the output
+    transform recombines them. The weight gradient is again one batched matmul in the Winograd
+    domain (the forward's transformed input is kept as the residual), the input gradient is the
+    same Winograd convolution of the grad with the flipped kernel. Computes in float32; ~1e-5
+    of the output's scale (F(6x6); F(4x4) ~6e-6) where XLA's convolution is ~1e-6.
 ``impl="direct"`` (single-channel inputs)
     k*k shifted multiply-adds in one fused loop (the small model's conv1: 3x3 on a 35x35 image),
     weight gradient as one patches^T @ grad matmul. Inside :func:`conv_relu_pool` the whole
     block is one op with a custom VJP: the four 2x2-pool phases of conv + bias are computed side
-    by side, pooled and rectified without materialising the full-resolution map; the backward
-    pass routes the gradient to the window maxima (shared on ties, as autodiff of
-    :func:`max_pool_2x2` does) and contracts it with the phase patches for the weight gradient.
+    by side and reduced to their max and a one-byte mask of the phases that reach it, without
+    materialising the full-resolution map; the backward pass routes the gradient through the
+    mask (shared on ties, as autodiff of :func:`max_pool_2x2` does) and contracts it with the
+    phase patches for the weight gradient.
 ``impl="s2d"`` (whole pooled blocks only: :func:`conv_relu_pool`)
     Space-to-depth: each 2x2 block of input pixels becomes 4*Cin channels and each 2x2 block of
     output pixels 4*Cout channels, so the convolution runs directly on the pooled grid with a
@@ -88,7 +91,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: str = "VALID", impl: str = 
         if kernel.shape[0] != 3:
             raise ValueError(f"impl='winograd' is for 3x3 kernels, got {kernel.shape[0]}x{kernel.shape[0]}")
         # float32 inside: the transforms' coefficients (up to 8 and 1/24) cost bf16 too much precision
-        y = _conv_winograd(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, WINOGRAD_TILE)
+        (lo, hi), (lo2, hi2) = pads
+        m = winograd_tile(x.shape[1] + lo + hi - 2, x.shape[2] + lo2 + hi2 - 2)
+        y = _conv_winograd(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, m)
         return y.astype(x.dtype)
     x = _pad_same(x, kernel.shape[0]) if padding == "SAME" else x
     if impl == "matmul":
@@ -110,8 +115,8 @@ def choose_impl(x_shape, kernel_shape, padding: str = "VALID", backend: str | No
     * ``"hybrid"`` for single-channel inputs on large planes (the paper's conv1, 10x10 on
       105x105): XLA's forward convolution is fine there, its weight gradient is not;
     * ``"winograd"`` for 3x3 kernels with >= 16 input channels (the small model's conv2-conv4):
-      F(4x4, 3x3) needs 4x fewer multiplies than the direct form and its weight gradient is
-      one batched matmul, where XLA's weight-gradient convolution is slow;
+      F(4x4) or F(6x6) needs 4-5x fewer multiplies than the direct form and its weight gradient
+      is one batched matmul, where XLA's weight-gradient convolution is slow;
     * ``"direct"`` for single-channel inputs with small kernels (the small model's conv1, 3x3 on
       35x35): k*k multiply-adds per output in one fused loop, the weight gradient as one
       patches^T @ grad matmul; inside :func:`conv_relu_pool` the whole block is fused;
@@ -297,19 +302,47 @@ def _conv_fft(x, kernel):
 
 # ----------------------------------------------------------------------------- Winograd (3x3)
 # F(m x m, 3 x 3) minimal filtering (Lavin & Gray 2016): y = A^T [(G w G^T) . (B^T d B)] A per
-# (m+2) x (m+2) input tile d, summed over input channels. Points 0, +-1, (+-2,) infinity.
-_WINOGRAD = {
-    2: (np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
-        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64),
-        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)),
-    4: (np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
-                 np.float64),
-        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
-        np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
-                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)),
-}
-WINOGRAD_TILE = 4  # F(4x4, 3x3): 36 products per 16 outputs (direct: 144; F(2x2, 3x3): 64). Measured faster than 2
+# (m+2) x (m+2) input tile d, summed over input channels.
+_WINOGRAD_POINTS = (0, 1, -1, 2, -2, 0.5, -0.5)  # the finite interpolation points, then infinity
+
+
+@functools.lru_cache(maxsize=None)
+def _winograd_matrices(m: int):
+    """(A^T, G, B^T) of F(m, 3) by Toom-Cook on the first m + 1 points and infinity.
+
+    m = 2, 4, 6 use the points {0, +-1}, {0, +-1, +-2} and {0, +-1, +-2, +-1/2}, as in Lavin &
+    Gray and NNPACK; B^T is the solution of A^T diag(G g) B^T d = (d * g) for all d and g, exact on
+    a 2^-10 grid for these points (asserted).
+    """
+    a = m + 2
+    pts = np.array(_WINOGRAD_POINTS[:a - 1], np.float64)
+    at = np.zeros((m, a))
+    at[:, :-1] = pts[None, :] ** np.arange(m)[:, None]
+    at[-1, -1] = 1
+    f = np.array([np.prod([p - q for q in pts if q != p]) for p in pts])
+    g = np.zeros((a, 3))
+    g[:-1] = pts[:, None] ** np.arange(3)[None, :] / f[:, None]
+    g[-1, -1] = 1
+    # sum_j at[i, j] g[j, k] bt[j, l] = [l == i + k]: one small linear system per column l
+    lhs = np.einsum("ij,jk->ikj", at, g).reshape(3 * m, a)
+    rhs = np.array([[float(l == i + k) for l in range(a)] for i in range(m) for k in range(3)])
+    bt = np.round(np.linalg.lstsq(lhs, rhs, rcond=None)[0] * 1024) / 1024
+    assert np.abs(lhs @ bt - rhs).max() < 1e-12, m
+    return at, g, bt
+
+
+# None: per layer, F(4x4) or F(6x6), whichever needs fewer Winograd-domain products for the layer's
+# output (partial tiles included): F(6x6) on the small model's 17x17 conv2 (576 vs 900 products per
+# channel pair and image; 64 per 36 outputs), F(4x4) on its 8x8 and 4x4 planes. An int forces the tile
+# (tests). F(6x6) is ~1e-5 relative to the output's scale in float32, F(4x4) ~6e-6, XLA's ~1e-6.
+WINOGRAD_TILE: int | None = None
+
+
+def winograd_tile(ho: int, wo: int) -> int:
+    """The output tile m of F(m x m, 3x3) for an ho x wo output (see ``WINOGRAD_TILE``)."""
+    if WINOGRAD_TILE is not None:
+        return WINOGRAD_TILE
+    return min((4, 6), key=lambda m: (m + 2) ** 2 * -(-ho // m) * -(-wo // m))
 
 
 def _lincomb(coefs, terms):
@@ -363,7 +396,7 @@ def _winograd_output_transposed(gp, m, th, tw, at):
 
 
 def _winograd_fwd_impl(x, kernel, pads, m):
-    at, g, bt = _WINOGRAD[m]
+    at, g, bt = _winograd_matrices(m)
     b, h, w, cin = x.shape
     k, cout = kernel.shape[0], kernel.shape[-1]
     ho, wo, th, tw, pp = _winograd_geometry(h, w, k, pads, m)
@@ -386,7 +419,7 @@ def _conv_winograd_fwd(x, kernel, pads, m):
 
 def _conv_winograd_bwd(pads, m, res, gy):
     v, kernel = res
-    at, g, _ = _WINOGRAD[m]
+    at, g, _ = _winograd_matrices(m)
     k = kernel.shape[0]
     ho, wo = gy.shape[1], gy.shape[2]
     th, tw = -(-ho // m), -(-wo // m)
@@ -470,21 +503,38 @@ def _direct_relu_pool(x, kernel, bias, pads):
     return jax.nn.relu(_max4(_direct_pre(x, kernel, bias, pads)))
 
 
+def _max_and_hits(z):
+    """Max over the 4 pooling phases and a bitmask (uint8) of the phases that reach it (ties: several).
+
+    One variadic reduction, so the phases are computed once and the mask is materialised: the
+    backward pass reads 1 byte per output instead of recomputing the four phases (XLA would
+    otherwise fuse their k*k multiply-adds into every consumer of the residual).
+    """
+    z = jnp.stack(z)
+    bits = jnp.broadcast_to((2 ** jnp.arange(4, dtype=jnp.uint8)).reshape((4,) + (1,) * (z.ndim - 1)), z.shape)
+
+    def pick(a, b):
+        (va, ma), (vb, mb) = a, b
+        return jnp.maximum(va, vb), jnp.where(va > vb, ma, jnp.where(vb > va, mb, ma | mb))
+
+    return jax.lax.reduce((z, bits), (jnp.array(-jnp.inf, z.dtype), jnp.array(0, jnp.uint8)), pick, (0,))
+
+
 def _direct_relu_pool_fwd(x, kernel, bias, pads):
-    z = _direct_pre(x, kernel, bias, pads)
-    return jax.nn.relu(_max4(z)), (x, kernel, z)
+    zmax, hits = _max_and_hits(_direct_pre(x, kernel, bias, pads))
+    y = jax.nn.relu(zmax)
+    return y, (x, kernel, y, hits)
 
 
 def _direct_relu_pool_bwd(pads, res, g):
-    x, kernel, z = res
+    x, kernel, y, hits = res
     k, cout = kernel.shape[0], kernel.shape[-1]
-    zmax = _max4(z)
     # As autodiff of max_pool_2x2(relu(.)): the window's maxima share the gradient, ReLU passes it where > 0.
-    hits = [zr == zmax for zr in z]
-    count = (hits[0].astype(g.dtype) + hits[1].astype(g.dtype)) + (hits[2].astype(g.dtype) + hits[3].astype(g.dtype))
-    gz = jnp.where(zmax > 0, g, 0)
-    share = gz / count
-    dz = [jnp.where(hit, share, 0) for hit in hits]                                      # 4 x (B, Hp, Wp, K)
+    hit = [(hits >> r) & 1 for r in range(4)]
+    count = (hit[0] + hit[1]) + (hit[2] + hit[3])
+    gz = jnp.where(y > 0, g, 0)
+    share = gz / count.astype(g.dtype)
+    dz = [jnp.where(h == 1, share, 0) for h in hit]                                      # 4 x (B, Hp, Wp, K)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     hp, wp = g.shape[1], g.shape[2]
     dw = None

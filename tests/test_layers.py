@@ -157,7 +157,7 @@ WINOGRAD_CASES = [  # (H, Cin, Cout, padding): 3x3 kernels; odd/even planes, par
 ]
 
 
-@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("tile", [2, 4, 6])
 @pytest.mark.parametrize("h,cin,cout,padding", WINOGRAD_CASES)
 def test_winograd_matches_xla(monkeypatch, tile, h, cin, cout, padding):
     """Winograd F(tile x tile, 3x3): forward and both gradients equal XLA's convolution."""
@@ -259,3 +259,13 @@ def test_choose_impl_small_model():
         assert layers.choose_impl((64, h, h, 64), (3, 3, 64, 64), "SAME", backend="cpu") == "winograd"
         assert layers.choose_impl((64, h, h, 64), (3, 3, 64, 64), "SAME", backend="gpu") == "xla"
     assert layers.choose_impl((64, 9, 9, 128), (4, 4, 128, 256), "VALID", backend="cpu") == "xla"  # paper conv4
+
+
+def test_winograd_tile_choice_and_matrices():
+    """F(6x6) where it needs fewer products (the small model's 17x17 conv2), F(4x4) on 8x8 and 4x4."""
+    assert layers.WINOGRAD_TILE is None
+    assert [layers.winograd_tile(h, h) for h in (17, 8, 4, 35, 12)] == [6, 4, 4, 6, 6]
+    for m in (2, 4, 6):  # Toom-Cook matrices: y = A^T [(G g) * (B^T d)] is the correlation of d with g
+        at, g, bt = layers._winograd_matrices(m)
+        d, w = np.random.default_rng(m).normal(size=(2, m + 2))
+        np.testing.assert_allclose(at @ ((g @ w[:3]) * (bt @ d)), np.correlate(d, w[:3], "valid"), atol=1e-12)
