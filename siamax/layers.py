@@ -31,8 +31,9 @@ All implementations compute the same stride-1 NHWC cross-correlation as
     per tile position needs 4x (F(4x4): 36 products per 16 outputs) or 5x (F(6x6): 64 per 36)
     fewer multiplies than the direct form, less the padding of partial tiles; the output
     transform recombines them. The weight gradient is again one batched matmul in the Winograd
-    domain (the forward's transformed input is kept as the residual), the input gradient is the
-    same Winograd convolution of the grad with the flipped kernel. Computes in float32; ~1e-5
+    domain (the forward's transformed input is kept as the residual); the input gradient shares
+    the grad's transform, one more batched matmul and the input transform's exact transpose
+    (overlap-add of the tiles). Computes in float32; ~1e-5
     of the output's scale (F(6x6); F(4x4) ~6e-6) where XLA's convolution is ~1e-6.
 ``impl="direct"`` (single-channel inputs)
     k*k shifted multiply-adds in one fused loop (the small model's conv1: 3x3 on a 35x35 image),
@@ -419,16 +420,26 @@ def _conv_winograd_fwd(x, kernel, pads, m):
 
 def _conv_winograd_bwd(pads, m, res, gy):
     v, kernel = res
-    at, g, _ = _winograd_matrices(m)
-    k = kernel.shape[0]
-    ho, wo = gy.shape[1], gy.shape[2]
+    at, g, bt = _winograd_matrices(m)
+    k, cin = kernel.shape[0], kernel.shape[2]
+    b, ho, wo, cout = gy.shape
     th, tw = -(-ho // m), -(-wo // m)
-    # weight gradient in the Winograd domain: dU = V^T (A g A^T) per tile position, dW = G^T dU G
+    a = m + k - 1
+    # The output transform's transpose (A g A^T per tile) serves both gradients.
     gp = jnp.pad(gy, ((0, 0), (0, m * th - ho), (0, m * tw - wo), (0, 0)))
-    du = jnp.einsum("pqbhwc,pqbhwk->pqck", v, _winograd_output_transposed(gp, m, th, tw, at))
-    dw = (jnp.asarray(np.kron(g, g).T, du.dtype) @ du.reshape((m + k - 1) ** 2, -1)).reshape(kernel.shape)
-    # input gradient: the correlation of the grad (padded k-1-pad) with the flipped, in/out-swapped kernel
-    dx = _winograd_fwd_impl(gy, _flipped(kernel), _grad_pads(k, pads), m)[0]
+    gt = _winograd_output_transposed(gp, m, th, tw, at)
+    kron = jnp.asarray(np.kron(g, g), gy.dtype)
+    # weight gradient in the Winograd domain: dU = V^T gt per tile position, dW = G^T dU G
+    du = jnp.einsum("pqbhwc,pqbhwk->pqck", v, gt)
+    dw = (kron.T @ du.reshape(a * a, -1)).reshape(kernel.shape)
+    # input gradient: dV = gt U^T per tile position, then the input transform's exact transpose
+    # (overlap-add of the tiles); one transform fewer than a Winograd convolution of the grad
+    u = (kron @ kernel.reshape(k * k, cin * cout)).reshape(a, a, cin, cout)
+    dv = jnp.einsum("pqbhwk,pqck->pqbhwc", gt, u)
+    xp = jax.ShapeDtypeStruct((b, m * th + k - 1, m * tw + k - 1, cin), dv.dtype)
+    dxp, = jax.linear_transpose(lambda xp: _winograd_input(xp, m, th, tw, bt), xp)(dv)
+    (lo, hi), (lo2, hi2) = pads
+    dx = dxp[:, lo:lo + ho - lo - hi + k - 1, lo2:lo2 + wo - lo2 - hi2 + k - 1]
     return dx.astype(gy.dtype), dw.astype(kernel.dtype)
 
 
