@@ -531,6 +531,13 @@ def _max_and_hits(z):
     return jax.lax.reduce((z, bits), (jnp.array(-jnp.inf, z.dtype), jnp.array(0, jnp.uint8)), pick, (0,))
 
 
+def _route(hits, g):
+    """The 4 phases' share of the pooled gradient g: g / (number of maxima) where the phase is one."""
+    hit = [(hits >> r) & 1 for r in range(4)]
+    share = g / ((hit[0] + hit[1]) + (hit[2] + hit[3])).astype(g.dtype)
+    return [jnp.where(h == 1, share, 0) for h in hit]
+
+
 def _direct_relu_pool_fwd(x, kernel, bias, pads):
     zmax, hits = _max_and_hits(_direct_pre(x, kernel, bias, pads))
     y = jax.nn.relu(zmax)
@@ -541,11 +548,8 @@ def _direct_relu_pool_bwd(pads, res, g):
     x, kernel, y, hits = res
     k, cout = kernel.shape[0], kernel.shape[-1]
     # As autodiff of max_pool_2x2(relu(.)): the window's maxima share the gradient, ReLU passes it where > 0.
-    hit = [(hits >> r) & 1 for r in range(4)]
-    count = (hit[0] + hit[1]) + (hit[2] + hit[3])
     gz = jnp.where(y > 0, g, 0)
-    share = gz / count.astype(g.dtype)
-    dz = [jnp.where(h == 1, share, 0) for h in hit]                                      # 4 x (B, Hp, Wp, K)
+    dz = _route(hits, gz)                                                                # 4 x (B, Hp, Wp, K)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     hp, wp = g.shape[1], g.shape[2]
     dw = None
@@ -586,7 +590,8 @@ def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: st
         _check_direct(x.shape, kernel.shape)
         return _direct_relu_pool(x, kernel, bias, _pads(kernel.shape[0], padding))
     if impl != "s2d":
-        return max_pool_2x2(jax.nn.relu(conv2d(x, kernel, padding, impl) + bias))
+        pool = _max_pool_2x2_masked if jax.default_backend() == "cpu" else max_pool_2x2
+        return pool(jax.nn.relu(conv2d(x, kernel, padding, impl) + bias))
     x = _pad_same(x, kernel.shape[0]) if padding == "SAME" else x
     return _s2d_conv_relu_pool(x, kernel, bias)
 
@@ -648,6 +653,35 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2, :]
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+@jax.custom_vjp
+def _max_pool_2x2_masked(x):
+    """:func:`max_pool_2x2` whose VJP routes the gradient through a one-byte mask of the window's maxima
+    (shared on ties, as autodiff does) saved by the forward pass, instead of comparing the input with
+    the broadcast maxima again (measured on CPU: a few ms less per small-model training step)."""
+    return max_pool_2x2(x)
+
+
+def _pool_phases(x):
+    hp, wp = x.shape[1] // 2, x.shape[2] // 2
+    return [x[:, r:2 * hp:2, s:2 * wp:2] for r in range(2) for s in range(2)]
+
+
+def _max_pool_2x2_masked_fwd(x):
+    y, hits = _max_and_hits(_pool_phases(x))
+    return y, (hits, jnp.zeros((0,) + x.shape[1:], x.dtype))
+
+
+def _max_pool_2x2_masked_bwd(res, g):
+    hits, like = res
+    (_, h, w, c), (b, hp, wp, _) = like.shape, g.shape
+    dz = jnp.stack(_route(hits, g))
+    dx = dz.reshape(2, 2, b, hp, wp, c).transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * hp, 2 * wp, c)
+    return (jnp.pad(dx, ((0, 0), (0, h - 2 * hp), (0, w - 2 * wp), (0, 0))),)
+
+
+_max_pool_2x2_masked.defvjp(_max_pool_2x2_masked_fwd, _max_pool_2x2_masked_bwd)
 
 
 def conv_flops(x_shape, kernel_shape, padding: str = "VALID") -> int:

@@ -269,3 +269,15 @@ def test_winograd_tile_choice_and_matrices():
         at, g, bt = layers._winograd_matrices(m)
         d, w = np.random.default_rng(m).normal(size=(2, m + 2))
         np.testing.assert_allclose(at @ ((g @ w[:3]) * (bt @ d)), np.correlate(d, w[:3], "valid"), atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 9, 3), (3, 8, 6, 2)])
+def test_masked_pool_gradient_matches_autodiff(shape):
+    """The CPU pooled blocks' pooling VJP (mask saved by the forward) equals autodiff of max_pool_2x2,
+    ties included (values on a coarse grid, zeros after ReLU), odd sizes dropping a row/column, under vmap."""
+    x = jnp.round(2 * jax.random.normal(jax.random.key(shape[1]), (2,) + shape)) / 2
+    wts = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    loss = lambda pool: lambda x: jnp.sum(jax.vmap(lambda xi: pool(jax.nn.relu(xi)))(x) * wts)
+    np.testing.assert_array_equal(jax.vmap(layers._max_pool_2x2_masked)(x), jax.vmap(layers.max_pool_2x2)(x))
+    np.testing.assert_allclose(_jgrad(loss(layers._max_pool_2x2_masked))(x), _jgrad(loss(layers.max_pool_2x2))(x),
+                               rtol=1e-6, atol=1e-6)
