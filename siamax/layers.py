@@ -91,7 +91,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: str = "VALID", impl: str = 
             return _conv_direct(x, kernel, pads)
         if kernel.shape[0] != 3:
             raise ValueError(f"impl='winograd' is for 3x3 kernels, got {kernel.shape[0]}x{kernel.shape[0]}")
-        # float32 inside: the transforms' coefficients (up to 8 and 1/24) cost bf16 too much precision
+        # float32 inside: the transforms' coefficients (up to 8 and 1/90) cost bf16 too much precision
         (lo, hi), (lo2, hi2) = pads
         m = winograd_tile(x.shape[1] + lo + hi - 2, x.shape[2] + lo2 + hi2 - 2)
         y = _conv_winograd(x.astype(jnp.float32), kernel.astype(jnp.float32), pads, m)
