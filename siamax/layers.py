@@ -162,8 +162,7 @@ def _check_direct(x_shape, kernel_shape):
 
 
 def _pad_same(x, k):
-    lo = (k - 1) // 2
-    return jnp.pad(x, ((0, 0), (lo, k - 1 - lo), (lo, k - 1 - lo), (0, 0)))
+    return jnp.pad(x, ((0, 0), *_pads(k, "SAME"), (0, 0)))
 
 
 # ----------------------------------------------------------------------------- patches + matmul
@@ -405,7 +404,7 @@ def _winograd_fwd_impl(x, kernel, pads, m):
     a = m + k - 1
     u = (jnp.asarray(np.kron(g, g), kernel.dtype) @ kernel.reshape(k * k, cin * cout)).reshape(a, a, cin, cout)
     mt = jnp.einsum("pqbhwc,pqck->pqbhwk", v, u)  # one matmul per tile position, over the channels
-    return _winograd_output(mt, m, b, th, tw, at)[:, :ho, :wo], v
+    return _winograd_output(mt, m, b, th, tw, at)[:, :ho, :wo], (v, u)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -414,33 +413,31 @@ def _conv_winograd(x, kernel, pads, m):
 
 
 def _conv_winograd_fwd(x, kernel, pads, m):
-    y, v = _winograd_fwd_impl(x, kernel, pads, m)
-    return y, (v, kernel)
+    # residuals: the transformed input and kernel, both used again by the backward pass
+    return _winograd_fwd_impl(x, kernel, pads, m)
 
 
 def _conv_winograd_bwd(pads, m, res, gy):
-    v, kernel = res
+    v, u = res
     at, g, bt = _winograd_matrices(m)
-    k, cin = kernel.shape[0], kernel.shape[2]
-    b, ho, wo, cout = gy.shape
+    a, _, cin, cout = u.shape
+    k = a - m + 1
+    b, ho, wo, _ = gy.shape
     th, tw = -(-ho // m), -(-wo // m)
-    a = m + k - 1
     # The output transform's transpose (A g A^T per tile) serves both gradients.
     gp = jnp.pad(gy, ((0, 0), (0, m * th - ho), (0, m * tw - wo), (0, 0)))
     gt = _winograd_output_transposed(gp, m, th, tw, at)
-    kron = jnp.asarray(np.kron(g, g), gy.dtype)
     # weight gradient in the Winograd domain: dU = V^T gt per tile position, dW = G^T dU G
     du = jnp.einsum("pqbhwc,pqbhwk->pqck", v, gt)
-    dw = (kron.T @ du.reshape(a * a, -1)).reshape(kernel.shape)
+    dw = (jnp.asarray(np.kron(g, g).T, du.dtype) @ du.reshape(a * a, -1)).reshape(k, k, cin, cout)
     # input gradient: dV = gt U^T per tile position, then the input transform's exact transpose
     # (overlap-add of the tiles); one transform fewer than a Winograd convolution of the grad
-    u = (kron @ kernel.reshape(k * k, cin * cout)).reshape(a, a, cin, cout)
     dv = jnp.einsum("pqbhwk,pqck->pqbhwc", gt, u)
     xp = jax.ShapeDtypeStruct((b, m * th + k - 1, m * tw + k - 1, cin), dv.dtype)
     dxp, = jax.linear_transpose(lambda xp: _winograd_input(xp, m, th, tw, bt), xp)(dv)
     (lo, hi), (lo2, hi2) = pads
     dx = dxp[:, lo:lo + ho - lo - hi + k - 1, lo2:lo2 + wo - lo2 - hi2 + k - 1]
-    return dx.astype(gy.dtype), dw.astype(kernel.dtype)
+    return dx.astype(gy.dtype), dw.astype(u.dtype)
 
 
 _conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
@@ -538,6 +535,14 @@ def _route(hits, g):
     return [jnp.where(h == 1, share, 0) for h in hit]
 
 
+def _unpool(phases, h, w):
+    """The 4 pooling phases (B, Hp, Wp, C), phase 2r + s at (2y+r, 2x+s), back on an h x w grid
+    (zeros in the row/column that floor pooling dropped)."""
+    b, hp, wp, c = phases[0].shape
+    y = jnp.stack(phases).reshape(2, 2, b, hp, wp, c).transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * hp, 2 * wp, c)
+    return jnp.pad(y, ((0, 0), (0, h - 2 * hp), (0, w - 2 * wp), (0, 0)))
+
+
 def _direct_relu_pool_fwd(x, kernel, bias, pads):
     zmax, hits = _max_and_hits(_direct_pre(x, kernel, bias, pads))
     y = jax.nn.relu(zmax)
@@ -560,10 +565,7 @@ def _direct_relu_pool_bwd(pads, res, g):
     dw = dw.reshape(kernel.shape)
     db = gz.sum(axis=(0, 1, 2))
     # input gradient (unused when x is data): the phases back on the conv output grid, then XLA's correlation
-    b = x.shape[0]
-    ho, wo = xp.shape[1] - k + 1, xp.shape[2] - k + 1
-    dy = jnp.stack(dz).reshape(2, 2, b, hp, wp, cout).transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * hp, 2 * wp, cout)
-    dy = jnp.pad(dy, ((0, 0), (0, ho - 2 * hp), (0, wo - 2 * wp), (0, 0)))
+    dy = _unpool(dz, xp.shape[1] - k + 1, xp.shape[2] - k + 1)
     return _direct_dx(dy, kernel, pads).astype(x.dtype), dw.astype(kernel.dtype), db.astype(g.dtype)
 
 
@@ -675,10 +677,7 @@ def _max_pool_2x2_masked_fwd(x):
 
 def _max_pool_2x2_masked_bwd(res, g):
     hits, like = res
-    (_, h, w, c), (b, hp, wp, _) = like.shape, g.shape
-    dz = jnp.stack(_route(hits, g))
-    dx = dz.reshape(2, 2, b, hp, wp, c).transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * hp, 2 * wp, c)
-    return (jnp.pad(dx, ((0, 0), (0, h - 2 * hp), (0, w - 2 * wp), (0, 0))),)
+    return (_unpool(_route(hits, g), like.shape[1], like.shape[2]),)
 
 
 _max_pool_2x2_masked.defvjp(_max_pool_2x2_masked_fwd, _max_pool_2x2_masked_bwd)

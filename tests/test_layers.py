@@ -148,7 +148,7 @@ def test_s2d_choice_and_model_equivalence():
 
 WINOGRAD_CASES = [  # (H, Cin, Cout, padding): 3x3 kernels; odd/even planes, partial last tiles, both paddings
     (12, 8, 16, "SAME"),   # the small model's blocks
-    (17, 16, 4, "SAME"),   # odd plane, like conv2 (17 = 4 tiles of 4 + 1)
+    (17, 16, 4, "SAME"),   # odd plane, like conv2: a partial last tile for every tile size
     (8, 3, 5, "SAME"),     # exact tiles, like conv3
     (4, 64, 8, "SAME"),    # one tile, like conv4
     (9, 5, 7, "VALID"),
