@@ -11,7 +11,7 @@ import argparse
 import sys
 
 import siamax
-from siamax import config, experiment
+from siamax import config, experiment, runtime
 
 
 def main(argv=None):
@@ -27,6 +27,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     config.add_arguments(parser)
     args = parser.parse_args(argv)
+    runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
     preset = args.preset or ("mnist_quick" if experiment.jax_backend() == "cpu" else "mnist_paper")
     try:
         cfg = config.from_args(args, preset)

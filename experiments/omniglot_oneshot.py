@@ -11,7 +11,7 @@ Needs SIAMAX_DATA_DIR (a folder laid out like the project's shared/data).
 import argparse
 import sys
 
-from siamax import config, experiment
+from siamax import config, experiment, runtime
 
 
 def main(argv=None):
@@ -25,6 +25,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     config.add_arguments(parser)
     args = parser.parse_args(argv)
+    runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
     preset = args.preset or experiment.default_preset()
     if args.preset is None:
         print(f"no --preset given: using {preset!r} on this {experiment.jax_backend()} machine")

@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from siamax import config, experiment
+from siamax import config, experiment, runtime
 
 
 def _variant(text: str) -> tuple[str, list[str]]:
@@ -40,6 +40,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     config.add_arguments(parser)  # overrides common to all variants
     args = parser.parse_args(argv)
+    runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
         parser.error(f"variant names must be unique, got {names}")

@@ -11,7 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "throughput.py")
 KEYS = {"model", "batch_size", "dtype", "n_devices", "device_kind", "backend", "jax_version", "compile_s",
         "train_pairs_per_s", "score_pairs_per_s", "oneshot_trials_per_s"}
-SIAMAX_KEYS = KEYS | {"train_flops_per_pair"}  # the torch section has no FLOP count
+SIAMAX_KEYS = KEYS | {"train_flops_per_pair", "malloc"}  # the torch section has no FLOP count (and shares the process)
 
 
 def _load():
@@ -43,7 +43,7 @@ def test_small_model_json(tmp_path):
     r = json.loads(path.read_text())
     assert set(r) == SIAMAX_KEYS | {"all_pairs_pairs_per_s"} | ({"torch"} if torch_available else set())
     _check(r)
-    assert r["compile_s"] > 0 and r["backend"] == "cpu" and r["dtype"] == "float32"
+    assert r["compile_s"] > 0 and r["backend"] == "cpu" and r["dtype"] == "float32" and r["malloc"] == "keep"
     assert r["all_pairs_pairs_per_s"] > 0
     if torch_available:
         assert set(r["torch"]) == KEYS
