@@ -60,7 +60,9 @@ def parse_args(argv=None):
                         "replicated). Default: 1. On CPU, N > 1 simulates N devices on the host's cores.")
     p.add_argument("--repeats", type=int, default=5,
                    help="timed repeats per measurement; the median is reported (default: 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling (default: 1)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed calls after compiling (default: 3: on CPU the heap keeps growing over the first "
+                        "few steps, each growth page-faulting new memory, which is not the steady state)")
     p.add_argument("--min-time", type=float, default=0.2,
                    help="each repeat times as many calls as fit in about this many seconds (default: 0.2)")
     p.add_argument("--conv-impl", default=None, choices=("auto", "xla", "matmul", "fft", "hybrid", "s2d"),
