@@ -8,9 +8,10 @@ page-faults its whole working set back in, zero-filled by the kernel. Measured o
 EPYC (docs/performance.md): the small model's training step made ~11,000 page faults and spent
 ~25 ms of kernel time per ~52 ms step; with these settings ~200 faults, ~1 ms, and ~39 ms per
 step (median of 100). The paper network's step: ~55,000 faults and ~0.6 s of kernel time with
-glibc's thresholds raised to their 2 GB maximum, ~18,000 and ~0.06-0.23 s with these settings. The
-PyTorch reference of ``benchmarks/throughput.py`` runs in the same process and gains as well, so
-comparisons stay like for like.
+glibc's thresholds raised to their 2 GB maximum; with these settings ~18,000 and 0.06-0.23 s
+averaged over 12 steps, nearly all of it in the few steps that grow the heap (none in the others).
+The PyTorch reference of ``benchmarks/throughput.py`` runs in the same process and gains as well,
+so comparisons stay like for like.
 
 The cost: the process keeps its peak heap instead of returning freed memory to the OS.
 ``SIAMAX_KEEP_FREED_MEMORY=0`` turns it off.
