@@ -26,8 +26,8 @@ Examples::
     python benchmarks/throughput.py --model paper --dtype bfloat16 --devices 8   # GPU host
 
 JSON (``--json PATH``): {"model", "batch_size", "dtype", "n_devices", "device_kind", "backend",
-"jax_version", "compile_s", "train_pairs_per_s", "score_pairs_per_s", "oneshot_trials_per_s"}, "malloc" (``--malloc``), plus
-"torch": {the same keys} with ``--compare torch`` (there "jax_version" is null and "backend" names
+"jax_version", "compile_s", "train_pairs_per_s", "score_pairs_per_s", "oneshot_trials_per_s"}, plus
+"malloc" (``--malloc``: what both suites ran with), plus "torch": {the same keys but "malloc"} with ``--compare torch`` (there "jax_version" is null and "backend" names
 torch's version and thread count), plus "all_pairs_pairs_per_s" with ``--all-pairs``.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def parse_args(argv=None):
                         "(needs torch installed; not a siamax dependency)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for the reference. Default: the faster of all cores "
-                        "(os.cpu_count(), what XLA uses) and 1, tried on one training step after warm-up: on a "
+                        "(os.cpu_count(), what XLA uses) and 1, the best of three training steps each after warm-up: on a "
                         "CPU shared with other jobs, torch's OpenMP barriers with all cores can run several "
                         "times slower than one thread. The chosen count is reported.")
     p.add_argument("--malloc", default="keep", choices=("keep", "default"),
