@@ -17,7 +17,9 @@ of:
 
 siamax and the PyTorch reference are measured in the same process, interleaved repeat by repeat,
 so that a machine shared with other jobs slows both alike. Each repeat times enough calls to last
-``--min-time`` seconds.
+``--min-time`` seconds; by default there are as many repeats as fit in ``--measure-time`` seconds
+(3 to 30), because a shared CPU's speed can change ~1.8x from one second to the next and a median
+over a handful of short repeats then says more about the machine than about the code.
 
 Examples::
 
@@ -27,8 +29,11 @@ Examples::
 
 JSON (``--json PATH``): {"model", "batch_size", "dtype", "n_devices", "device_kind", "backend",
 "jax_version", "compile_s", "train_pairs_per_s", "score_pairs_per_s", "oneshot_trials_per_s"}, plus
-"malloc" (``--malloc``: what both suites ran with), plus "torch": {the same keys but "malloc"} with ``--compare torch`` (there "jax_version" is null and "backend" names
-torch's version and thread count), plus "all_pairs_pairs_per_s" with ``--all-pairs``.
+"malloc" (``--malloc``: what both suites ran with), "repeats" ({op: number of repeats}) and
+"repeat_s" (``--min-time``), plus "torch": {the same keys but "malloc", "repeats" and "repeat_s"} with
+``--compare torch`` (there "jax_version" is null and "backend" names torch's version and thread
+count), plus "all_pairs_pairs_per_s" with ``--all-pairs``. Each suite also has "per_repeat":
+{figure key: [the figure for each repeat, in order]}, so the spread behind every median is on file.
 """
 from __future__ import annotations
 
@@ -58,8 +63,14 @@ def parse_args(argv=None):
     p.add_argument("--devices", type=int, default=None,
                    help="data-parallel over this many devices (mesh axis 'data'; batch sharded, params "
                         "replicated). Default: 1. On CPU, N > 1 simulates N devices on the host's cores.")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="timed repeats per measurement; the median is reported (default: 5)")
+    p.add_argument("--repeats", type=int, default=0,
+                   help="timed repeats per measurement; the median is reported. Default (0): as many as fit in "
+                        "--measure-time, at least 3 and at most 30 (e.g. 15 for the small model on CPU, 3 for the "
+                        "paper network's training step)")
+    p.add_argument("--measure-time", type=float, default=3.0,
+                   help="with the default --repeats: seconds of timed calls to aim for per measurement and suite "
+                        "(default: 3.0). A shared CPU's speed can change by ~1.8x from one second to the next "
+                        "(docs/performance.md), so a handful of 0.2 s repeats gives a noisy median")
     p.add_argument("--warmup", type=int, default=3,
                    help="untimed calls after compiling (default: 3: on CPU the heap keeps growing over the first "
                         "few steps, each growth page-faulting new memory, which is not the steady state)")
@@ -90,8 +101,8 @@ def parse_args(argv=None):
                         "FLOP/s as a fraction of it (FLOPs counted analytically, direct convolution)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON to PATH")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
-        p.error("--batch-size and --repeats must be >= 1, --warmup >= 0")
+    if args.batch_size < 1 or args.repeats < 0 or args.warmup < 0 or args.measure_time <= 0:
+        p.error("--batch-size must be >= 1, --repeats and --warmup >= 0 (--repeats 0: auto), --measure-time > 0")
     if args.devices is not None and args.devices < 1:
         p.error("--devices must be >= 1")
     return args
@@ -119,8 +130,12 @@ class Timer:
             self.fn()
         t = time.perf_counter()
         self.fn()
-        dt = time.perf_counter() - t
-        self.inner = max(1, int(self.min_time / max(dt, 1e-9)))
+        self.call_s = time.perf_counter() - t
+        self.inner = max(1, int(self.min_time / max(self.call_s, 1e-9)))
+
+    def repeats_for(self, seconds: float) -> int:
+        """Repeats that time about ``seconds`` of calls in all, clipped to 3..30."""
+        return min(30, max(3, math.ceil(seconds / (self.inner * self.call_s))))
 
     def repeat(self):
         t = time.perf_counter()
@@ -321,16 +336,22 @@ def run(args) -> dict:
     timers = {(name, op): Timer(fn, args.min_time) for name, (_, o) in suites.items() for op, (fn, _) in o.items()}
     for timer in timers.values():
         timer.warm(args.warmup)
-    for _ in range(args.repeats):  # interleaved: every op of every suite once per repeat
-        for timer in timers.values():
-            timer.repeat()
+    # The same number of repeats for an op in every suite (the most any of them needs), interleaved:
+    # every op of every suite once per repeat, so that a change in the machine's speed hits all alike.
+    repeats = {op: args.repeats or max(t.repeats_for(args.measure_time) for (_, o), t in timers.items() if o == op)
+               for _, op in timers}
+    for i in range(max(repeats.values(), default=0)):
+        for (_, op), timer in timers.items():
+            if i < repeats[op]:
+                timer.repeat()
 
     results = {}
     for name, (m, o) in suites.items():
-        r = dict(m)
+        r = dict(m, per_repeat={})
         for op, key, _ in FIGURES:
             if op in o:
                 r[key] = round(o[op][1] / timers[(name, op)].median(), 3)
+                r["per_repeat"][key] = [round(o[op][1] / t, 3) for t in timers[(name, op)].times]
             elif op not in ("all_pairs", "matmul", "matmul_torch"):
                 r[key] = None
         results[name] = r
@@ -340,6 +361,8 @@ def run(args) -> dict:
         out["train_fraction_of_matmul_peak"] = round(out["train_pairs_per_s"] * out["train_flops_per_pair"] / peak, 4)
     if "torch" in results:
         out["torch"] = results["torch"]
+    out["repeats"] = repeats
+    out["repeat_s"] = args.min_time
     out["_compile_breakdown"] = compile_s
     out["_load"] = load
     return out
@@ -354,7 +377,9 @@ def print_table(r: dict, args) -> None:
     if t:
         print(f"reference: {t['backend']}")
     comp = ", ".join(f"{k} {v:.1f}s" for k, v in r["_compile_breakdown"].items())
-    print(f"compile: {r['compile_s']:.1f}s ({comp}); medians of {args.repeats} repeats\n")
+    reps = ", ".join(f"{op} {n}" for op, n in r["repeats"].items())
+    print(f"compile: {r['compile_s']:.1f}s ({comp}); medians of interleaved repeats of >= {r['repeat_s']}s "
+          f"({reps})\n")
     head = f"{'measure':46s} {'siamax':>10s}" + (f" {'torch':>10s} {'ratio':>7s}" if t else "")
     print(head)
     print("-" * len(head))

@@ -11,7 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "throughput.py")
 KEYS = {"model", "batch_size", "dtype", "n_devices", "device_kind", "backend", "jax_version", "compile_s",
         "train_pairs_per_s", "score_pairs_per_s", "oneshot_trials_per_s"}
-SIAMAX_KEYS = KEYS | {"train_flops_per_pair", "malloc"}  # the torch section has no FLOP count (and shares the process)
+SIAMAX_KEYS = KEYS | {"train_flops_per_pair", "malloc", "repeats", "repeat_s", "per_repeat"}  # torch: no FLOP count, shares the process
 
 
 def _load():
@@ -46,8 +46,27 @@ def test_small_model_json(tmp_path):
     assert r["compile_s"] > 0 and r["backend"] == "cpu" and r["dtype"] == "float32" and r["malloc"] == "keep"
     assert r["all_pairs_pairs_per_s"] > 0
     if torch_available:
-        assert set(r["torch"]) == KEYS
+        assert set(r["torch"]) == KEYS | {"per_repeat"}
         _check(r["torch"])
+    assert r["repeats"] == {"train": 1, "score": 1, "oneshot": 1, "all_pairs": 1}
+    assert r["per_repeat"]["train_pairs_per_s"] == [r["train_pairs_per_s"]]
+
+
+def test_default_repeats_fill_the_measure_time(tmp_path):
+    """--repeats 0 (the default): each op gets as many interleaved repeats as fit in --measure-time
+    (3..30), the same number in every suite, and the reported figure is the median of them."""
+    path = tmp_path / "auto.json"
+    _load().main(["--model", "small", "--batch-size", "4", "--warmup", "0", "--min-time", "0",
+                  "--measure-time", "0.05", "--skip", "oneshot", "--json", str(path)])
+    r = json.loads(path.read_text())
+    for op, key in (("train", "train_pairs_per_s"), ("score", "score_pairs_per_s")):
+        values = r["per_repeat"][key]
+        assert 3 <= r["repeats"][op] == len(values) <= 30
+        mid = sorted(values)[(len(values) - 1) // 2: len(values) // 2 + 1]  # the median's one or two values
+        assert mid[0] * (1 - 1e-3) <= r[key] <= mid[-1] * (1 + 1e-3)
+    timer = _load().Timer(lambda: None, 0.2)
+    timer.inner, timer.call_s = 4, 0.05  # 0.2 s per repeat
+    assert (timer.repeats_for(3.0), timer.repeats_for(0.01), timer.repeats_for(1000.0)) == (15, 3, 30)
 
 
 def test_data_parallel_and_indivisible_batch(tmp_path):
