@@ -20,6 +20,7 @@ so that a machine shared with other jobs slows both alike. Each repeat times eno
 ``--min-time`` seconds; by default there are as many repeats as fit in ``--measure-time`` seconds
 (3 to 30), because a shared CPU's speed can change ~1.8x from one second to the next and a median
 over a handful of short repeats then says more about the machine than about the code.
+With ``--compare torch`` the table's last column is the range of the per-repeat ratios.
 
 Examples::
 
@@ -380,7 +381,7 @@ def print_table(r: dict, args) -> None:
     reps = ", ".join(f"{op} {n}" for op, n in r["repeats"].items())
     print(f"compile: {r['compile_s']:.1f}s ({comp}); medians of interleaved repeats of >= {r['repeat_s']}s "
           f"({reps})\n")
-    head = f"{'measure':46s} {'siamax':>10s}" + (f" {'torch':>10s} {'ratio':>7s}" if t else "")
+    head = f"{'measure':46s} {'siamax':>10s}" + (f" {'torch':>10s} {'ratio':>7s} {'repeat by repeat':>16s}" if t else "")
     print(head)
     print("-" * len(head))
     for op, key, label in FIGURES:
@@ -389,6 +390,9 @@ def print_table(r: dict, args) -> None:
         line = f"{label:46s} {r[key]:10.4g}" if op.startswith("matmul") else f"{label:46s} {r[key]:10.2f}"
         if t and t.get(key):
             line += f" {t[key]:10.2f} {r[key] / t[key]:6.2f}x"
+            # the two suites' repeats alternate, so repeat i of each saw the machine in about the same state
+            ratios = [a / b for a, b in zip(r["per_repeat"][key], t["per_repeat"][key])]
+            line += f" {min(ratios):7.2f}-{max(ratios):.2f}x"
         print(line)
     if r.get("train_fraction_of_matmul_peak"):
         print(f"training at {r['train_fraction_of_matmul_peak']:.1%} of the higher measured bf16 matrix rate "
