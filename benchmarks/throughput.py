@@ -66,8 +66,8 @@ def parse_args(argv=None):
                         "replicated). Default: 1. On CPU, N > 1 simulates N devices on the host's cores.")
     p.add_argument("--repeats", type=int, default=0,
                    help="timed repeats per measurement; the median is reported. Default (0): as many as fit in "
-                        "--measure-time, at least 3 and at most 30 (e.g. 15 for the small model on CPU, 3 for the "
-                        "paper network's training step)")
+                        "--measure-time, at least 3 and at most 30 (on the 2-core CI machine: 16-18 for the small "
+                        "model, 3 for the paper network's training step)")
     p.add_argument("--measure-time", type=float, default=3.0,
                    help="with the default --repeats: seconds of timed calls to aim for per measurement and suite "
                         "(default: 3.0). A shared CPU's speed can change by ~1.8x from one second to the next "
@@ -136,7 +136,7 @@ class Timer:
 
     def repeats_for(self, seconds: float) -> int:
         """Repeats that time about ``seconds`` of calls in all, clipped to 3..30."""
-        return min(30, max(3, math.ceil(seconds / (self.inner * self.call_s))))
+        return min(30, max(3, math.ceil(seconds / max(self.inner * self.call_s, 1e-9))))
 
     def repeat(self):
         t = time.perf_counter()
