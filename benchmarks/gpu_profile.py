@@ -17,6 +17,7 @@ its time limit still leaves what it finished:
 Files: DIR/profile.json (every number), DIR/kernels.txt (the trace's top kernels),
 DIR/perfetto_trace.json.gz. ``--smoke`` runs the same code on a tiny model (CPU check).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,18 +43,27 @@ FLAG_VARIANTS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="folder for profile.json, kernels.txt and the trace")
     p.add_argument("--model", default="paper", help="model preset (default: paper)")
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     p.add_argument("--batch-sizes", default="512,1024", help="training batch sizes (pairs) to time")
-    p.add_argument("--deadline", type=float, default=None,
-                   help="epoch seconds: start nothing new after it (the command's own time limit)")
-    p.add_argument("--trace-only", action="store_true",
-                   help="only the device trace of the training step (kernels.txt) at the first batch size")
-    p.add_argument("--only-train", action="store_true",
-                   help="only time the base training step (used for the XLA_FLAGS variants)")
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="epoch seconds: start nothing new after it (the command's own time limit)",
+    )
+    p.add_argument(
+        "--trace-only",
+        action="store_true",
+        help="only the device trace of the training step (kernels.txt) at the first batch size",
+    )
+    p.add_argument(
+        "--only-train", action="store_true", help="only time the base training step (used for the XLA_FLAGS variants)"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model and batches: checks the script on CPU")
     return p.parse_args(argv)
 
@@ -147,8 +157,12 @@ def _conv_timing(x, w, padding, impl, g, flops, passes):
         both = jax.jit(lambda x, w, g: jax.vjp(conv, x, w)[1](g))
     t_f = bench(lambda: fwd(x, w).block_until_ready())
     t_b = bench(lambda: jax.block_until_ready(both(x, w, g)))
-    return {"fwd_ms": round(t_f * 1e3, 3), "fwd_bwd_ms": round(t_b * 1e3, 3),
-            "fwd_tflops": round(flops / t_f / 1e12, 1), "fwd_bwd_tflops": round(passes * flops / t_b / 1e12, 1)}
+    return {
+        "fwd_ms": round(t_f * 1e3, 3),
+        "fwd_bwd_ms": round(t_b * 1e3, 3),
+        "fwd_tflops": round(flops / t_f / 1e12, 1),
+        "fwd_bwd_tflops": round(passes * flops / t_b / 1e12, 1),
+    }
 
 
 def _block_timing(x, w, bias, padding, fused, wrt_x):
@@ -165,8 +179,10 @@ def _block_timing(x, w, bias, padding, fused, wrt_x):
         both = jax.jit(lambda x, w, g: jax.vjp(block, x, w)[1](g))
     else:
         both = jax.jit(lambda x, w, g: jax.vjp(lambda w: block(x, w), w)[1](g))
-    return {"fwd_ms": round(bench(lambda: fwd(x, w).block_until_ready()) * 1e3, 3),
-            "fwd_bwd_ms": round(bench(lambda: jax.block_until_ready(both(x, w, g))) * 1e3, 3)}
+    return {
+        "fwd_ms": round(bench(lambda: fwd(x, w).block_until_ready()) * 1e3, 3),
+        "fwd_bwd_ms": round(bench(lambda: jax.block_until_ready(both(x, w, g))) * 1e3, 3),
+    }
 
 
 def _act_timing(y, bias, pool_fn):
@@ -177,8 +193,10 @@ def _act_timing(y, bias, pool_fn):
     fwd = jax.jit(act)
     g = jnp.ones(fwd(y).shape, y.dtype)
     both = jax.jit(lambda v, g: jax.vjp(act, v)[1](g))
-    return {"fwd_ms": round(bench(lambda: fwd(y).block_until_ready()) * 1e3, 3),
-            "fwd_bwd_ms": round(bench(lambda: jax.block_until_ready(both(y, g))) * 1e3, 3)}
+    return {
+        "fwd_ms": round(bench(lambda: fwd(y).block_until_ready()) * 1e3, 3),
+        "fwd_bwd_ms": round(bench(lambda: jax.block_until_ready(both(y, g))) * 1e3, 3),
+    }
 
 
 def _fc_timing(x, w):
@@ -192,8 +210,11 @@ def _fc_timing(x, w):
     t_f = bench(lambda: fwd(x, w).block_until_ready())
     t_b = bench(lambda: jax.block_until_ready(both(x, w, g)))
     flops = 2 * x.shape[0] * x.shape[1] * w.shape[1]
-    return {"fwd_ms": round(t_f * 1e3, 3), "fwd_bwd_ms": round(t_b * 1e3, 3),
-            "fwd_bwd_tflops": round(3 * flops / t_b / 1e12, 1)}
+    return {
+        "fwd_ms": round(t_f * 1e3, 3),
+        "fwd_bwd_ms": round(t_b * 1e3, 3),
+        "fwd_bwd_tflops": round(3 * flops / t_b / 1e12, 1),
+    }
 
 
 def layer_profile(run, spec, images):
@@ -214,18 +235,30 @@ def layer_profile(run, spec, images):
         g = jax.random.normal(next(keys), (images, out, out, f), dtype)
         flops = layers.conv_flops(x.shape, w.shape, spec.padding)
         for impl in ["xla", "matmul", "fft"] + (["hybrid"] if cin == 1 else []):
-            run.attempt("layers", f"conv{i + 1} {k}x{k} {cin}->{f} on {size} [{impl}]",
-                        functools.partial(_conv_timing, x, w, spec.padding, impl, g, flops, 3 if i else 2),
-                        need_s=60)
+            run.attempt(
+                "layers",
+                f"conv{i + 1} {k}x{k} {cin}->{f} on {size} [{impl}]",
+                functools.partial(_conv_timing, x, w, spec.padding, impl, g, flops, 3 if i else 2),
+                need_s=60,
+            )
         bias = jnp.zeros((f,), dtype)
         if pool and spec.padding == "VALID":
             for fused in (False, True):
-                run.attempt("layers", f"block conv{i + 1}+relu+pool [{'s2d' if fused else 'xla'}]",
-                            functools.partial(_block_timing, x, w, bias, spec.padding, fused, i > 0))
-        for name, fn in ((("reshape_max", layers.max_pool_2x2), ("reduce_window", _pool_reduce_window))
-                         if pool else (("none", None),)):
-            run.attempt("layers", f"bias+relu+pool[{name}] after conv{i + 1} {g.shape}",
-                        functools.partial(_act_timing, g, bias, fn))
+                run.attempt(
+                    "layers",
+                    f"block conv{i + 1}+relu+pool [{'s2d' if fused else 'xla'}]",
+                    functools.partial(_block_timing, x, w, bias, spec.padding, fused, i > 0),
+                )
+        for name, fn in (
+            (("reshape_max", layers.max_pool_2x2), ("reduce_window", _pool_reduce_window))
+            if pool
+            else (("none", None),)
+        ):
+            run.attempt(
+                "layers",
+                f"bias+relu+pool[{name}] after conv{i + 1} {g.shape}",
+                functools.partial(_act_timing, g, bias, fn),
+            )
         cin, size = f, (out // 2 if pool else out)
     if spec.fc_units:
         d = size * size * cin
@@ -265,8 +298,9 @@ def _random_pairs(spec, batch_size):
     rng = np.random.default_rng(0)
     s = spec.input_size
     imgs = lambda n: (rng.random((n, s, s)) > 0.8).astype(np.float32)
-    return jax.device_put({"x1": imgs(batch_size), "x2": imgs(batch_size),
-                           "y": (rng.random(batch_size) > 0.5).astype(np.float32)})
+    return jax.device_put(
+        {"x1": imgs(batch_size), "x2": imgs(batch_size), "y": (rng.random(batch_size) > 0.5).astype(np.float32)}
+    )
 
 
 def _compiled(step_fn, state, batch):
@@ -389,14 +423,17 @@ def trace_kernels(spec, batch_size, out_dir, steps=5):
     with gzip.open(files[0], "rt") as f:
         events = json.load(f)
     events = events.get("traceEvents", events) if isinstance(events, dict) else events
-    pnames = {e["pid"]: e.get("args", {}).get("name", "") for e in events
-              if e.get("ph") == "M" and e.get("name") == "process_name"}
+    pnames = {
+        e["pid"]: e.get("args", {}).get("name", "")
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
     per_proc = defaultdict(lambda: defaultdict(lambda: [0.0, 0, None]))
     for e in events:
         if e.get("ph") != "X" or "dur" not in e:
             continue
         args = e.get("args") or {}
-        key = f'{args["hlo_op"]} | {e.get("name", "?")[:60]}' if "hlo_op" in args else e.get("name", "?")
+        key = f"{args['hlo_op']} | {e.get('name', '?')[:60]}" if "hlo_op" in args else e.get("name", "?")
         slot = per_proc[pnames.get(e["pid"], str(e["pid"]))][key]
         slot[0] += e["dur"]
         slot[1] += 1
@@ -428,8 +465,14 @@ def main(argv=None):
         spec = get_spec("tiny").replace(dtype=args.dtype, padding="VALID")
     batches = [8] if args.smoke else [int(b) for b in args.batch_sizes.split(",")]
     fpp = train_flops_per_pair(spec)
-    run.data.update(model=args.model, dtype=args.dtype, device=jax.devices()[0].device_kind,
-                    jax=jax.__version__, flops_per_pair=fpp, xla_flags=os.environ.get("XLA_FLAGS", ""))
+    run.data.update(
+        model=args.model,
+        dtype=args.dtype,
+        device=jax.devices()[0].device_kind,
+        jax=jax.__version__,
+        flops_per_pair=fpp,
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
+    )
     if args.only_train:
         run.attempt("train", "base", lambda: train_rate(spec, batches[0], fpp, None))
         return
@@ -444,37 +487,65 @@ def main(argv=None):
     pooled = [i for i, p in enumerate(spec.pools) if p]
     for upto in range(len(pooled) + 1):
         chosen = pooled[:upto]
-        run.attempt("train", f"functional s2d{[i + 1 for i in chosen]} b{b0}",
-                    lambda chosen=chosen: functional_rate(spec, b0, chosen, fpp, peak_flops), need_s=60)
-    variants = {
-        "conv1 matmul": {"conv_impls": {10: "matmul"}},
-        "conv1 hybrid": {"conv_impls": {10: "hybrid"}},
-        "pool reduce_window": {"pool": "reduce_window"},
-        "conv2 fft": {"conv_impls": {7: "fft"}},
-    } if not args.smoke else {"conv1 matmul": {"conv_impls": {3: "matmul"}},
-                              "pool reduce_window": {"pool": "reduce_window"}}
+        run.attempt(
+            "train",
+            f"functional s2d{[i + 1 for i in chosen]} b{b0}",
+            lambda chosen=chosen: functional_rate(spec, b0, chosen, fpp, peak_flops),
+            need_s=60,
+        )
+    variants = (
+        {
+            "conv1 matmul": {"conv_impls": {10: "matmul"}},
+            "conv1 hybrid": {"conv_impls": {10: "hybrid"}},
+            "pool reduce_window": {"pool": "reduce_window"},
+            "conv2 fft": {"conv_impls": {7: "fft"}},
+        }
+        if not args.smoke
+        else {"conv1 matmul": {"conv_impls": {3: "matmul"}}, "pool reduce_window": {"pool": "reduce_window"}}
+    )
     for b in batches[1:]:
         run.attempt("train", f"base b{b}", lambda b=b: train_rate(spec, b, fpp, peak_flops), need_s=60)
-        run.attempt("train", f"functional s2d{[i + 1 for i in pooled]} b{b}",
-                    lambda b=b: functional_rate(spec, b, pooled, fpp, peak_flops), need_s=60)
+        run.attempt(
+            "train",
+            f"functional s2d{[i + 1 for i in pooled]} b{b}",
+            lambda b=b: functional_rate(spec, b, pooled, fpp, peak_flops),
+            need_s=60,
+        )
     layer_images = 16 if args.smoke else 2 * b0
     layer_profile(run, spec, layer_images)
     for name, kw in variants.items():
+
         def one(kw=kw):
             with patched(**kw):
                 return train_rate(spec, b0, fpp, peak_flops)
+
         run.attempt("train", f"{name} b{b0}", one, need_s=60)
     for name, flag in ({} if args.smoke else FLAG_VARIANTS).items():
+
         def sub(flag=flag, name=name):
             sub_out = os.path.join("/tmp", "gpu_profile_flags", name)  # its numbers go into profile.json
             env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flag).strip())
-            cmd = [sys.executable, os.path.abspath(__file__), "--out", sub_out, "--only-train",
-                   "--model", args.model, "--dtype", args.dtype, "--batch-sizes", str(b0)]
-            r = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=max(30, run.time_left() - 20))
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--out",
+                sub_out,
+                "--only-train",
+                "--model",
+                args.model,
+                "--dtype",
+                args.dtype,
+                "--batch-sizes",
+                str(b0),
+            ]
+            r = subprocess.run(
+                cmd, check=False, env=env, capture_output=True, text=True, timeout=max(30, run.time_left() - 20)
+            )
             if r.returncode:
                 return f"exit {r.returncode}: {r.stderr[-400:]}"
             with open(os.path.join(sub_out, "profile.json")) as f:
                 return json.load(f)["sections"]["train"]["base"]
+
         run.attempt("xla_flags", f"{name} ({flag}) b{b0}", sub, need_s=90)
     print("\n=== summary")
     for section in ("ceilings", "train", "xla_flags"):

@@ -36,6 +36,7 @@ JSON (``--json PATH``): {"model", "batch_size", "dtype", "n_devices", "device_ki
 count), plus "all_pairs_pairs_per_s" with ``--all-pairs``. Each suite also has "per_repeat":
 {figure key: [the figure for each repeat, in order]}, so the spread behind every median is on file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,54 +53,109 @@ MODELS = ("paper", "small", "reduced35")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        prog="throughput.py", description=__doc__.split("\n\n")[0],
+        prog="throughput.py",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Timings on shared machines are noisy: compare siamax and torch only within one run.")
-    p.add_argument("--model", default="paper", choices=MODELS,
-                   help="preset network from siamax.model.MODELS (default: paper, the 38.9M-parameter 105x105 net)")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="pairs per training/scoring step, global over all devices (default: 32)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="compute dtype; parameters and optimiser state stay float32 (default: float32)")
-    p.add_argument("--devices", type=int, default=None,
-                   help="data-parallel over this many devices (mesh axis 'data'; batch sharded, params "
-                        "replicated). Default: 1. On CPU, N > 1 simulates N devices on the host's cores.")
-    p.add_argument("--repeats", type=int, default=0,
-                   help="timed repeats per measurement; the median is reported. Default (0): as many as fit in "
-                        "--measure-time, at least 3 and at most 30 (on the 2-core CI machine: 16-18 for the small "
-                        "model, 3 for the paper network's training step)")
-    p.add_argument("--measure-time", type=float, default=3.0,
-                   help="with the default --repeats: seconds of timed calls to aim for per measurement and suite "
-                        "(default: 3.0). A shared CPU's speed can change by ~1.8x from one second to the next "
-                        "(docs/performance.md), so a handful of 0.2 s repeats gives a noisy median")
-    p.add_argument("--warmup", type=int, default=3,
-                   help="untimed calls after compiling (default: 3: on CPU the heap keeps growing over the first "
-                        "few steps, each growth page-faulting new memory, which is not the steady state)")
-    p.add_argument("--min-time", type=float, default=0.2,
-                   help="each repeat times as many calls as fit in about this many seconds (default: 0.2)")
-    p.add_argument("--conv-impl", default=None, choices=("auto", "xla", "matmul", "fft", "hybrid", "s2d"),
-                   help="override the preset's convolution implementation (siamax.layers; default: the "
-                        "preset's, 'auto')")
-    p.add_argument("--compare", default=None, choices=("torch",),
-                   help="also measure a plain PyTorch eager reference of the same network and optimiser "
-                        "(needs torch installed; not a siamax dependency)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads for the reference. Default: the faster of all cores "
-                        "(os.cpu_count(), what XLA uses) and 1, the best of three training steps each after warm-up: on a "
-                        "CPU shared with other jobs, torch's OpenMP barriers with all cores can run several "
-                        "times slower than one thread. The chosen count is reported.")
-    p.add_argument("--malloc", default="keep", choices=("keep", "default"),
-                   help="'keep' (default): glibc's malloc keeps freed memory for reuse "
-                        "(siamax.runtime.keep_freed_memory, what the experiments do) instead of unmapping every "
-                        "step's temporaries and page-faulting them back in; applies to siamax and torch alike, "
-                        "as they share the process. 'default': glibc's own settings")
-    p.add_argument("--all-pairs", action="store_true",
-                   help="also report in-batch pair reuse (Objective kind='all_pairs') as a separate figure")
+        epilog="Timings on shared machines are noisy: compare siamax and torch only within one run.",
+    )
+    p.add_argument(
+        "--model",
+        default="paper",
+        choices=MODELS,
+        help="preset network from siamax.model.MODELS (default: paper, the 38.9M-parameter 105x105 net)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="pairs per training/scoring step, global over all devices (default: 32)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute dtype; parameters and optimiser state stay float32 (default: float32)",
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="data-parallel over this many devices (mesh axis 'data'; batch sharded, params "
+        "replicated). Default: 1. On CPU, N > 1 simulates N devices on the host's cores.",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="timed repeats per measurement; the median is reported. Default (0): as many as fit in "
+        "--measure-time, at least 3 and at most 30 (on the 2-core CI machine: 16-18 for the small "
+        "model, 3 for the paper network's training step)",
+    )
+    p.add_argument(
+        "--measure-time",
+        type=float,
+        default=3.0,
+        help="with the default --repeats: seconds of timed calls to aim for per measurement and suite "
+        "(default: 3.0). A shared CPU's speed can change by ~1.8x from one second to the next "
+        "(docs/performance.md), so a handful of 0.2 s repeats gives a noisy median",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed calls after compiling (default: 3: on CPU the heap keeps growing over the first "
+        "few steps, each growth page-faulting new memory, which is not the steady state)",
+    )
+    p.add_argument(
+        "--min-time",
+        type=float,
+        default=0.2,
+        help="each repeat times as many calls as fit in about this many seconds (default: 0.2)",
+    )
+    p.add_argument(
+        "--conv-impl",
+        default=None,
+        choices=("auto", "xla", "matmul", "fft", "hybrid", "s2d"),
+        help="override the preset's convolution implementation (siamax.layers; default: the preset's, 'auto')",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        choices=("torch",),
+        help="also measure a plain PyTorch eager reference of the same network and optimiser "
+        "(needs torch installed; not a siamax dependency)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for the reference. Default: the faster of all cores "
+        "(os.cpu_count(), what XLA uses) and 1, the best of three training steps each after warm-up: on a "
+        "CPU shared with other jobs, torch's OpenMP barriers with all cores can run several "
+        "times slower than one thread. The chosen count is reported.",
+    )
+    p.add_argument(
+        "--malloc",
+        default="keep",
+        choices=("keep", "default"),
+        help="'keep' (default): glibc's malloc keeps freed memory for reuse "
+        "(siamax.runtime.keep_freed_memory, what the experiments do) instead of unmapping every "
+        "step's temporaries and page-faulting them back in; applies to siamax and torch alike, "
+        "as they share the process. 'default': glibc's own settings",
+    )
+    p.add_argument(
+        "--all-pairs",
+        action="store_true",
+        help="also report in-batch pair reuse (Objective kind='all_pairs') as a separate figure",
+    )
     p.add_argument("--skip", default="", help="comma-separated measurements to skip: train,score,oneshot")
-    p.add_argument("--peak", action="store_true",
-                   help="also measure the device's bf16 matrix-product rate (8192^3 on random data, through "
-                        "jnp.dot and, with torch on the same GPU, torch.mm: the higher counts) and report training "
-                        "FLOP/s as a fraction of it (FLOPs counted analytically, direct convolution)")
+    p.add_argument(
+        "--peak",
+        action="store_true",
+        help="also measure the device's bf16 matrix-product rate (8192^3 on random data, through "
+        "jnp.dot and, with torch on the same GPU, torch.mm: the higher counts) and report training "
+        "FLOP/s as a fraction of it (FLOPs counted analytically, direct convolution)",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON to PATH")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 0 or args.warmup < 0 or args.measure_time <= 0:
@@ -172,8 +228,9 @@ def build_siamax(args):
     params_eval = jax.tree.map(jnp.copy, params)
     tx = optim.koch_sgd(spec.layer_names, optim.SGDConfig(), steps_per_epoch=1000)
     state = sharding.replicate(train.create_train_state(params, tx, train.Objective()), mesh)
-    batch = sharding.shard_batch({"x1": imgs(b), "x2": imgs(b), "y": (rng.random(b) > 0.5).astype(np.float32)},
-                                 mesh, process_local=False)
+    batch = sharding.shard_batch(
+        {"x1": imgs(b), "x2": imgs(b), "y": (rng.random(b) > 0.5).astype(np.float32)}, mesh, process_local=False
+    )
     key = jax.random.key(1)
     rparams = sharding.replicate(params_eval, mesh)
 
@@ -197,6 +254,7 @@ def build_siamax(args):
         ops["score"] = (lambda: score(rparams, batch["x1"], batch["x2"]).block_until_ready(), b)
 
     if "oneshot" not in skip:
+
         def oneshot_run(p, queries, support):
             e = siamax.embed(p, jnp.concatenate([queries, support]))
             q, sup = e[:20], e[20:]
@@ -215,8 +273,9 @@ def build_siamax(args):
     if args.all_pairs:
         params_ap = jax.tree.map(jnp.copy, params_eval)
         state_ap = sharding.replicate(train.create_train_state(params_ap, tx, train.Objective(kind="all_pairs")), mesh)
-        batch_ap = sharding.shard_batch({"x": imgs(b), "labels": rng.integers(0, 4, b).astype(np.int32)},
-                                        mesh, process_local=False)
+        batch_ap = sharding.shard_batch(
+            {"x": imgs(b), "labels": rng.integers(0, 4, b).astype(np.int32)}, mesh, process_local=False
+        )
         compile_s["all_pairs"], all_pairs_call = _compiled_train_step(state_ap, batch_ap, key)
         ops["all_pairs"] = (all_pairs_call, b * (b - 1) // 2)
 
@@ -224,10 +283,17 @@ def build_siamax(args):
     device_kind = dev.device_kind
     if dev.platform == "cpu":
         device_kind = f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)"
-    meta = {"model": args.model, "batch_size": b, "dtype": args.dtype, "n_devices": n_dev,
-            "device_kind": device_kind, "backend": jax.default_backend(), "jax_version": jax.__version__,
-            "compile_s": round(sum(compile_s.values()), 3),
-            "train_flops_per_pair": train_flops_per_pair(spec)}
+    meta = {
+        "model": args.model,
+        "batch_size": b,
+        "dtype": args.dtype,
+        "n_devices": n_dev,
+        "device_kind": device_kind,
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "compile_s": round(sum(compile_s.values()), 3),
+        "train_flops_per_pair": train_flops_per_pair(spec),
+    }
     return meta, ops, compile_s, spec
 
 
@@ -303,30 +369,44 @@ def build_torch(args, spec):
         ops["score"] = (bench.score, args.batch_size)
     if "oneshot" not in skip:
         ops["oneshot"] = (bench.oneshot_run, 20)
-    kind = (torch.cuda.get_device_name() if device == "cuda"
-            else f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)")
+    kind = torch.cuda.get_device_name() if device == "cuda" else f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)"
     where = "cuda, cudnn.benchmark" if device == "cuda" else f"{torch.get_num_threads()} threads"
-    meta = {"model": args.model, "batch_size": args.batch_size, "dtype": args.dtype, "n_devices": 1,
-            "device_kind": kind, "backend": f"torch {torch.__version__} eager, {where}",
-            "jax_version": None, "compile_s": 0.0}
+    meta = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "n_devices": 1,
+        "device_kind": kind,
+        "backend": f"torch {torch.__version__} eager, {where}",
+        "jax_version": None,
+        "compile_s": 0.0,
+    }
     return meta, ops
 
 
-FIGURES = (("train", "train_pairs_per_s", "training pairs/s"),
-           ("score", "score_pairs_per_s", "scoring pairs/s"),
-           ("oneshot", "oneshot_trials_per_s", "20-way one-shot trials/s"),
-           ("all_pairs", "all_pairs_pairs_per_s", "all-pairs objective, head pairs/s (separate)"),
-           ("matmul", "matmul_flops_per_s", "bf16 8192^3 matrix product (jnp.dot), FLOP/s"),
-           ("matmul_torch", "matmul_torch_flops_per_s", "bf16 8192^3 matrix product (torch.mm), FLOP/s"))
+FIGURES = (
+    ("train", "train_pairs_per_s", "training pairs/s"),
+    ("score", "score_pairs_per_s", "scoring pairs/s"),
+    ("oneshot", "oneshot_trials_per_s", "20-way one-shot trials/s"),
+    ("all_pairs", "all_pairs_pairs_per_s", "all-pairs objective, head pairs/s (separate)"),
+    ("matmul", "matmul_flops_per_s", "bf16 8192^3 matrix product (jnp.dot), FLOP/s"),
+    ("matmul_torch", "matmul_torch_flops_per_s", "bf16 8192^3 matrix product (torch.mm), FLOP/s"),
+)
 
 
 def run(args) -> dict:
-    if args.devices and args.devices > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    if (
+        args.devices
+        and args.devices > 1
+        and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
+    ):
         # Only affects JAX's CPU platform; GPU/TPU hosts use their real devices.
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + f" --xla_force_host_platform_device_count={args.devices}").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+        ).strip()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     from siamax import runtime
+
     malloc = "keep" if args.malloc == "keep" and runtime.keep_freed_memory() else "default"
     meta, ops, compile_s, spec = build_siamax(args)
     meta["malloc"] = malloc
@@ -339,8 +419,10 @@ def run(args) -> dict:
         timer.warm(args.warmup)
     # The same number of repeats for an op in every suite (the most any of them needs), interleaved:
     # every op of every suite once per repeat, so that a change in the machine's speed hits all alike.
-    repeats = {op: args.repeats or max(t.repeats_for(args.measure_time) for (_, o), t in timers.items() if o == op)
-               for _, op in timers}
+    repeats = {
+        op: args.repeats or max(t.repeats_for(args.measure_time) for (_, o), t in timers.items() if o == op)
+        for _, op in timers
+    }
     for i in range(max(repeats.values(), default=0)):
         for (_, op), timer in timers.items():
             if i < repeats[op]:
@@ -371,17 +453,19 @@ def run(args) -> dict:
 
 def print_table(r: dict, args) -> None:
     t = r.get("torch")
-    print(f"\nsiamax throughput: model={r['model']} batch={r['batch_size']} dtype={r['dtype']} "
-          f"devices={r['n_devices']} backend={r['backend']} jax={r['jax_version']}")
-    print(f"device: {r['device_kind']}; load average at start {r['_load']}; "
-          f"malloc: {r['malloc']} (both suites)")
+    print(
+        f"\nsiamax throughput: model={r['model']} batch={r['batch_size']} dtype={r['dtype']} "
+        f"devices={r['n_devices']} backend={r['backend']} jax={r['jax_version']}"
+    )
+    print(f"device: {r['device_kind']}; load average at start {r['_load']}; malloc: {r['malloc']} (both suites)")
     if t:
         print(f"reference: {t['backend']}")
     comp = ", ".join(f"{k} {v:.1f}s" for k, v in r["_compile_breakdown"].items())
     reps = ", ".join(f"{op} {n}" for op, n in r["repeats"].items())
-    print(f"compile: {r['compile_s']:.1f}s ({comp}); medians of interleaved repeats of >= {r['repeat_s']}s "
-          f"({reps})\n")
-    head = f"{'measure':46s} {'siamax':>10s}" + (f" {'torch':>10s} {'ratio':>7s} {'repeat by repeat':>16s}" if t else "")
+    print(f"compile: {r['compile_s']:.1f}s ({comp}); medians of interleaved repeats of >= {r['repeat_s']}s ({reps})\n")
+    head = f"{'measure':46s} {'siamax':>10s}" + (
+        f" {'torch':>10s} {'ratio':>7s} {'repeat by repeat':>16s}" if t else ""
+    )
     print(head)
     print("-" * len(head))
     for op, key, label in FIGURES:
@@ -395,8 +479,10 @@ def print_table(r: dict, args) -> None:
             line += f" {min(ratios):7.2f}-{max(ratios):.2f}x"
         print(line)
     if r.get("train_fraction_of_matmul_peak"):
-        print(f"training at {r['train_fraction_of_matmul_peak']:.1%} of the higher measured bf16 matrix rate "
-              f"({r['train_flops_per_pair'] / 1e9:.2f} GFLOP per training pair)")
+        print(
+            f"training at {r['train_fraction_of_matmul_peak']:.1%} of the higher measured bf16 matrix rate "
+            f"({r['train_flops_per_pair'] / 1e9:.2f} GFLOP per training pair)"
+        )
     print()
 
 

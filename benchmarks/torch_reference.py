@@ -7,6 +7,7 @@ straightforward PyTorch user would write: NCHW tensors, ``nn.Conv2d``, ``torch.o
 ``torch.no_grad`` for scoring. torch is not a dependency of siamax: this module is only imported
 by the benchmark when the comparison is asked for.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,7 @@ class Tower(nn.Module):
     def __init__(self, spec):
         super().__init__()
         convs, cin = [], 1
-        for i, (f, k) in enumerate(zip(spec.filters, spec.kernels)):
+        for f, k in zip(spec.filters, spec.kernels):
             convs.append(nn.Conv2d(cin, f, k, padding="same" if spec.padding == "SAME" else 0))
             cin = f
         self.convs = nn.ModuleList(convs)
@@ -61,8 +62,11 @@ class SiameseTorch(nn.Module):
 
 def per_layer_sgd(model: SiameseTorch, lr: float = 0.01, momentum: float = 0.5):
     """torch.optim.SGD with one parameter group per layer (the paper's per-layer eta_j, mu_j)."""
-    groups = [{"params": list(m.parameters()), "lr": lr, "momentum": momentum}
-              for m in [*model.tower.convs, model.tower.fc, model.head] if m is not None]
+    groups = [
+        {"params": list(m.parameters()), "lr": lr, "momentum": momentum}
+        for m in [*model.tower.convs, model.tower.fc, model.head]
+        if m is not None
+    ]
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
@@ -71,8 +75,15 @@ class TorchBench:
     on the CPU or a CUDA GPU (there with cuDNN's autotuner on, as a speed-minded user would have it).
     Every operation waits for its result, so wall-clock timing around it is honest on a GPU too."""
 
-    def __init__(self, spec, batch_size: int, dtype: str = "float32", threads: int | None = None, seed: int = 0,
-                 device: str = "cpu"):
+    def __init__(
+        self,
+        spec,
+        batch_size: int,
+        dtype: str = "float32",
+        threads: int | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+    ):
         if threads:
             torch.set_num_threads(threads)
         torch.manual_seed(seed)

@@ -7,6 +7,7 @@ next to a 1-NN pixel baseline.
 
 Needs SIAMAX_DATA_DIR (a folder laid out like the project's shared/data).
 """
+
 import argparse
 import sys
 
@@ -15,14 +16,27 @@ from siamax import config, experiment, runtime
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.mnist_transfer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--preset", choices=config.preset_names(), default=None,
-                        help="named config (default: mnist_quick on CPU, mnist_paper on an accelerator)")
-    parser.add_argument("--workdir", default=None,
-                        help="where the run's files go (default: runs/mnist_<preset>_seed<seed>)")
-    parser.add_argument("--reuse", default=None, metavar="MODEL",
-                        help="skip training: evaluate this exported model (a work directory or model.msgpack)")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.mnist_transfer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--preset",
+        choices=config.preset_names(),
+        default=None,
+        help="named config (default: mnist_quick on CPU, mnist_paper on an accelerator)",
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="where the run's files go (default: runs/mnist_<preset>_seed<seed>)"
+    )
+    parser.add_argument(
+        "--reuse",
+        default=None,
+        metavar="MODEL",
+        help="skip training: evaluate this exported model (a work directory or model.msgpack)",
+    )
     parser.add_argument("--trials", type=int, default=400, help="MNIST 10-way one-shot trials")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     config.add_arguments(parser)

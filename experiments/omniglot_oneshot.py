@@ -8,6 +8,7 @@ report one-shot accuracy on Lake's 20 runs and the test alphabets next to Koch e
 Run it again with the same --workdir after an interruption and it resumes where it stopped.
 Needs SIAMAX_DATA_DIR (a folder laid out like the project's shared/data).
 """
+
 import argparse
 import sys
 
@@ -15,13 +16,24 @@ from siamax import config, experiment, runtime
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.omniglot_oneshot", description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=config.preset_names(), default=None,
-                        help="named config (default: quick on CPU, paper on an accelerator)")
-    parser.add_argument("--workdir", default=None,
-                        help="where checkpoints, metrics, plots, results.json and the exported model go "
-                             "(default: runs/omniglot_<preset>_seed<seed>)")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.omniglot_oneshot",
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset",
+        choices=config.preset_names(),
+        default=None,
+        help="named config (default: quick on CPU, paper on an accelerator)",
+    )
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where checkpoints, metrics, plots, results.json and the exported model go "
+        "(default: runs/omniglot_<preset>_seed<seed>)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     config.add_arguments(parser)
     args = parser.parse_args(argv)

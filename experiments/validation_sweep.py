@@ -11,6 +11,7 @@ loaded, so nothing chosen here has seen the test set.
 
 Writes --workdir/sweep.json (every run's summary and per-epoch validation accuracy) and prints a table.
 """
+
 import argparse
 import json
 import shlex
@@ -29,12 +30,26 @@ def _variant(text: str) -> tuple[str, list[str]]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.validation_sweep", description=__doc__,
-                                     allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=config.preset_names(), default="quick",
-                        help="config every variant starts from (default: quick)")
-    parser.add_argument("--variant", type=_variant, action="append", required=True, metavar="NAME[=FLAGS]",
-                        help="a variant: a name, optionally '=' and config flags, e.g. 'rot=--rotations true'")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.validation_sweep",
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset",
+        choices=config.preset_names(),
+        default="quick",
+        help="config every variant starts from (default: quick)",
+    )
+    parser.add_argument(
+        "--variant",
+        type=_variant,
+        action="append",
+        required=True,
+        metavar="NAME[=FLAGS]",
+        help="a variant: a name, optionally '=' and config flags, e.g. 'rot=--rotations true'",
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, each variant runs once per seed")
     parser.add_argument("--workdir", default="runs/validation_sweep", help="one sub-folder per variant and seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -61,18 +76,26 @@ def main(argv=None):
             run_cfg = cfg.replace(seed=seed)
             print(f"== {name} seed {seed}: {config.diff(base, run_cfg.to_dict()) or 'preset as is'}", flush=True)
             run_dir = workdir / f"{name}_seed{seed}"
-            summary = experiment.run(run_cfg, run_dir, preset=args.preset, progress=not args.no_progress,
-                                     test=False)
+            summary = experiment.run(run_cfg, run_dir, preset=args.preset, progress=not args.no_progress, test=False)
             history = [json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").open()]
-            out["runs"].append({"variant": name, "seed": seed, "config": run_cfg.to_dict(), **summary,
-                                "val_accuracy_per_epoch": history})
+            out["runs"].append(
+                {
+                    "variant": name,
+                    "seed": seed,
+                    "config": run_cfg.to_dict(),
+                    **summary,
+                    "val_accuracy_per_epoch": history,
+                }
+            )
             (workdir / "sweep.json").write_text(json.dumps(out, indent=1))
     print(f"\n{'variant':<16} {'best val (mean)':>16} {'per seed':>24} {'train s':>8}")
     for name in cfgs:
         runs = [r for r in out["runs"] if r["variant"] == name]
         accs = [r["best_val_accuracy"] for r in runs]
-        print(f"{name:<16} {statistics.mean(accs):>16.2%} {' '.join(f'{a:.1%}' for a in accs):>24} "
-              f"{statistics.mean(r['train_seconds'] for r in runs):>8.0f}")
+        print(
+            f"{name:<16} {statistics.mean(accs):>16.2%} {' '.join(f'{a:.1%}' for a in accs):>24} "
+            f"{statistics.mean(r['train_seconds'] for r in runs):>8.0f}"
+        )
     print(f"(validation alphabets only; {workdir / 'sweep.json'})")
     return 0
 

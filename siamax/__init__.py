@@ -1,16 +1,29 @@
 """siamax: Siamese neural networks for one-shot image recognition in JAX (Koch et al. 2015)."""
+
 import importlib
 
 from siamax import losses
-from siamax.api import (Params, embed, init, logits_from_embeddings, pair_logits, preprocess, score,
-                        score_embeddings)
+from siamax.api import Params, embed, init, logits_from_embeddings, pair_logits, preprocess, score, score_embeddings
 from siamax.checkpoint import load
 from siamax.model import MODELS, ModelSpec, param_count
 
 __version__ = "0.1.0"
 
-__all__ = ["MODELS", "ModelSpec", "Params", "embed", "init", "load", "logits_from_embeddings", "losses",
-           "pair_logits", "param_count", "preprocess", "score", "score_embeddings"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "Params",
+    "embed",
+    "init",
+    "load",
+    "logits_from_embeddings",
+    "losses",
+    "pair_logits",
+    "param_count",
+    "preprocess",
+    "score",
+    "score_embeddings",
+]
 
 # Submodules with heavier imports (TFDS for data) load on first use: `siamax.data.load_omniglot()`.
 _LAZY = ("augment", "data", "evaluate", "experiment", "report", "sharding", "train", "optim", "config")

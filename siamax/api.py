@@ -17,6 +17,7 @@ through :func:`preprocess` first.
 All functions are pure and work inside the caller's ``jax.jit``, ``vmap`` and ``grad``: shape
 checks use static shapes only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,8 +64,10 @@ def _check_dtype(x, name: str):
     if dtype == jnp.bool_ or dtype == jnp.uint8 or jnp.issubdtype(dtype, jnp.floating):
         return
     if jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"{name}: integer images must be uint8 (0..255); got {dtype}. "
-                        f"Pass a bool array for 0/1 masks or floats in [0, 1].")
+        raise TypeError(
+            f"{name}: integer images must be uint8 (0..255); got {dtype}. "
+            f"Pass a bool array for 0/1 masks or floats in [0, 1]."
+        )
     raise TypeError(f"{name}: images must be bool, uint8 or float, got dtype {dtype}")
 
 
@@ -92,11 +95,15 @@ def model_input(spec: ModelSpec, x, name: str = "x", allow_single: bool = False)
     elif x.ndim == 4 and shape[-1] == 1:
         x = x[..., 0]
     elif x.ndim != 3:
-        raise ValueError(f"{name} has shape {shape}; expected {expected} model-input images"
-                         + (" (single-channel: last axis must be 1)" if x.ndim == 4 else ""))
+        raise ValueError(
+            f"{name} has shape {shape}; expected {expected} model-input images"
+            + (" (single-channel: last axis must be 1)" if x.ndim == 4 else "")
+        )
     if x.shape[1:] != (s, s):
-        raise ValueError(f"{name} images are {x.shape[1]}x{x.shape[2]} but this model takes {s}x{s}; "
-                         f"expected {expected}. Use siamax.preprocess(params, images) to resize.")
+        raise ValueError(
+            f"{name} images are {x.shape[1]}x{x.shape[2]} but this model takes {s}x{s}; "
+            f"expected {expected}. Use siamax.preprocess(params, images) to resize."
+        )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {shape})")
     return _to_float(x)[..., None]
@@ -116,8 +123,10 @@ def embed(params: Params, x) -> jax.Array:
 
 def _check_embeddings(spec: ModelSpec, e, name):
     if getattr(e, "ndim", None) != 2 or e.shape[-1] != spec.embedding_dim:
-        raise ValueError(f"{name} has shape {getattr(e, 'shape', None)}; expected (B, {spec.embedding_dim}) "
-                         f"embeddings from siamax.embed")
+        raise ValueError(
+            f"{name} has shape {getattr(e, 'shape', None)}; expected (B, {spec.embedding_dim}) "
+            f"embeddings from siamax.embed"
+        )
 
 
 def logits_from_embeddings(params: Params, e1, e2) -> jax.Array:
@@ -148,8 +157,9 @@ def pair_logits(params: Params, x1, x2) -> jax.Array:
     a = model_input(params.spec, x1, "x1", allow_single=True)
     b = model_input(params.spec, x2, "x2", allow_single=True)
     if a.shape[0] != b.shape[0]:
-        raise ValueError(f"x1 and x2 hold different numbers of images: {a.shape[0]} vs {b.shape[0]}; "
-                         f"score compares x1[i] with x2[i]")
+        raise ValueError(
+            f"x1 and x2 hold different numbers of images: {a.shape[0]} vs {b.shape[0]}; score compares x1[i] with x2[i]"
+        )
     return twin_logits(params.spec, params.weights, a, b)
 
 
@@ -190,8 +200,9 @@ def preprocess(params_or_spec, images, ink: str = "dark") -> jax.Array:
     if jnp.issubdtype(jnp.dtype(x.dtype), jnp.floating) and not isinstance(x, jax.core.Tracer):
         lo, hi = float(jnp.min(x)), float(jnp.max(x))
         if lo < 0.0 or hi > 1.0:
-            raise ValueError(f"float images must lie in [0, 1], got values in [{lo:g}, {hi:g}]; "
-                             f"pass uint8 for 0..255 intensities")
+            raise ValueError(
+                f"float images must lie in [0, 1], got values in [{lo:g}, {hi:g}]; pass uint8 for 0..255 intensities"
+            )
     x = _to_float(x)
     if ink == "dark":
         x = 1.0 - x

@@ -4,6 +4,7 @@
 uses only the validation alphabets; Lake's 20 runs and the test alphabets are touched once, after
 training, by ``report``.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def claim_workdir(workdir: Path, cfg: config.Config, preset: str) -> None:
         changed = config.diff(theirs, mine)
         if changed:
             lines = "\n".join(f"  {k}: {a!r} in the work directory, {b!r} now" for k, (a, b) in changed.items())
-            raise ConfigMismatch(f"{workdir} holds a run with a different config:\n{lines}\n"
-                                 f"Use another --workdir, or repeat the original settings to resume it.")
+            raise ConfigMismatch(
+                f"{workdir} holds a run with a different config:\n{lines}\n"
+                f"Use another --workdir, or repeat the original settings to resume it."
+            )
     else:
         path.write_text(json.dumps(mine, indent=1, sort_keys=True))
 
@@ -52,9 +55,14 @@ def make_optimizer(cfg: config.Config, steps_per_epoch: int):
     if cfg.optimizer == "adam":
         tx = optim.adam(cfg.learning_rate, steps_per_epoch, cfg.lr_decay)
         return tx, lambda s: {"lr": float(s.hyperparams["learning_rate"])}
-    sgd = optim.SGDConfig(learning_rates=cfg.per_layer("layer_learning_rates"), momenta=cfg.per_layer("layer_momenta"),
-                          default_learning_rate=cfg.learning_rate, default_momentum=cfg.momentum,
-                          momentum_ramp_epochs=cfg.momentum_ramp_epochs, decay_per_epoch=cfg.lr_decay)
+    sgd = optim.SGDConfig(
+        learning_rates=cfg.per_layer("layer_learning_rates"),
+        momenta=cfg.per_layer("layer_momenta"),
+        default_learning_rate=cfg.learning_rate,
+        default_momentum=cfg.momentum,
+        momentum_ramp_epochs=cfg.momentum_ramp_epochs,
+        decay_per_epoch=cfg.lr_decay,
+    )
     tx = optim.koch_sgd(layers, sgd, steps_per_epoch)
 
     def lr_of(s):
@@ -68,8 +76,15 @@ def make_optimizer(cfg: config.Config, steps_per_epoch: int):
     return tx, lr_of
 
 
-def run(cfg: config.Config, workdir: str | Path, *, preset: str = "custom", progress: bool = True,
-        report_plots: bool = True, test: bool = True) -> dict:
+def run(
+    cfg: config.Config,
+    workdir: str | Path,
+    *,
+    preset: str = "custom",
+    progress: bool = True,
+    report_plots: bool = True,
+    test: bool = True,
+) -> dict:
     """Train (or resume) in ``workdir``, then evaluate the best checkpoint and write the report.
 
     ``test=False`` stops after training and returns the validation summary (``best_val_accuracy``,
@@ -88,31 +103,58 @@ def run(cfg: config.Config, workdir: str | Path, *, preset: str = "custom", prog
     splits.save(workdir / "splits.json")
     images = batches.device_images(omni, spec)
     sampler = batches.make_sampler(cfg, splits.train, images, cfg.seed)
-    val_tasks = sd.validation_tasks(omni, splits.validation.alphabets, splits.validation.drawers,
-                                    trials=cfg.val_trials, seed=cfg.seed)
+    val_tasks = sd.validation_tasks(
+        omni, splits.validation.alphabets, splits.validation.drawers, trials=cfg.val_trials, seed=cfg.seed
+    )
     data_seconds = time.perf_counter() - t0
-    print(f"data ready in {data_seconds:.1f}s: {len(splits.train.char_ids)} training characters x "
-          f"{len(splits.train.drawers)} drawers, {sampler.steps_per_epoch} steps/epoch, "
-          f"{len(val_tasks)} validation tasks ({sum(len(t.query) for t in val_tasks)} trials)")
+    print(
+        f"data ready in {data_seconds:.1f}s: {len(splits.train.char_ids)} training characters x "
+        f"{len(splits.train.drawers)} drawers, {sampler.steps_per_epoch} steps/epoch, "
+        f"{len(val_tasks)} validation tasks ({sum(len(t.query) for t in val_tasks)} trials)"
+    )
 
     params = api.init(jax.random.fold_in(jax.random.key(cfg.seed), 2), spec)
     tx, lr_of = make_optimizer(cfg, sampler.steps_per_epoch)
     objective = train.Objective(kind=cfg.objective, augment=cfg.augment, l2=cfg.l2_lambdas())
     state = sharding.replicate(train.create_train_state(params, tx, objective), mesh)
     validate = lambda p: evaluate.one_shot_accuracy(p, val_tasks, seed=cfg.seed)["accuracy"]  # noqa: E731
-    state, summary = train.fit(state, sampler, epochs=cfg.epochs, patience=cfg.patience, validate=validate,
-                               workdir=workdir, seed=cfg.seed, place_batch=lambda b: sharding.shard_batch(b, mesh),
-                               lr_of=lr_of, progress=progress)
+    state, summary = train.fit(
+        state,
+        sampler,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        validate=validate,
+        workdir=workdir,
+        seed=cfg.seed,
+        place_batch=lambda b: sharding.shard_batch(b, mesh),
+        lr_of=lr_of,
+        progress=progress,
+    )
     if not test:
-        return {"best_val_accuracy": summary["best_accuracy"], "best_epoch": summary["best_epoch"] + 1,
-                "epochs": summary["epoch"], "train_seconds": summary["train_seconds"],
-                "data_seconds": data_seconds, "wall_seconds": time.perf_counter() - t_start}
+        return {
+            "best_val_accuracy": summary["best_accuracy"],
+            "best_epoch": summary["best_epoch"] + 1,
+            "epochs": summary["epoch"],
+            "train_seconds": summary["train_seconds"],
+            "data_seconds": data_seconds,
+            "wall_seconds": time.perf_counter() - t_start,
+        }
     best = train.restore_best(state, workdir)
-    checkpoint.export(best, workdir, metadata={"preset": preset, "config": cfg.to_dict(),
-                                               "best_epoch": summary["best_epoch"] + 1})
-    results = report.evaluate_and_report(best, cfg, preset=preset, workdir=workdir, omni=omni, splits=splits,
-                                         summary=summary, sampler=sampler, plots=report_plots,
-                                         wall_seconds_so_far=time.perf_counter() - t_start)
+    checkpoint.export(
+        best, workdir, metadata={"preset": preset, "config": cfg.to_dict(), "best_epoch": summary["best_epoch"] + 1}
+    )
+    results = report.evaluate_and_report(
+        best,
+        cfg,
+        preset=preset,
+        workdir=workdir,
+        omni=omni,
+        splits=splits,
+        summary=summary,
+        sampler=sampler,
+        plots=report_plots,
+        wall_seconds_so_far=time.perf_counter() - t_start,
+    )
     return results
 
 

@@ -59,6 +59,7 @@ Everything is shape-static and backend-neutral (no host callbacks), so all of it
 for GPU; the dtype of the inputs (float32 or bfloat16) is the compute dtype, except that the FFT
 path computes in float32 (bf16 FFTs lose too much precision) and casts back.
 """
+
 from __future__ import annotations
 
 import functools
@@ -75,13 +76,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: str = "VALID", impl: str = 
     if padding not in ("VALID", "SAME"):
         raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
     if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[2] != x.shape[-1]:
-        raise ValueError(f"conv2d expects x (B, H, W, Cin) and a square kernel (k, k, Cin, Cout); got "
-                         f"x {tuple(x.shape)}, kernel {tuple(kernel.shape)}")
+        raise ValueError(
+            f"conv2d expects x (B, H, W, Cin) and a square kernel (k, k, Cin, Cout); got "
+            f"x {tuple(x.shape)}, kernel {tuple(kernel.shape)}"
+        )
     if impl == "auto":
         impl = choose_impl(x.shape, kernel.shape, padding)
     if impl in ("xla", "s2d"):
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if impl not in ("matmul", "fft", "hybrid", "winograd", "direct"):
         raise ValueError(f"unknown conv impl {impl!r}; expected one of {IMPLS}")
     if impl in ("winograd", "direct"):
@@ -172,8 +174,8 @@ def _patches(x, k):
     ho, wo = h - k + 1, w - k + 1
     if cin == 1:
         x2 = x[..., 0]
-        return jnp.stack([x2[:, i:i + ho, j:j + wo] for i in range(k) for j in range(k)], axis=0)
-    return jnp.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(k) for j in range(k)], axis=-1)
+        return jnp.stack([x2[:, i : i + ho, j : j + wo] for i in range(k) for j in range(k)], axis=0)
+    return jnp.concatenate([x[:, i : i + ho, j : j + wo, :] for i in range(k) for j in range(k)], axis=-1)
 
 
 def _conv_matmul_fwd_impl(x, kernel):
@@ -199,7 +201,9 @@ def _conv_matmul_fwd(x, kernel):
 def _conv_matmul_bwd(res, g):
     x, kernel = res
     k, _, cin, cout = kernel.shape
-    p = jax.lax.optimization_barrier(_patches(x, k))  # rebuilt, not stored: the paper's conv2 patches would be ~1.4 GB at batch 32
+    p = jax.lax.optimization_barrier(
+        _patches(x, k)
+    )  # rebuilt, not stored: the paper's conv2 patches would be ~1.4 GB at batch 32
     if cin == 1:
         dw = jax.lax.dot_general(p, g, (((1, 2, 3), (0, 1, 2)), ((), ())))  # (k*k, Cout)
     else:
@@ -225,7 +229,7 @@ def _weight_grad_rows(x, g, k):
     ho, wo = g.shape[1], g.shape[2]
     rows = []
     for i in range(k):
-        p = jnp.stack([x2[:, i:i + ho, j:j + wo] for j in range(k)], axis=0)
+        p = jnp.stack([x2[:, i : i + ho, j : j + wo] for j in range(k)], axis=0)
         rows.append(jax.lax.dot_general(p, g, (((1, 2, 3), (0, 1, 2)), ((), ()))))  # (k, Cout)
     return jnp.stack(rows, axis=0)  # (k, k, Cout)
 
@@ -257,7 +261,7 @@ _conv_hybrid.defvjp(_conv_hybrid_fwd, _conv_hybrid_bwd)
 
 
 # ----------------------------------------------------------------------------- FFT
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dft_matrices(n: int, k: int, sign: float):
     """cos/sin of the first k columns of the n-point DFT (rows 0..n-1) and of its rfft half (rows 0..n//2)."""
     t = np.outer(np.arange(n), np.arange(k)) * (2 * np.pi / n)
@@ -291,11 +295,11 @@ def _conv_fft(x, kernel):
     ho, wo = h - k + 1, w - k + 1
     if h != w:
         raise ValueError(f"impl='fft' needs square inputs, got {h}x{w}")
-    xf = jnp.fft.rfft2(jnp.transpose(x, (0, 3, 1, 2)))            # (B, Cin, H, Wf) complex
-    xf = jnp.transpose(xf, (2, 3, 0, 1))                           # (H, Wf, B, Cin): frequencies batch the matmul
+    xf = jnp.fft.rfft2(jnp.transpose(x, (0, 3, 1, 2)))  # (B, Cin, H, Wf) complex
+    xf = jnp.transpose(xf, (2, 3, 0, 1))  # (H, Wf, B, Cin): frequencies batch the matmul
     kr, ki = _kernel_spectrum(kernel, h)
     kf = jax.lax.complex(kr, ki)
-    yf = jnp.einsum("hwbi,hwio->hwbo", xf, kf)                     # (H, Wf, B, Cout)
+    yf = jnp.einsum("hwbi,hwio->hwbo", xf, kf)  # (H, Wf, B, Cout)
     y = jnp.fft.irfft2(jnp.transpose(yf, (2, 3, 0, 1)), s=(h, w))  # (B, Cout, H, W)
     return jnp.transpose(y[:, :, :ho, :wo], (0, 2, 3, 1)).astype(dtype)
 
@@ -306,7 +310,7 @@ def _conv_fft(x, kernel):
 _WINOGRAD_POINTS = (0, 1, -1, 2, -2, 0.5, -0.5)  # the finite interpolation points, then infinity
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _winograd_matrices(m: int):
     """(A^T, G, B^T) of F(m, 3) by Toom-Cook on the first m + 1 points and infinity.
 
@@ -315,7 +319,7 @@ def _winograd_matrices(m: int):
     a 2^-10 grid for these points (asserted).
     """
     a = m + 2
-    pts = np.array(_WINOGRAD_POINTS[:a - 1], np.float64)
+    pts = np.array(_WINOGRAD_POINTS[: a - 1], np.float64)
     at = np.zeros((m, a))
     at[:, :-1] = pts[None, :] ** np.arange(m)[:, None]
     at[-1, -1] = 1
@@ -323,9 +327,9 @@ def _winograd_matrices(m: int):
     g = np.zeros((a, 3))
     g[:-1] = pts[:, None] ** np.arange(3)[None, :] / f[:, None]
     g[-1, -1] = 1
-    # sum_j at[i, j] g[j, k] bt[j, l] = [l == i + k]: one small linear system per column l
+    # sum_j at[i, j] g[j, k] bt[j, l] = [l == i + k]: one small linear system per column
     lhs = np.einsum("ij,jk->ikj", at, g).reshape(3 * m, a)
-    rhs = np.array([[float(l == i + k) for l in range(a)] for i in range(m) for k in range(3)])
+    rhs = np.array([[float(col == i + k) for col in range(a)] for i in range(m) for k in range(3)])
     bt = np.round(np.linalg.lstsq(lhs, rhs, rcond=None)[0] * 1024) / 1024
     assert np.abs(lhs @ bt - rhs).max() < 1e-12, m
     return at, g, bt
@@ -372,7 +376,7 @@ def _winograd_input(xp, m, th, tw, bt):
     """
     a = bt.shape[0]
     rows = [jax.lax.slice_in_dim(xp, i, i + m * (th - 1) + 1, m, axis=1) for i in range(a)]
-    r = jnp.stack([_lincomb(bt[p], rows) for p in range(a)])                      # (a, B, th, Wp, C)
+    r = jnp.stack([_lincomb(bt[p], rows) for p in range(a)])  # (a, B, th, Wp, C)
     cols = [jax.lax.slice_in_dim(r, j, j + m * (tw - 1) + 1, m, axis=3) for j in range(a)]
     # no reshape to (a*a, N, C): under the tower's vmap that would move the twin axis (a copy)
     return jnp.stack([_lincomb(bt[q], cols) for q in range(a)], axis=1)
@@ -382,7 +386,7 @@ def _winograd_output(mt, m, b, th, tw, at):
     """A^T M A: (a, a, B, th, tw, K) -> (B, m*th, m*tw, K)."""
     a, k = at.shape[1], mt.shape[-1]
     t = jnp.stack([_lincomb(at[v], [mt[:, q] for q in range(a)]) for v in range(m)], axis=1)  # (a, m, B, th, tw, K)
-    y = jnp.stack([_lincomb(at[u], [t[p] for p in range(a)]) for u in range(m)])              # (m, m, B, th, tw, K)
+    y = jnp.stack([_lincomb(at[u], [t[p] for p in range(a)]) for u in range(m)])  # (m, m, B, th, tw, K)
     return y.transpose(2, 3, 0, 4, 1, 5).reshape(b, th * m, tw * m, k)
 
 
@@ -391,7 +395,7 @@ def _winograd_output_transposed(gp, m, th, tw, at):
     (B, m*th, m*tw, K) -> (a, a, B, th, tw, K)."""
     a, b, k = at.shape[1], gp.shape[0], gp.shape[-1]
     g6 = gp.reshape(b, th, m, tw, m, k)
-    r = jnp.stack([_lincomb(at[:, p], [g6[:, :, u] for u in range(m)]) for p in range(a)])       # (a, B, th, tw, m, K)
+    r = jnp.stack([_lincomb(at[:, p], [g6[:, :, u] for u in range(m)]) for p in range(a)])  # (a, B, th, tw, m, K)
     return jnp.stack([_lincomb(at[:, q], [r[:, :, :, :, v] for v in range(m)]) for q in range(a)], axis=1)
 
 
@@ -434,9 +438,9 @@ def _conv_winograd_bwd(pads, m, res, gy):
     # (overlap-add of the tiles); one transform fewer than a Winograd convolution of the grad
     dv = jnp.einsum("pqbhwk,pqck->pqbhwc", gt, u)
     xp = jax.ShapeDtypeStruct((b, m * th + k - 1, m * tw + k - 1, cin), dv.dtype)
-    dxp, = jax.linear_transpose(lambda xp: _winograd_input(xp, m, th, tw, bt), xp)(dv)
+    (dxp,) = jax.linear_transpose(lambda xp: _winograd_input(xp, m, th, tw, bt), xp)(dv)
     (lo, hi), (lo2, hi2) = pads
-    dx = dxp[:, lo:lo + ho - lo - hi + k - 1, lo2:lo2 + wo - lo2 - hi2 + k - 1]
+    dx = dxp[:, lo : lo + ho - lo - hi + k - 1, lo2 : lo2 + wo - lo2 - hi2 + k - 1]
     return dx.astype(gy.dtype), dw.astype(u.dtype)
 
 
@@ -447,14 +451,16 @@ _conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
 def _shifted(xp, i, j, ho, wo, stride=1):
     """xp[:, i + stride*y, j + stride*x, 0] for y < ho, x < wo: (B, ho, wo)."""
     b = xp.shape[0]
-    return jax.lax.slice(xp[..., 0], (0, i, j), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1),
-                         (1, stride, stride))
+    return jax.lax.slice(
+        xp[..., 0], (0, i, j), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1), (1, stride, stride)
+    )
 
 
 def _direct_dx(g, kernel, pads):
     """Input gradient of a VALID-after-``pads`` convolution: XLA's correlation of g with the flipped kernel."""
-    return jax.lax.conv_general_dilated(g, _flipped(kernel), (1, 1), _grad_pads(kernel.shape[0], pads),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        g, _flipped(kernel), (1, 1), _grad_pads(kernel.shape[0], pads), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -462,8 +468,9 @@ def _conv_direct(x, kernel, pads):
     k = kernel.shape[0]
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     ho, wo = xp.shape[1] - k + 1, xp.shape[2] - k + 1
-    return _lincomb_arrays([_shifted(xp, i, j, ho, wo)[..., None] for i in range(k) for j in range(k)],
-                           kernel.reshape(k * k, -1))
+    return _lincomb_arrays(
+        [_shifted(xp, i, j, ho, wo)[..., None] for i in range(k) for j in range(k)], kernel.reshape(k * k, -1)
+    )
 
 
 def _lincomb_arrays(terms, weights):
@@ -497,8 +504,12 @@ def _direct_pre(x, kernel, bias, pads):
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     hp, wp = (xp.shape[1] - k + 1) // 2, (xp.shape[2] - k + 1) // 2
     wk = kernel.reshape(k * k, -1)
-    return [_lincomb_arrays([_shifted(xp, r + i, s + j, hp, wp, 2)[..., None] for i in range(k) for j in range(k)],
-                            wk) + bias for r in range(2) for s in range(2)]
+    return [
+        _lincomb_arrays([_shifted(xp, r + i, s + j, hp, wp, 2)[..., None] for i in range(k) for j in range(k)], wk)
+        + bias
+        for r in range(2)
+        for s in range(2)
+    ]
 
 
 def _max4(z):
@@ -554,13 +565,13 @@ def _direct_relu_pool_bwd(pads, res, g):
     k, cout = kernel.shape[0], kernel.shape[-1]
     # As autodiff of max_pool_2x2(relu(.)): the window's maxima share the gradient, ReLU passes it where > 0.
     gz = jnp.where(y > 0, g, 0)
-    dz = _route(hits, gz)                                                                # 4 x (B, Hp, Wp, K)
+    dz = _route(hits, gz)  # 4 x (B, Hp, Wp, K)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     hp, wp = g.shape[1], g.shape[2]
     dw = None
     for (r, s), dzr in zip(((0, 0), (0, 1), (1, 0), (1, 1)), dz):
         p = jnp.stack([_shifted(xp, r + i, s + j, hp, wp, 2).reshape(-1) for i in range(k) for j in range(k)])
-        part = p @ dzr.reshape(-1, cout)                                                # (k*k, K)
+        part = p @ dzr.reshape(-1, cout)  # (k*k, K)
         dw = part if dw is None else dw + part
     dw = dw.reshape(kernel.shape)
     db = gz.sum(axis=(0, 1, 2))
@@ -573,8 +584,9 @@ _direct_relu_pool.defvjp(_direct_relu_pool_fwd, _direct_relu_pool_bwd)
 
 
 # ----------------------------------------------------------------------------- pooled blocks
-def conv_relu_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str = "VALID",
-                   impl: str = "xla") -> jax.Array:
+def conv_relu_pool(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: str = "VALID", impl: str = "xla"
+) -> jax.Array:
     """One pooled tower block, ``max_pool_2x2(relu(conv2d(x, kernel, padding) + bias))``.
 
     ``impl="s2d"`` computes it by space-to-depth, ``"direct"`` (one input channel) as one fused
@@ -612,7 +624,7 @@ def prefers_s2d(kernel_shape, backend: str | None = None) -> bool:
     return cin == 1 or (2 * (k // 2 + 1) / k) ** 2 <= 1.5
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _s2d_taps(k: int):
     """Tap indices and mask that assemble the space-to-depth kernel from a k x k one.
 
@@ -635,7 +647,7 @@ def _s2d_conv_relu_pool(x, kernel, bias):
         raise ValueError(f"a {k}x{k} convolution and 2x2 pooling leave nothing of a {h}x{w} input")
     ka = k // 2 + 1
     n = hp + ka - 1  # space-to-depth rows needed; rows past the image meet only zero taps
-    x = jnp.pad(x, ((0, 0), (0, max(0, 2 * n - h)), (0, max(0, 2 * n - w)), (0, 0)))[:, :2 * n, :2 * n]
+    x = jnp.pad(x, ((0, 0), (0, max(0, 2 * n - h)), (0, max(0, 2 * n - w)), (0, 0)))[:, : 2 * n, : 2 * n]
     xs = x.reshape(b, n, 2, n, 2, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, n, n, 4 * cin)
     tap, inside = _s2d_taps(k)
     # ws[a, b, p, q, r, s] = kernel[tap[a, p, r], tap[b, q, s]]: (ka, ka, 2, 2, 2, 2, Cin, Cout)
@@ -667,7 +679,7 @@ def _max_pool_2x2_masked(x):
 
 def _pool_phases(x):
     hp, wp = x.shape[1] // 2, x.shape[2] // 2
-    return [x[:, r:2 * hp:2, s:2 * wp:2] for r in range(2) for s in range(2)]
+    return [x[:, r : 2 * hp : 2, s : 2 * wp : 2] for r in range(2) for s in range(2)]
 
 
 def _max_pool_2x2_masked_fwd(x):

@@ -1,7 +1,8 @@
 """Losses: pure ``jnp`` functions of logits, labels and weights."""
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

@@ -4,6 +4,7 @@ A :class:`ModelSpec` describes an architecture completely; named presets live in
 The twins are *not* two modules: ``siamax.api`` applies one tower params tree to both images
 with ``jax.vmap`` over the twin axis.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,18 +58,22 @@ class ModelSpec:
         if n == 0 or len(self.kernels) != n or len(self.pools) != n:
             raise ValueError(
                 f"filters, kernels and pools need one entry per conv layer, got "
-                f"{len(self.filters)}, {len(self.kernels)}, {len(self.pools)}")
+                f"{len(self.filters)}, {len(self.kernels)}, {len(self.pools)}"
+            )
         if self.padding not in ("VALID", "SAME"):
             raise ValueError(f"padding must be 'VALID' or 'SAME', got {self.padding!r}")
-        for name, value, allowed in (("fc_activation", self.fc_activation, tuple(ACTIVATIONS)),
-                                     ("norm", self.norm, NORMS),
-                                     ("init", self.init, INITS), ("conv_impl", self.conv_impl, CONV_IMPLS),
-                                     ("dtype", self.dtype, DTYPES)):
+        for name, value, allowed in (
+            ("fc_activation", self.fc_activation, tuple(ACTIVATIONS)),
+            ("norm", self.norm, NORMS),
+            ("init", self.init, INITS),
+            ("conv_impl", self.conv_impl, CONV_IMPLS),
+            ("dtype", self.dtype, DTYPES),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.fc_units < 0 or self.input_size < 1:
             raise ValueError("fc_units must be >= 0 (0: no fc layer) and input_size positive")
-        self.feature_shape  # fails early if the image shrinks to nothing
+        _ = self.feature_shape  # fails early if the image shrinks to nothing
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -83,8 +88,9 @@ class ModelSpec:
             out = size - k + 1 if self.padding == "VALID" else size
             size = out // 2 if pool else out
             if size < 1:
-                raise ValueError(f"input_size {self.input_size} is too small for kernels {self.kernels} "
-                                 f"with pools {self.pools}")
+                raise ValueError(
+                    f"input_size {self.input_size} is too small for kernels {self.kernels} with pools {self.pools}"
+                )
             sizes.append(out)
         return tuple(sizes)
 
@@ -99,14 +105,14 @@ class ModelSpec:
         """fc width, or with ``fc_units=0`` (no fc layer) the flattened last conv block."""
         return self.fc_units or math.prod(self.feature_shape)
 
-    def replace(self, **changes: Any) -> "ModelSpec":
+    def replace(self, **changes: Any) -> ModelSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> ModelSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         if unknown:
@@ -122,15 +128,30 @@ MODELS: dict[str, ModelSpec] = {
     # embedding is the last block's 2x2x64 features and the paper's weighted-L1 head compares them.
     # Both choices were made on validation alphabets (README, "Results"): without the
     # 256-unit sigmoid fc, and at 35 rather than 28 pixels, it learned faster per CPU-minute.
-    "small": ModelSpec(input_size=35, filters=(64, 64, 64, 64), kernels=(3, 3, 3, 3),
-                       pools=(True, True, True, True), padding="SAME", fc_units=0, init="lecun"),
+    "small": ModelSpec(
+        input_size=35,
+        filters=(64, 64, 64, 64),
+        kernels=(3, 3, 3, 3),
+        pools=(True, True, True, True),
+        padding="SAME",
+        fc_units=0,
+        init="lecun",
+    ),
     # For tests and smoke runs only: trains in seconds, learns little.
-    "tiny": ModelSpec(input_size=28, filters=(8, 16), kernels=(3, 3), pools=(True, True), padding="SAME",
-                      fc_units=32, init="lecun"),
+    "tiny": ModelSpec(
+        input_size=28, filters=(8, 16), kernels=(3, 3), pools=(True, True), padding="SAME", fc_units=32, init="lecun"
+    ),
     # The paper's reduced network for MNIST transfer (OPEN in the paper): Omniglot downsampled 3x to
     # 35x35, the paper's layer pattern with smaller kernels.
-    "reduced35": ModelSpec(input_size=35, filters=(64, 128, 128, 256), kernels=(4, 3, 3, 2),
-                           pools=(True, True, False, False), padding="VALID", fc_units=1024, init="lecun"),
+    "reduced35": ModelSpec(
+        input_size=35,
+        filters=(64, 128, 128, 256),
+        kernels=(4, 3, 3, 2),
+        pools=(True, True, False, False),
+        padding="VALID",
+        fc_units=1024,
+        init="lecun",
+    ),
 }
 
 
@@ -190,13 +211,28 @@ class Siamese(nn.Module):
         conv_k, conv_b = _inits(s, "conv")
         dense_k, dense_b = _inits(s, "dense")
         # Without a norm between convolution and ReLU, a pooled block is one op (it may be fused).
-        self.convs = [Conv(f, k, s.padding, s.conv_impl, dtype, conv_k, conv_b, relu_pool=pool and s.norm == "none",
-                           name=f"conv{i + 1}")
-                      for i, (f, k, pool) in enumerate(zip(s.filters, s.kernels, s.pools))]
-        self.norms = [nn.LayerNorm(dtype=dtype, name=f"norm{i + 1}") for i in range(len(s.filters))
-                      ] if s.norm == "layer" else [None] * len(s.filters)
-        self.fc = nn.Dense(s.fc_units, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="fc") \
-            if s.fc_units else None
+        self.convs = [
+            Conv(
+                f,
+                k,
+                s.padding,
+                s.conv_impl,
+                dtype,
+                conv_k,
+                conv_b,
+                relu_pool=pool and s.norm == "none",
+                name=f"conv{i + 1}",
+            )
+            for i, (f, k, pool) in enumerate(zip(s.filters, s.kernels, s.pools))
+        ]
+        self.norms = (
+            [nn.LayerNorm(dtype=dtype, name=f"norm{i + 1}") for i in range(len(s.filters))]
+            if s.norm == "layer"
+            else [None] * len(s.filters)
+        )
+        self.fc = (
+            nn.Dense(s.fc_units, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="fc") if s.fc_units else None
+        )
         # The head's weights alpha_j weight |h1_j - h2_j|; it is initialised like an fc layer.
         self.head = nn.Dense(1, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="head")
 

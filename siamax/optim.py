@@ -4,10 +4,11 @@ Paper (Koch et al. 2015, section 4.3): per layer j, W <- W + dW with dW(T) = -et
 eta_j is multiplied by 0.99 each epoch; mu_j starts at 0.5 and rises linearly to its final value.
 The ramp length (``momentum_ramp_epochs``) is OPEN in the paper; siamax defaults to 20 epochs.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +28,9 @@ class SGDConfig:
     decay_per_epoch: float = 0.99
 
 
-def layer_schedules(layers: tuple[str, ...], cfg: SGDConfig, steps_per_epoch: int
-                    ) -> dict[str, tuple[Callable, Callable]]:
+def layer_schedules(
+    layers: tuple[str, ...], cfg: SGDConfig, steps_per_epoch: int
+) -> dict[str, tuple[Callable, Callable]]:
     """{layer: (learning_rate(step), momentum(step))}, both piecewise constant within an epoch."""
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
@@ -54,27 +56,32 @@ def layer_schedules(layers: tuple[str, ...], cfg: SGDConfig, steps_per_epoch: in
 
 def _koch_sgd(learning_rate, momentum) -> optax.GradientTransformation:
     # Scale first, then accumulate: dW(T) = -eta(T) g + mu(T) dW(T-1), exactly the paper's update.
-    return optax.chain(optax.scale_by_learning_rate(learning_rate),
-                       optax.trace(decay=momentum))
+    return optax.chain(optax.scale_by_learning_rate(learning_rate), optax.trace(decay=momentum))
 
 
 def koch_sgd(layers: tuple[str, ...], cfg: SGDConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     """The paper's per-layer SGD over a params tree whose top-level keys are layer names."""
     scheds = layer_schedules(layers, cfg, steps_per_epoch)
-    transforms = {layer: optax.inject_hyperparams(_koch_sgd)(learning_rate=lr, momentum=mom)
-                  for layer, (lr, mom) in scheds.items()}
+    transforms = {
+        layer: optax.inject_hyperparams(_koch_sgd)(learning_rate=lr, momentum=mom)
+        for layer, (lr, mom) in scheds.items()
+    }
     return optax.multi_transform(transforms, layer_labels)
 
 
 def layer_labels(weights: Mapping) -> dict:
     """Label every leaf with the name of its layer (the top-level key of the weights dict); a
     conv's normalisation parameters (``normK``) belong to ``convK``."""
-    owner = lambda name: "conv" + name[4:] if name.startswith("norm") else name  # noqa: E731
-    return {name: jax.tree.map(lambda _, n=owner(name): n, layer) for name, layer in weights.items()}
+
+    def owner(name):
+        return "conv" + name[4:] if name.startswith("norm") else name
+
+    return {name: jax.tree.map(lambda _, n=name: owner(n), layer) for name, layer in weights.items()}
 
 
 def adam(learning_rate: float, steps_per_epoch: int, decay_per_epoch: float = 0.99) -> optax.GradientTransformation:
     """Adam with the learning rate multiplied by ``decay_per_epoch`` every epoch (re-implementations' choice)."""
-    schedule = optax.exponential_decay(learning_rate, transition_steps=steps_per_epoch,
-                                       decay_rate=decay_per_epoch, staircase=True)
+    schedule = optax.exponential_decay(
+        learning_rate, transition_steps=steps_per_epoch, decay_rate=decay_per_epoch, staircase=True
+    )
     return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)

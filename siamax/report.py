@@ -3,6 +3,7 @@
 Everything here runs once, after model selection: Lake's runs and the test alphabets are never
 used to choose anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from siamax import evaluate
 from siamax import data as sd
+from siamax import evaluate
 
 # Koch et al. (2015), tables 2-4 (see ../shared/koch2015.md).
 PAPER = {
-    "lake20": 92.0, "within_alphabet": 92.0, "one_nn": 21.7, "mnist10": 70.3, "mnist10_one_nn": 26.5,
+    "lake20": 92.0,
+    "within_alphabet": 92.0,
+    "one_nn": 21.7,
+    "mnist10": 70.3,
+    "mnist10_one_nn": 26.5,
     "verification": {"30k": 90.61, "90k": 91.54, "150k": 91.63, "30k_x9": 91.90, "90k_x9": 93.15, "150k_x9": 93.42},
 }
 
@@ -29,11 +34,21 @@ def environment() -> dict:
     import orbax.checkpoint
 
     dev = jax.devices()
-    return {"device": f"{len(dev)} x {dev[0].device_kind}", "backend": jax.default_backend(),
-            "platform": platform.platform(), "processor": _cpu_name(), "python": sys.version.split()[0],
-            "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
-                         else jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-                         "orbax-checkpoint": orbax.checkpoint.__version__, "numpy": np.__version__}}
+    return {
+        "device": f"{len(dev)} x {dev[0].device_kind}",
+        "backend": jax.default_backend(),
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "python": sys.version.split()[0],
+        "versions": {
+            "jax": jax.__version__,
+            "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "orbax-checkpoint": orbax.checkpoint.__version__,
+            "numpy": np.__version__,
+        },
+    }
 
 
 def _cpu_name() -> str:
@@ -52,28 +67,38 @@ def paper_verification_key(cfg) -> str | None:
     return f"{cfg.n_pairs // 1000}k" + ("_x9" if cfg.distortions == 8 else "")
 
 
-def evaluate_and_report(params, cfg, *, preset, workdir: Path, omni, splits, summary, sampler, plots=True,
-                        wall_seconds_so_far: float = 0.0) -> dict:
+def evaluate_and_report(
+    params, cfg, *, preset, workdir: Path, omni, splits, summary, sampler, plots=True, wall_seconds_so_far: float = 0.0
+) -> dict:
     import time
 
     t0 = time.perf_counter()
     lake = sd.lake_runs()
-    within = sd.within_alphabet_tasks(omni, splits.test.alphabets, splits.test.drawers, per_alphabet=2,
-                                      n_way=20, seed=cfg.seed)
+    within = sd.within_alphabet_tasks(
+        omni, splits.test.alphabets, splits.test.drawers, per_alphabet=2, n_way=20, seed=cfg.seed
+    )
     val_pairs = sd.make_pairs(splits.validation, cfg.verification_pairs, seed=cfg.seed)
     test_pairs = sd.make_pairs(splits.test, cfg.verification_pairs, seed=cfg.seed + 1)
     flat = omni.flat_images
     val_p = evaluate.pair_probabilities(params, flat, val_pairs.i1, val_pairs.i2, ink=omni.ink)
     test_p = evaluate.pair_probabilities(params, flat, test_pairs.i1, test_pairs.i2, ink=omni.ink)
-    nway = {n: evaluate.one_shot_accuracy(
-        params, sd.within_alphabet_tasks(omni, splits.test.alphabets, splits.test.drawers, per_alphabet=2,
-                                         n_way=n, seed=cfg.seed), seed=cfg.seed)
-            for n in range(2, 21)}
+    nway = {
+        n: evaluate.one_shot_accuracy(
+            params,
+            sd.within_alphabet_tasks(
+                omni, splits.test.alphabets, splits.test.drawers, per_alphabet=2, n_way=n, seed=cfg.seed
+            ),
+            seed=cfg.seed,
+        )
+        for n in range(2, 21)
+    }
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_seconds = summary["train_seconds"]
     steps = summary["epoch"] * sampler.steps_per_epoch
     results = {
-        "preset": preset, "seed": cfg.seed, "config": cfg.to_dict(),
+        "preset": preset,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
         "lake20": evaluate.one_shot_accuracy(params, lake, seed=cfg.seed),
         "within_alphabet": nway[20],
         "verification": evaluate.verification_accuracy(val_p, val_pairs.label, test_p, test_pairs.label),
@@ -81,11 +106,16 @@ def evaluate_and_report(params, cfg, *, preset, workdir: Path, omni, splits, sum
         "one_nn_cosine": evaluate.nearest_neighbour(lake, "cosine", seed=cfg.seed),
         "one_nn_within_alphabet": evaluate.nearest_neighbour(within, "euclidean", seed=cfg.seed),
         "nway_within_alphabet": {str(n): r for n, r in nway.items()},
-        "training": {"epochs": summary["epoch"], "best_epoch": summary["best_epoch"] + 1,
-                     "best_val_accuracy": summary["best_accuracy"], "steps": steps,
-                     "train_seconds": train_seconds, "objective": cfg.objective,
-                     "pairs_per_s": steps * sampler.pairs_per_step / max(train_seconds, 1e-9),
-                     "images_per_s": steps * sampler.images_per_step / max(train_seconds, 1e-9)},
+        "training": {
+            "epochs": summary["epoch"],
+            "best_epoch": summary["best_epoch"] + 1,
+            "best_val_accuracy": summary["best_accuracy"],
+            "steps": steps,
+            "train_seconds": train_seconds,
+            "objective": cfg.objective,
+            "pairs_per_s": steps * sampler.pairs_per_step / max(train_seconds, 1e-9),
+            "images_per_s": steps * sampler.images_per_step / max(train_seconds, 1e-9),
+        },
         "paper": PAPER,
         **environment(),
         "date": time.strftime("%Y-%m-%d"),
@@ -108,24 +138,31 @@ def _fmt(r: dict) -> str:
 
 def table(results: dict, verification_key: str | None = None) -> str:
     p = results["paper"]
-    v_paper = f"{p['verification'][verification_key]:.2f}% ({verification_key})" if verification_key else \
-        f"{p['verification']['150k_x9']:.2f}% (150k x9)"
-    rows = [("Lake's 20 runs, 20-way within-alphabet", "lake20", f"{p['lake20']:.1f}%"),
-            ("400 within-alphabet trials, test alphabets", "within_alphabet", f"{p['within_alphabet']:.1f}%"),
-            ("verification, test pairs", "verification", v_paper),
-            ("1-NN pixels (Euclidean), Lake's runs", "one_nn", f"{p['one_nn']:.1f}%"),
-            ("1-NN pixels (cosine), Lake's runs", "one_nn_cosine", "-"),
-            ("MNIST 10-way one-shot", "mnist10", f"{p['mnist10']:.1f}%"),
-            ("MNIST 10-way, 1-NN pixels", "mnist10_one_nn", f"{p['mnist10_one_nn']:.1f}%")]
+    v_paper = (
+        f"{p['verification'][verification_key]:.2f}% ({verification_key})"
+        if verification_key
+        else f"{p['verification']['150k_x9']:.2f}% (150k x9)"
+    )
+    rows = [
+        ("Lake's 20 runs, 20-way within-alphabet", "lake20", f"{p['lake20']:.1f}%"),
+        ("400 within-alphabet trials, test alphabets", "within_alphabet", f"{p['within_alphabet']:.1f}%"),
+        ("verification, test pairs", "verification", v_paper),
+        ("1-NN pixels (Euclidean), Lake's runs", "one_nn", f"{p['one_nn']:.1f}%"),
+        ("1-NN pixels (cosine), Lake's runs", "one_nn_cosine", "-"),
+        ("MNIST 10-way one-shot", "mnist10", f"{p['mnist10']:.1f}%"),
+        ("MNIST 10-way, 1-NN pixels", "mnist10_one_nn", f"{p['mnist10_one_nn']:.1f}%"),
+    ]
     lines = [f"{'':44s} {'siamax  (95% CI)':32s} {'paper':>10s}", "-" * 90]
     for label, key, paper in rows:
         if key in results:
             lines.append(f"{label:44s} {_fmt(results[key]):32s} {paper:>10s}")
     t = results.get("training")
     if t:
-        lines.append(f"trained {t['epochs']} epochs ({t['train_seconds']:.0f}s, best epoch {t['best_epoch']}, "
-                     f"{t['pairs_per_s']:,.0f} pairs/s, {t['images_per_s']:,.0f} images/s, "
-                     f"objective {t['objective']}) on {results['device']}; wall time {results['wall_seconds']:.0f}s")
+        lines.append(
+            f"trained {t['epochs']} epochs ({t['train_seconds']:.0f}s, best epoch {t['best_epoch']}, "
+            f"{t['pairs_per_s']:,.0f} pairs/s, {t['images_per_s']:,.0f} images/s, "
+            f"objective {t['objective']}) on {results['device']}; wall time {results['wall_seconds']:.0f}s"
+        )
     return "\n".join(lines)
 
 
@@ -158,8 +195,9 @@ def save_plots(params, results: dict, history: list[dict], lake, workdir: Path, 
     ax.fill_between(ns, lo, hi, alpha=0.25)
     ax.plot(ns, acc, marker="o", label="siamax")
     ax.plot(ns, [100 / n for n in ns], ls=":", color="gray", label="chance")
-    ax.set(xlabel="N (ways)", ylabel="accuracy (%)", ylim=(0, 100),
-           title="N-way within-alphabet one-shot, test alphabets")
+    ax.set(
+        xlabel="N (ways)", ylabel="accuracy (%)", ylim=(0, 100), title="N-way within-alphabet one-shot, test alphabets"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(workdir / "accuracy_vs_nway.png", dpi=120)
@@ -177,14 +215,23 @@ def save_trial_grid(params, tasks, path: Path, n_rows: int = 6, seed: int = 0) -
     fig, axes = plt.subplots(n_rows, 22, figsize=(22 * 0.8, n_rows * 0.9))
     for row, (ti, qi) in enumerate(picks):
         task = tasks[ti]
-        scores = evaluate.pair_probabilities(params, np.concatenate([task.query[qi:qi + 1], task.support]),
-                                             np.zeros(len(task.support), int), np.arange(1, len(task.support) + 1),
-                                             ink=task.ink)
+        scores = evaluate.pair_probabilities(
+            params,
+            np.concatenate([task.query[qi : qi + 1], task.support]),
+            np.zeros(len(task.support), int),
+            np.arange(1, len(task.support) + 1),
+            ink=task.ink,
+        )
         choice = int(np.argmax(scores))
         answer = int(task.answers[qi])
-        cells = [("query", task.query[qi], None)] + [("", None, None)] + [
-            (f"{scores[j]:.2f}", task.support[j], "green" if j == answer else ("red" if j == choice else None))
-            for j in range(len(task.support))]
+        cells = (
+            [("query", task.query[qi], None)]
+            + [("", None, None)]
+            + [
+                (f"{scores[j]:.2f}", task.support[j], "green" if j == answer else ("red" if j == choice else None))
+                for j in range(len(task.support))
+            ]
+        )
         for col, (title, img, color) in enumerate(cells):
             ax = axes[row, col]
             ax.set_xticks([])
@@ -198,8 +245,11 @@ def save_trial_grid(params, tasks, path: Path, n_rows: int = 6, seed: int = 0) -
                 for s in ax.spines.values():
                     s.set_color(color)
                     s.set_linewidth(2.5)
-    fig.suptitle("Lake's runs: query (left) vs 20 candidates, with p(same). Green frame: right answer; "
-                 "red frame: the model's wrong choice", fontsize=9)
+    fig.suptitle(
+        "Lake's runs: query (left) vs 20 candidates, with p(same). Green frame: right answer; "
+        "red frame: the model's wrong choice",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

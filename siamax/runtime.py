@@ -16,6 +16,7 @@ so comparisons stay like for like.
 The cost: the process keeps its peak heap instead of returning freed memory to the OS.
 ``SIAMAX_KEEP_FREED_MEMORY=0`` turns it off.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -46,5 +47,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in
-               ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1)))
+    return all(
+        mallopt(param, value) == 1 for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))
+    )

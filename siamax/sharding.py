@@ -18,6 +18,7 @@ process passes *its own* slice of the global batch to :func:`shard_batch` (``pro
 the default when more than one process runs), and the global batch is the concatenation in
 process order.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -44,8 +46,12 @@ def _env(name):
     return None
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, **kwargs: Any) -> bool:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    **kwargs: Any,
+) -> bool:
     """Start JAX's multi-host runtime if this is a multi-process run; return True if it is.
 
     Arguments default to the environment: ``SIAMAX_COORDINATOR_ADDRESS`` (``host:port`` of process
@@ -63,14 +69,17 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
             raise ValueError("num_processes > 1 needs a coordinator address (SIAMAX_COORDINATOR_ADDRESS=host:port)")
         return False
     if num_processes is None or process_id is None:
-        raise ValueError("a multi-process start-up needs the coordinator address, the number of processes and "
-                         "this process's id (SIAMAX_COORDINATOR_ADDRESS, SIAMAX_NUM_PROCESSES, SIAMAX_PROCESS_ID)")
+        raise ValueError(
+            "a multi-process start-up needs the coordinator address, the number of processes and "
+            "this process's id (SIAMAX_COORDINATOR_ADDRESS, SIAMAX_NUM_PROCESSES, SIAMAX_PROCESS_ID)"
+        )
     if jax.distributed.is_initialized():
         return True
     if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=int(num_processes),
-                               process_id=int(process_id), **kwargs)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=int(num_processes), process_id=int(process_id), **kwargs
+    )
     return True
 
 
@@ -84,8 +93,11 @@ def make_mesh(n_devices: int | None = None, devices=None) -> Mesh:
     if n < 1:
         raise ValueError(f"n_devices must be >= 1, got {n}")
     if n > len(devices):
-        hint = (" (on CPU, simulate more with XLA_FLAGS=--xla_force_host_platform_device_count=N "
-                "before JAX starts)" if devices[0].platform == "cpu" else "")
+        hint = (
+            " (on CPU, simulate more with XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts)"
+            if devices[0].platform == "cpu"
+            else ""
+        )
         raise ValueError(f"asked for {n} devices but only {len(devices)} are available{hint}")
     if jax.process_count() > 1 and n != len(devices):
         raise ValueError(f"a multi-process mesh must use all {len(devices)} devices, got n_devices={n}")
@@ -109,8 +121,10 @@ def check_divisible(global_batch: int, mesh: Mesh, what: str = "batch") -> None:
     n = mesh.shape[DATA_AXIS]
     if global_batch % n:
         lo, hi = global_batch // n * n, -(-global_batch // n) * n
-        raise ValueError(f"the global {what} size {global_batch} does not divide by the {n} devices of the "
-                         f"'{DATA_AXIS}' mesh axis; use a multiple of {n} (e.g. {lo or n} or {hi})")
+        raise ValueError(
+            f"the global {what} size {global_batch} does not divide by the {n} devices of the "
+            f"'{DATA_AXIS}' mesh axis; use a multiple of {n} (e.g. {lo or n} or {hi})"
+        )
 
 
 def shard_batch(batch, mesh: Mesh, process_local: bool | None = None):
@@ -128,8 +142,10 @@ def shard_batch(batch, mesh: Mesh, process_local: bool | None = None):
         raise ValueError("empty batch")
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
     if None in sizes or len(sizes) != 1:
-        raise ValueError(f"every array of a batch needs the same leading (batch) axis; got leading sizes "
-                         f"{sorted(s for s in sizes if s is not None)}" + (" and scalars" if None in sizes else ""))
+        raise ValueError(
+            f"every array of a batch needs the same leading (batch) axis; got leading sizes "
+            f"{sorted(s for s in sizes if s is not None)}" + (" and scalars" if None in sizes else "")
+        )
     local = sizes.pop()
     check_divisible(local * (jax.process_count() if process_local else 1), mesh)
     if process_local:
@@ -139,5 +155,6 @@ def shard_batch(batch, mesh: Mesh, process_local: bool | None = None):
 
 def is_replicated(tree) -> bool:
     """True if every array in ``tree`` is fully replicated over its devices."""
-    return all(getattr(x, "sharding", None) is not None and x.sharding.is_fully_replicated
-               for x in jax.tree.leaves(tree))
+    return all(
+        getattr(x, "sharding", None) is not None and x.sharding.is_fully_replicated for x in jax.tree.leaves(tree)
+    )

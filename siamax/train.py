@@ -4,13 +4,15 @@
 It is jitted once at import with the state donated; the optimiser and objective ride in the state
 as static fields, so one compiled step serves a whole run.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import flax.struct
 import jax
@@ -20,7 +22,6 @@ import tqdm
 
 from siamax import api, checkpoint, losses
 from siamax.model import Siamese
-
 
 KINDS = ("pairs", "all_pairs", "episodic")
 
@@ -61,10 +62,12 @@ class TrainState:
     objective: Objective = flax.struct.field(pytree_node=False)
 
 
-def create_train_state(params: api.Params, tx: optax.GradientTransformation,
-                       objective: Objective = Objective()) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params.weights),
-                      tx=tx, objective=objective)
+def create_train_state(
+    params: api.Params, tx: optax.GradientTransformation, objective: Objective = Objective()
+) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params.weights), tx=tx, objective=objective
+    )
 
 
 def _distort(rng, x):
@@ -94,8 +97,11 @@ def _in_batch_loss(spec, weights, objective: Objective, batch, rng):
     e = api._embed(spec, weights, x)
     b = x.shape[0]
     # Logit matrix (B, B): the head is symmetric in its two inputs, so one matrix serves both roles.
-    logits = Siamese(spec).apply({"params": weights}, jnp.repeat(e, b, axis=0), jnp.tile(e, (b, 1)),
-                                 method="logit").reshape(b, b)
+    logits = (
+        Siamese(spec)
+        .apply({"params": weights}, jnp.repeat(e, b, axis=0), jnp.tile(e, (b, 1)), method="logit")
+        .reshape(b, b)
+    )
     labels = batch["labels"]
     same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
     off_diag = 1.0 - jnp.eye(b)
@@ -108,8 +114,7 @@ def _in_batch_loss(spec, weights, objective: Objective, batch, rng):
         return ce, accuracy
     masked = jnp.where(off_diag > 0, logits, -jnp.inf)
     has_pos = pos.sum(1) > 0
-    log_p_same = (jax.nn.logsumexp(jnp.where(pos > 0, logits, -jnp.inf), axis=1)
-                  - jax.nn.logsumexp(masked, axis=1))
+    log_p_same = jax.nn.logsumexp(jnp.where(pos > 0, logits, -jnp.inf), axis=1) - jax.nn.logsumexp(masked, axis=1)
     episodic = -jnp.sum(jnp.where(has_pos, log_p_same, 0.0)) / jnp.maximum(has_pos.sum(), 1)
     return episodic + objective.pair_weight * ce, accuracy
 
@@ -129,8 +134,7 @@ def _train_step(state: TrainState, batch: Mapping, rng: jax.Array):
     (loss, aux), grads = grad_fn(state.params.weights, spec, state.objective, batch, rng)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params.weights)
     weights = optax.apply_updates(state.params.weights, updates)
-    new_state = state.replace(step=state.step + 1, params=state.params.replace(weights=weights),
-                              opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=state.params.replace(weights=weights), opt_state=opt_state)
     metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads), "finite": jnp.isfinite(loss)}
     return new_state, metrics
 
@@ -159,14 +163,25 @@ def _log_lines(path: Path, keep_before_epoch: int) -> None:
     """Drop log lines of epochs the checkpoint does not cover (written just before a crash)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines()
-             if line.strip() and json.loads(line)["epoch"] < keep_before_epoch]
+    lines = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] < keep_before_epoch
+    ]
     path.write_text("".join(line + "\n" for line in lines))
 
 
-def fit(state: TrainState, sampler, *, epochs: int, patience: int, validate: Callable[[api.Params], float],
-        workdir: Path, seed: int, place_batch: Callable = lambda b: b, lr_of: Callable | None = None,
-        progress: bool = True) -> tuple[TrainState, dict]:
+def fit(
+    state: TrainState,
+    sampler,
+    *,
+    epochs: int,
+    patience: int,
+    validate: Callable[[api.Params], float],
+    workdir: Path,
+    seed: int,
+    place_batch: Callable = lambda b: b,
+    lr_of: Callable | None = None,
+    progress: bool = True,
+) -> tuple[TrainState, dict]:
     """Train for up to ``epochs`` epochs of ``sampler.steps_per_epoch`` steps, early-stopping on
     ``validate(params)`` (higher is better; validation data only) with ``patience`` epochs.
 
@@ -180,15 +195,23 @@ def fit(state: TrainState, sampler, *, epochs: int, patience: int, validate: Cal
     meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
     if latest.latest_step() is not None:
         tree, meta = checkpoint.restore(latest, _checkpoint_tree(state))
-        state = state.replace(step=tree["step"], params=state.params.replace(weights=tree["weights"]),
-                              opt_state=tree["opt_state"])
+        state = state.replace(
+            step=tree["step"], params=state.params.replace(weights=tree["weights"]), opt_state=tree["opt_state"]
+        )
         print(f"resuming from {workdir / 'checkpoints' / 'latest'}: epoch {meta['epoch']}, step {int(state.step)}")
     log_path = workdir / "metrics.jsonl"
     _log_lines(log_path, meta["epoch"])
     step_key = jax.random.fold_in(jax.random.key(seed), 1)
     spe = sampler.steps_per_epoch
-    bar = tqdm.tqdm(total=epochs * spe, initial=meta["epoch"] * spe, unit="step", disable=not progress,
-                    dynamic_ncols=True, smoothing=0.05, mininterval=2.0)
+    bar = tqdm.tqdm(
+        total=epochs * spe,
+        initial=meta["epoch"] * spe,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        smoothing=0.05,
+        mininterval=2.0,
+    )
     epoch = meta["epoch"]
     stopped = lambda: patience and meta["bad_epochs"] >= patience  # noqa: E731 (0 = never stop early)
     while epoch < epochs and not stopped():
@@ -203,38 +226,56 @@ def fit(state: TrainState, sampler, *, epochs: int, patience: int, validate: Cal
                 if not bool(finite):
                     break
                 elapsed = time.perf_counter() - t0
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(m['loss']):.4f}",
-                                pairs_s=f"{(i + 1) * sampler.pairs_per_step / elapsed:,.0f}")
+                bar.set_postfix(
+                    epoch=epoch + 1,
+                    loss=f"{float(m['loss']):.4f}",
+                    pairs_s=f"{(i + 1) * sampler.pairs_per_step / elapsed:,.0f}",
+                )
                 bar.update(i + 1 - (bar.n - epoch * spe))
         if not bool(finite):
             bar.close()
-            kept = (f"the last good checkpoint (end of epoch {meta['epoch']}) and the best one (epoch "
-                    f"{meta['best_epoch'] + 1}) are in {workdir / 'checkpoints'}" if meta["epoch"] else
-                    "no checkpoint had been written yet")
+            kept = (
+                f"the last good checkpoint (end of epoch {meta['epoch']}) and the best one (epoch "
+                f"{meta['best_epoch'] + 1}) are in {workdir / 'checkpoints'}"
+                if meta["epoch"]
+                else "no checkpoint had been written yet"
+            )
             raise NonFiniteLoss(
                 f"the loss became NaN or infinite during epoch {epoch + 1}. Training stopped; {kept}. Lower the "
-                f"learning rate (e.g. --learning-rate) and start again in a new --workdir.")
+                f"learning rate (e.g. --learning-rate) and start again in a new --workdir."
+            )
         seconds = time.perf_counter() - t0
         val = float(validate(state.params))
         improved = val > meta["best_accuracy"]
         means = {k: float(v) / spe for k, v in sums.items() if k != "finite"}
-        meta = {"epoch": epoch + 1, "train_seconds": meta["train_seconds"] + seconds,
-                "best_accuracy": val if improved else meta["best_accuracy"],
-                "best_epoch": epoch if improved else meta["best_epoch"],
-                "bad_epochs": 0 if improved else meta["bad_epochs"] + 1}
-        record = {"epoch": epoch, "step": int(state.step), **means, "val_accuracy": val,
-                  "best_val_accuracy": meta["best_accuracy"], "seconds": seconds,
-                  "pairs_per_s": spe * sampler.pairs_per_step / seconds,
-                  "images_per_s": spe * sampler.images_per_step / seconds,
-                  **(lr_of(state.opt_state) if lr_of else {})}
+        meta = {
+            "epoch": epoch + 1,
+            "train_seconds": meta["train_seconds"] + seconds,
+            "best_accuracy": val if improved else meta["best_accuracy"],
+            "best_epoch": epoch if improved else meta["best_epoch"],
+            "bad_epochs": 0 if improved else meta["bad_epochs"] + 1,
+        }
+        record = {
+            "epoch": epoch,
+            "step": int(state.step),
+            **means,
+            "val_accuracy": val,
+            "best_val_accuracy": meta["best_accuracy"],
+            "seconds": seconds,
+            "pairs_per_s": spe * sampler.pairs_per_step / seconds,
+            "images_per_s": spe * sampler.images_per_step / seconds,
+            **(lr_of(state.opt_state) if lr_of else {}),
+        }
         with log_path.open("a") as f:  # before the checkpoint: a resume trims lines it does not cover
             f.write(json.dumps(record) + "\n")
         tree = _checkpoint_tree(state)
         if improved:
             checkpoint.save(best, epoch + 1, tree, meta)
         checkpoint.save(latest, epoch + 1, tree, meta)
-        bar.write(f"epoch {epoch + 1}: loss {means['loss']:.4f}  val one-shot {val:.2%}"
-                  f"{'  (best)' if improved else ''}  {record['pairs_per_s']:,.0f} pairs/s")
+        bar.write(
+            f"epoch {epoch + 1}: loss {means['loss']:.4f}  val one-shot {val:.2%}"
+            f"{'  (best)' if improved else ''}  {record['pairs_per_s']:,.0f} pairs/s"
+        )
         epoch += 1
         if stopped():
             bar.write(f"early stopping: no validation improvement for {patience} epochs")

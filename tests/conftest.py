@@ -1,4 +1,5 @@
 """Test setup. Simulated CPU devices must be requested before JAX initialises its backends."""
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -18,7 +19,8 @@ os.environ.setdefault("SIAMAX_DATA_DIR", str(Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def siamax_data_dir():
-    path = Path(os.environ["SIAMAX_DATA_DIR"])
+    # Absolute: tests symlink archives from it, and a relative target would dangle.
+    path = Path(os.environ["SIAMAX_DATA_DIR"]).resolve()
     if not path.is_dir():
         message = f"no data: SIAMAX_DATA_DIR={path} does not exist (see README, 'Data')"
         if os.environ.get("CI"):
@@ -35,16 +37,19 @@ def siamax_tfds_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def omniglot(siamax_data_dir, siamax_tfds_dir):
     from siamax.data import load_omniglot
+
     return load_omniglot(siamax_data_dir, siamax_tfds_dir)
 
 
 @pytest.fixture(scope="session")
 def mnist(siamax_data_dir, siamax_tfds_dir):
     from siamax.data import load_mnist
+
     return load_mnist(siamax_data_dir, siamax_tfds_dir)
 
 
 @pytest.fixture(scope="session")
 def lake(siamax_data_dir):
     from siamax.data import lake_runs
+
     return lake_runs(siamax_data_dir)

@@ -1,4 +1,5 @@
 """siamax.score / embed / preprocess: maths, jit behaviour and input errors."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,9 @@ import pytest
 import siamax
 from siamax.model import ModelSpec
 
-TINY = ModelSpec(input_size=16, filters=(4, 8), kernels=(3, 3), pools=(True, True), padding="SAME",
-                 fc_units=16, init="koch")
+TINY = ModelSpec(
+    input_size=16, filters=(4, 8), kernels=(3, 3), pools=(True, True), padding="SAME", fc_units=16, init="koch"
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +71,20 @@ def test_jit_traces_once(params, images):
     chex.assert_trees_all_close(per_pair, siamax.score(params, a, b), rtol=1e-5)
 
 
-@pytest.mark.parametrize("x1, x2, error, match", [
-    (np.zeros((4, 16, 16)), np.zeros((3, 16, 16)), ValueError, "different numbers"),
-    (np.zeros((4, 28, 28)), np.zeros((4, 28, 28)), ValueError, "16x16.*preprocess"),
-    (np.zeros((2, 4, 16, 16)), np.zeros((2, 4, 16, 16)), ValueError, "shape"),
-    (np.zeros((16,)), np.zeros((16,)), ValueError, "shape"),
-    (np.zeros((2, 16, 16, 3)), np.zeros((2, 16, 16, 3)), ValueError, "single-channel"),
-    (np.zeros((0, 16, 16)), np.zeros((0, 16, 16)), ValueError, "empty"),
-    (np.array([["a"] * 16] * 16), np.array([["a"] * 16] * 16), TypeError, "bool, uint8 or float"),
-    (np.zeros((2, 16, 16), np.complex64), np.zeros((2, 16, 16)), TypeError, "bool, uint8 or float"),
-    (np.zeros((2, 16, 16), np.int32), np.zeros((2, 16, 16)), TypeError, "uint8"),
-])
+@pytest.mark.parametrize(
+    "x1, x2, error, match",
+    [
+        (np.zeros((4, 16, 16)), np.zeros((3, 16, 16)), ValueError, "different numbers"),
+        (np.zeros((4, 28, 28)), np.zeros((4, 28, 28)), ValueError, "16x16.*preprocess"),
+        (np.zeros((2, 4, 16, 16)), np.zeros((2, 4, 16, 16)), ValueError, "shape"),
+        (np.zeros((16,)), np.zeros((16,)), ValueError, "shape"),
+        (np.zeros((2, 16, 16, 3)), np.zeros((2, 16, 16, 3)), ValueError, "single-channel"),
+        (np.zeros((0, 16, 16)), np.zeros((0, 16, 16)), ValueError, "empty"),
+        (np.array([["a"] * 16] * 16), np.array([["a"] * 16] * 16), TypeError, "bool, uint8 or float"),
+        (np.zeros((2, 16, 16), np.complex64), np.zeros((2, 16, 16)), TypeError, "bool, uint8 or float"),
+        (np.zeros((2, 16, 16), np.int32), np.zeros((2, 16, 16)), TypeError, "uint8"),
+    ],
+)
 def test_bad_inputs_raise_helpfully(params, x1, x2, error, match):
     with pytest.raises(error, match=match):
         siamax.score(params, x1, x2)

@@ -1,4 +1,5 @@
 """Affine distortions: identity is exact, ranges and coin rates as the paper says, per-image transforms."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,49 +10,49 @@ from siamax import augment as A
 
 @pytest.mark.parametrize("size", [105, 28])
 def test_identity_is_exact(size):
-  x = jax.random.uniform(jax.random.key(0), (3, size, size))
-  np.testing.assert_array_equal(np.asarray(A.apply_affine(x, A.identity(3))), np.asarray(x))
+    x = jax.random.uniform(jax.random.key(0), (3, size, size))
+    np.testing.assert_array_equal(np.asarray(A.apply_affine(x, A.identity(3))), np.asarray(x))
 
 
 def test_sampled_params_in_range_and_half_active():
-  p = np.asarray(A.sample_affine(jax.random.key(0), 8000))
-  lo = np.array([-10, -0.3, -0.3, 0.8, 0.8, -2, -2])
-  hi = -lo
-  hi[3:5] = 1.2
-  assert (p >= lo).all() and (p <= hi).all()
-  active = p != np.asarray(A.IDENTITY)
-  for cols in ([0], [1, 2], [3, 4], [5, 6]):
-    assert abs(active[:, cols[0]].mean() - 0.5) < 0.03
-    assert (active[:, cols].all(1) == active[:, cols].any(1)).all()  # x and y share the coin
-  assert abs(np.corrcoef(active[:, 0], active[:, 3])[0, 1]) < 0.05  # components independent
+    p = np.asarray(A.sample_affine(jax.random.key(0), 8000))
+    lo = np.array([-10, -0.3, -0.3, 0.8, 0.8, -2, -2])
+    hi = -lo
+    hi[3:5] = 1.2
+    assert (p >= lo).all() and (p <= hi).all()
+    active = p != np.asarray(A.IDENTITY)
+    for cols in ([0], [1, 2], [3, 4], [5, 6]):
+        assert abs(active[:, cols[0]].mean() - 0.5) < 0.03
+        assert (active[:, cols].all(1) == active[:, cols].any(1)).all()  # x and y share the coin
+    assert abs(np.corrcoef(active[:, 0], active[:, 3])[0, 1]) < 0.05  # components independent
 
 
 def test_translation_and_rotation_geometry():
-  img = jnp.zeros((1, 105, 105)).at[0, 50, 50].set(1.0)
-  out = A.apply_affine(img, jnp.array([[0, 0, 0, 1, 1, 2.0, -1.0]]))
-  assert np.argwhere(np.asarray(out[0]) > 0.5).tolist() == [[49, 52]]  # +2 px in x, -1 px in y
-  x = jax.random.uniform(jax.random.key(1), (1, 29, 29))
-  rot = A.apply_affine(x, jnp.array([[90.0, 0, 0, 1, 1, 0, 0]]))
-  assert min(np.abs(np.asarray(rot[0]) - np.rot90(np.asarray(x[0]), k)).max() for k in (1, 3)) < 1e-4
-  small = A.apply_affine(jnp.zeros((1, 35, 35)).at[0, 17, 17].set(1.0), jnp.array([[0, 0, 0, 1, 1, 3.0, 0]]))
-  assert np.argwhere(np.asarray(small[0]) > 0.5).tolist() == [[17, 18]]  # 3 px at 105 = 1 px at 35
+    img = jnp.zeros((1, 105, 105)).at[0, 50, 50].set(1.0)
+    out = A.apply_affine(img, jnp.array([[0, 0, 0, 1, 1, 2.0, -1.0]]))
+    assert np.argwhere(np.asarray(out[0]) > 0.5).tolist() == [[49, 52]]  # +2 px in x, -1 px in y
+    x = jax.random.uniform(jax.random.key(1), (1, 29, 29))
+    rot = A.apply_affine(x, jnp.array([[90.0, 0, 0, 1, 1, 0, 0]]))
+    assert min(np.abs(np.asarray(rot[0]) - np.rot90(np.asarray(x[0]), k)).max() for k in (1, 3)) < 1e-4
+    small = A.apply_affine(jnp.zeros((1, 35, 35)).at[0, 17, 17].set(1.0), jnp.array([[0, 0, 0, 1, 1, 3.0, 0]]))
+    assert np.argwhere(np.asarray(small[0]) > 0.5).tolist() == [[17, 18]]  # 3 px at 105 = 1 px at 35
 
 
 def test_distort_per_image_and_zero_fill():
-  x = jnp.ones((64, 28, 28))
-  out = np.asarray(jax.jit(A.distort)(jax.random.key(0), x))
-  assert out.shape == (64, 28, 28) and out.min() >= 0 and out.max() <= 1 + 1e-6
-  assert len({o.tobytes() for o in out}) > 50  # each image its own transform
-  assert (out[:, 0, 0] < 1).any()  # background (0) flows in at the borders
+    x = jnp.ones((64, 28, 28))
+    out = np.asarray(jax.jit(A.distort)(jax.random.key(0), x))
+    assert out.shape == (64, 28, 28) and out.min() >= 0 and out.max() <= 1 + 1e-6
+    assert len({o.tobytes() for o in out}) > 50  # each image its own transform
+    assert (out[:, 0, 0] < 1).any()  # background (0) flows in at the borders
 
 
 def test_expand_pairs_nine_x():
-  pairs = (np.arange(5), np.arange(5) + 10, np.array([1, 0, 1, 0, 1]))
-  aug = A.expand_pairs(pairs, copies=8, seed=0)
-  assert len(aug.i1) == 45 and aug.t1.shape == aug.t2.shape == (45, 7)
-  np.testing.assert_array_equal(aug.i2[5:10], pairs[1])
-  np.testing.assert_array_equal(aug.t1[:5], np.tile(A.IDENTITY, (5, 1)))
-  assert not np.array_equal(aug.t1[5:], aug.t2[5:])
-  again = A.expand_pairs(pairs, copies=8, seed=0)
-  np.testing.assert_array_equal(aug.t1, again.t1)
-  assert not np.array_equal(A.expand_pairs(pairs, copies=8, seed=1).t1, aug.t1)
+    pairs = (np.arange(5), np.arange(5) + 10, np.array([1, 0, 1, 0, 1]))
+    aug = A.expand_pairs(pairs, copies=8, seed=0)
+    assert len(aug.i1) == 45 and aug.t1.shape == aug.t2.shape == (45, 7)
+    np.testing.assert_array_equal(aug.i2[5:10], pairs[1])
+    np.testing.assert_array_equal(aug.t1[:5], np.tile(A.IDENTITY, (5, 1)))
+    assert not np.array_equal(aug.t1[5:], aug.t2[5:])
+    again = A.expand_pairs(pairs, copies=8, seed=0)
+    np.testing.assert_array_equal(aug.t1, again.t1)
+    assert not np.array_equal(A.expand_pairs(pairs, copies=8, seed=1).t1, aug.t1)

@@ -1,4 +1,5 @@
 """benchmarks/throughput.py runs end to end on the small model and writes JSON with every key."""
+
 import importlib.util
 import json
 import os
@@ -9,9 +10,26 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "throughput.py")
-KEYS = {"model", "batch_size", "dtype", "n_devices", "device_kind", "backend", "jax_version", "compile_s",
-        "train_pairs_per_s", "score_pairs_per_s", "oneshot_trials_per_s"}
-SIAMAX_KEYS = KEYS | {"train_flops_per_pair", "malloc", "repeats", "repeat_s", "per_repeat"}  # torch: no FLOP count, shares the process
+KEYS = {
+    "model",
+    "batch_size",
+    "dtype",
+    "n_devices",
+    "device_kind",
+    "backend",
+    "jax_version",
+    "compile_s",
+    "train_pairs_per_s",
+    "score_pairs_per_s",
+    "oneshot_trials_per_s",
+}
+SIAMAX_KEYS = KEYS | {
+    "train_flops_per_pair",
+    "malloc",
+    "repeats",
+    "repeat_s",
+    "per_repeat",
+}  # torch: no FLOP count, shares the process
 
 
 def _load():
@@ -29,16 +47,39 @@ def _check(r, model="small", batch=8, n_devices=1):
 
 def test_help_explains_every_flag():
     out = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, check=True).stdout
-    for flag in ("--model", "--batch-size", "--dtype", "--devices", "--repeats", "--json", "--compare",
-                 "--threads", "--all-pairs", "--conv-impl"):
+    for flag in (
+        "--model",
+        "--batch-size",
+        "--dtype",
+        "--devices",
+        "--repeats",
+        "--json",
+        "--compare",
+        "--threads",
+        "--all-pairs",
+        "--conv-impl",
+    ):
         assert flag in out
 
 
 def test_small_model_json(tmp_path):
     path = tmp_path / "out.json"
     torch_available = importlib.util.find_spec("torch") is not None
-    argv = ["--model", "small", "--batch-size", "8", "--repeats", "1", "--warmup", "0", "--min-time", "0",
-            "--json", str(path), "--all-pairs"] + (["--compare", "torch", "--threads", "1"] if torch_available else [])
+    argv = [
+        "--model",
+        "small",
+        "--batch-size",
+        "8",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--min-time",
+        "0",
+        "--json",
+        str(path),
+        "--all-pairs",
+    ] + (["--compare", "torch", "--threads", "1"] if torch_available else [])
     _load().main(argv)
     r = json.loads(path.read_text())
     assert set(r) == SIAMAX_KEYS | {"all_pairs_pairs_per_s"} | ({"torch"} if torch_available else set())
@@ -56,13 +97,29 @@ def test_default_repeats_fill_the_measure_time(tmp_path):
     """--repeats 0 (the default): each op gets as many interleaved repeats as fit in --measure-time
     (3..30), the same number in every suite, and the reported figure is the median of them."""
     path = tmp_path / "auto.json"
-    _load().main(["--model", "small", "--batch-size", "4", "--warmup", "0", "--min-time", "0",
-                  "--measure-time", "0.05", "--skip", "oneshot", "--json", str(path)])
+    _load().main(
+        [
+            "--model",
+            "small",
+            "--batch-size",
+            "4",
+            "--warmup",
+            "0",
+            "--min-time",
+            "0",
+            "--measure-time",
+            "0.05",
+            "--skip",
+            "oneshot",
+            "--json",
+            str(path),
+        ]
+    )
     r = json.loads(path.read_text())
     for op, key in (("train", "train_pairs_per_s"), ("score", "score_pairs_per_s")):
         values = r["per_repeat"][key]
         assert 3 <= r["repeats"][op] == len(values) <= 30
-        mid = sorted(values)[(len(values) - 1) // 2: len(values) // 2 + 1]  # the median's one or two values
+        mid = sorted(values)[(len(values) - 1) // 2 : len(values) // 2 + 1]  # the median's one or two values
         assert mid[0] * (1 - 1e-3) <= r[key] <= mid[-1] * (1 + 1e-3)
     timer = _load().Timer(lambda: None, 0.2)
     timer.inner, timer.call_s = 4, 0.05  # 0.2 s per repeat
@@ -72,8 +129,26 @@ def test_default_repeats_fill_the_measure_time(tmp_path):
 def test_data_parallel_and_indivisible_batch(tmp_path):
     mod = _load()
     path = tmp_path / "dp.json"
-    mod.main(["--model", "small", "--batch-size", "8", "--devices", "8", "--repeats", "1", "--warmup", "0",
-              "--min-time", "0", "--skip", "oneshot,score", "--json", str(path)])
+    mod.main(
+        [
+            "--model",
+            "small",
+            "--batch-size",
+            "8",
+            "--devices",
+            "8",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--min-time",
+            "0",
+            "--skip",
+            "oneshot,score",
+            "--json",
+            str(path),
+        ]
+    )
     r = json.loads(path.read_text())
     assert set(r) == SIAMAX_KEYS and r["n_devices"] == 8 and r["train_pairs_per_s"] > 0
     assert r["score_pairs_per_s"] is None
@@ -95,8 +170,9 @@ def test_flop_count_matches_xla_cost_analysis():
     analytic = _load().train_flops_per_pair(spec)
     assert analytic == 2 * (2 * 117_964_800 + 3 * (1_416_167_424 + 169_869_312 + 37_748_736 + 75_497_472))
     b, s = 2, spec.input_size
-    state = train.create_train_state(siamax.init(jax.random.key(0), spec),
-                                     optim.koch_sgd(spec.layer_names, optim.SGDConfig(), 10), train.Objective())
+    state = train.create_train_state(
+        siamax.init(jax.random.key(0), spec), optim.koch_sgd(spec.layer_names, optim.SGDConfig(), 10), train.Objective()
+    )
     batch = {"x1": np.ones((b, s, s), np.float32), "x2": np.ones((b, s, s), np.float32), "y": np.ones(b, np.float32)}
     cost = train.train_step.lower(state, batch, jax.random.key(1)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -1,4 +1,5 @@
 """The main job's machinery on real data with a tiny model: config, resume, refusal, export, report."""
+
 import dataclasses
 import json
 import subprocess
@@ -13,9 +14,20 @@ from siamax import checkpoint, config, experiment, train
 from siamax import data as sd
 from siamax.data import batches
 
-TINY = dict(model="tiny", objective="episodic", episode_chars=8, episode_drawers=2, optimizer="adam",
-            learning_rate=1e-3, epochs=3, steps_per_epoch=3, patience=0, val_trials=40,
-            verification_pairs=200, devices=1)
+TINY = dict(
+    model="tiny",
+    objective="episodic",
+    episode_chars=8,
+    episode_drawers=2,
+    optimizer="adam",
+    learning_rate=1e-3,
+    epochs=3,
+    steps_per_epoch=3,
+    patience=0,
+    val_trials=40,
+    verification_pairs=200,
+    devices=1,
+)
 
 
 @pytest.fixture
@@ -27,8 +39,14 @@ def test_presets_and_overrides():
     cfg = config.Config.from_preset("quick", learning_rate=3e-4)
     assert cfg.learning_rate == 3e-4 and cfg.model == "small"
     paper = config.Config.from_preset("paper")
-    assert (paper.model, paper.n_pairs, paper.distortions, paper.epochs, paper.patience, paper.optimizer) == \
-        ("paper", 150_000, 8, 200, 20, "sgd")
+    assert (paper.model, paper.n_pairs, paper.distortions, paper.epochs, paper.patience, paper.optimizer) == (
+        "paper",
+        150_000,
+        8,
+        200,
+        20,
+        "sgd",
+    )
     with pytest.raises(ValueError, match="valid presets: .*quick"):
         config.Config.from_preset("fast")
     with pytest.raises(ValueError, match="unknown config field.*valid fields"):
@@ -42,10 +60,12 @@ def test_presets_and_overrides():
 
 def test_cli_rejects_bad_preset_and_field():
     for args in (["--preset", "fast"], ["--learning-rat", "1"], ["--objective", "nope"]):
-        out = subprocess.run([sys.executable, "-m", "experiments.omniglot_oneshot", *args],
-                             capture_output=True, text=True)
-        assert out.returncode == 2 and ("invalid choice" in out.stderr or "must be one of" in out.stderr
-                                        or "unrecognized" in out.stderr), out.stderr
+        out = subprocess.run(
+            [sys.executable, "-m", "experiments.omniglot_oneshot", *args], capture_output=True, text=True
+        )
+        assert out.returncode == 2 and (
+            "invalid choice" in out.stderr or "must be one of" in out.stderr or "unrecognized" in out.stderr
+        ), out.stderr
 
 
 def _state_and_sampler(cfg, omni):
@@ -80,8 +100,9 @@ def test_resume_after_interruption_gives_identical_parameters(omniglot, tmp_path
         return next(val)
 
     state, sampler = _state_and_sampler(cfg, omniglot)
-    reference, _ = train.fit(state, sampler, epochs=3, patience=0, validate=validate, workdir=tmp_path / "a",
-                             seed=0, progress=False)
+    reference, _ = train.fit(
+        state, sampler, epochs=3, patience=0, validate=validate, workdir=tmp_path / "a", seed=0, progress=False
+    )
 
     calls = {"n": 0}
 
@@ -93,11 +114,13 @@ def test_resume_after_interruption_gives_identical_parameters(omniglot, tmp_path
 
     state, sampler = _state_and_sampler(cfg, omniglot)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(state, sampler, epochs=3, patience=0, validate=interrupted, workdir=tmp_path / "b", seed=0,
-                  progress=False)
+        train.fit(
+            state, sampler, epochs=3, patience=0, validate=interrupted, workdir=tmp_path / "b", seed=0, progress=False
+        )
     state, sampler = _state_and_sampler(cfg, omniglot)  # a fresh process would start like this
-    resumed, meta = train.fit(state, sampler, epochs=3, patience=0, validate=lambda _: 0.5,
-                              workdir=tmp_path / "b", seed=0, progress=False)
+    resumed, meta = train.fit(
+        state, sampler, epochs=3, patience=0, validate=lambda _: 0.5, workdir=tmp_path / "b", seed=0, progress=False
+    )
     assert meta["epoch"] == 3 and int(resumed.step) == int(reference.step) == 9
     for a, b in zip(jax.tree.leaves(reference.params.weights), jax.tree.leaves(resumed.params.weights)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -117,8 +140,9 @@ def test_early_stopping_keeps_best(omniglot, tmp_path):
             best_weights["w"] = np.asarray(params.weights["head"]["kernel"])
         return s
 
-    state, meta = train.fit(state, sampler, epochs=10, patience=3, validate=validate, workdir=tmp_path,
-                            seed=0, progress=False)
+    state, meta = train.fit(
+        state, sampler, epochs=10, patience=3, validate=validate, workdir=tmp_path, seed=0, progress=False
+    )
     assert meta["epoch"] == 5 and meta["best_epoch"] == 1 and meta["best_accuracy"] == 0.5
     best = train.restore_best(state, tmp_path)
     np.testing.assert_array_equal(np.asarray(best.weights["head"]["kernel"]), best_weights["w"])
@@ -133,8 +157,16 @@ def test_non_finite_loss_stops_and_keeps_last_good(omniglot, tmp_path):
         return {**batch, "x": batch["x"] * np.nan} if step >= sampler.steps_per_epoch else batch
 
     with pytest.raises(train.NonFiniteLoss, match="during epoch 2.*end of epoch 1.*learning rate"):
-        train.fit(state, dataclasses.replace(sampler, batch=poisoned), epochs=3, patience=0,
-                  validate=lambda _: 0.5, workdir=tmp_path, seed=0, progress=False)
+        train.fit(
+            state,
+            dataclasses.replace(sampler, batch=poisoned),
+            epochs=3,
+            patience=0,
+            validate=lambda _: 0.5,
+            workdir=tmp_path,
+            seed=0,
+            progress=False,
+        )
     latest, _ = checkpoint.managers(tmp_path)
     assert latest.latest_step() == 1  # nothing non-finite was written over it
     tree, _ = checkpoint.restore(latest, train._checkpoint_tree(state))
@@ -176,8 +208,9 @@ def test_load_rejects_non_models(tmp_path):
         siamax.load(tmp_path)
 
 
-def test_validation_sweep_ranks_variants_without_touching_the_test_set(omniglot, tfds_env, tmp_path, monkeypatch,
-                                                                       capsys):
+def test_validation_sweep_ranks_variants_without_touching_the_test_set(
+    omniglot, tfds_env, tmp_path, monkeypatch, capsys
+):
     from experiments import validation_sweep
     from siamax import report
 
@@ -187,10 +220,33 @@ def test_validation_sweep_ranks_variants_without_touching_the_test_set(omniglot,
     monkeypatch.setattr(sd, "lake_runs", forbidden)
     monkeypatch.setattr(sd, "within_alphabet_tasks", forbidden)
     monkeypatch.setattr(report, "evaluate_and_report", forbidden)
-    args = ["--preset", "quick", "--model", "tiny", "--epochs", "2", "--steps-per-epoch", "2",
-            "--episode-chars", "8", "--episode-drawers", "2", "--val-trials", "40", "--no-progress",
-            "--devices", "1", "--seeds", "0", "--workdir", str(tmp_path),
-            "--variant", "base", "--variant", "rot=--rotations true --train-drawers 20"]
+    args = [
+        "--preset",
+        "quick",
+        "--model",
+        "tiny",
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "2",
+        "--episode-chars",
+        "8",
+        "--episode-drawers",
+        "2",
+        "--val-trials",
+        "40",
+        "--no-progress",
+        "--devices",
+        "1",
+        "--seeds",
+        "0",
+        "--workdir",
+        str(tmp_path),
+        "--variant",
+        "base",
+        "--variant",
+        "rot=--rotations true --train-drawers 20",
+    ]
     assert validation_sweep.main(args) == 0
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["variant"] for r in sweep["runs"]] == ["base", "rot"]

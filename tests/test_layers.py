@@ -1,4 +1,5 @@
 """Every conv implementation equals XLA's convolution (forward and both gradients) to float tolerance."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,12 +8,12 @@ import pytest
 from siamax import layers
 
 CASES = [  # (H, Cin, k, Cout, padding)
-    (20, 1, 5, 8, "VALID"),    # single channel, like conv1
-    (21, 1, 10, 4, "VALID"),   # conv1's 10x10 kernel
-    (12, 8, 3, 16, "SAME"),    # the small model's 3x3 SAME blocks
-    (14, 32, 4, 8, "VALID"),   # FFT territory, like conv3
-    (17, 32, 4, 8, "SAME"),    # odd size, SAME with an even kernel
-    (16, 3, 7, 5, "VALID"),    # 7x7 like conv2
+    (20, 1, 5, 8, "VALID"),  # single channel, like conv1
+    (21, 1, 10, 4, "VALID"),  # conv1's 10x10 kernel
+    (12, 8, 3, 16, "SAME"),  # the small model's 3x3 SAME blocks
+    (14, 32, 4, 8, "VALID"),  # FFT territory, like conv3
+    (17, 32, 4, 8, "SAME"),  # odd size, SAME with an even kernel
+    (16, 3, 7, 5, "VALID"),  # 7x7 like conv2
     (9, 6, 2, 3, "SAME"),
 ]
 
@@ -99,11 +100,11 @@ def test_max_pool_matches_reduce_window(shape):
 
 S2D_CASES = [  # (H, Cin, k, Cout, padding): odd and even conv outputs (floor pooling), both paddings
     (105, 1, 10, 4, "VALID"),  # the paper's conv1 shape (96x96 -> 48x48)
-    (48, 3, 7, 5, "VALID"),    # conv2's kernel, odd conv output (42 -> 21)
-    (21, 4, 4, 3, "VALID"),    # even kernel, odd conv output (18 -> 9)
-    (13, 2, 3, 4, "SAME"),     # the small model's blocks: SAME, odd plane
-    (12, 1, 4, 2, "SAME"),     # SAME with an even kernel
-    (6, 2, 5, 3, "VALID"),     # conv output 2 -> one pooled pixel
+    (48, 3, 7, 5, "VALID"),  # conv2's kernel, odd conv output (42 -> 21)
+    (21, 4, 4, 3, "VALID"),  # even kernel, odd conv output (18 -> 9)
+    (13, 2, 3, 4, "SAME"),  # the small model's blocks: SAME, odd plane
+    (12, 1, 4, 2, "SAME"),  # SAME with an even kernel
+    (6, 2, 5, 3, "VALID"),  # conv output 2 -> one pooled pixel
 ]
 
 
@@ -133,8 +134,8 @@ def test_s2d_choice_and_model_equivalence():
     """auto picks s2d only off CPU, for thin or large-kernel blocks; a model forced to s2d embeds
     exactly as the plain one (same parameters)."""
     assert not layers.prefers_s2d((10, 10, 1, 64), backend="cpu")
-    assert layers.prefers_s2d((10, 10, 1, 64), backend="gpu")      # paper conv1
-    assert layers.prefers_s2d((7, 7, 64, 128), backend="gpu")      # paper conv2: 1.31x the work
+    assert layers.prefers_s2d((10, 10, 1, 64), backend="gpu")  # paper conv1
+    assert layers.prefers_s2d((7, 7, 64, 128), backend="gpu")  # paper conv2: 1.31x the work
     assert not layers.prefers_s2d((4, 4, 128, 128), backend="gpu")  # paper conv3: 2.25x
     assert not layers.prefers_s2d((3, 3, 64, 64), backend="gpu")
     import siamax
@@ -147,13 +148,13 @@ def test_s2d_choice_and_model_equivalence():
 
 
 WINOGRAD_CASES = [  # (H, Cin, Cout, padding): 3x3 kernels; odd/even planes, partial last tiles, both paddings
-    (12, 8, 16, "SAME"),   # the small model's blocks
-    (17, 16, 4, "SAME"),   # odd plane, like conv2: a partial last tile for every tile size
-    (8, 3, 5, "SAME"),     # exact tiles, like conv3
-    (4, 64, 8, "SAME"),    # one tile, like conv4
+    (12, 8, 16, "SAME"),  # the small model's blocks
+    (17, 16, 4, "SAME"),  # odd plane, like conv2: a partial last tile for every tile size
+    (8, 3, 5, "SAME"),  # exact tiles, like conv3
+    (4, 64, 8, "SAME"),  # one tile, like conv4
     (9, 5, 7, "VALID"),
     (10, 2, 3, "VALID"),
-    (3, 4, 2, "VALID"),    # a single output pixel
+    (3, 4, 2, "VALID"),  # a single output pixel
 ]
 
 
@@ -176,11 +177,11 @@ def test_winograd_matches_xla(monkeypatch, tile, h, cin, cout, padding):
 
 
 DIRECT_CASES = [  # (H, k, Cout, padding): single-channel inputs
-    (35, 3, 8, "SAME"),    # the small model's conv1 (odd plane: floor pooling drops a row/column)
+    (35, 3, 8, "SAME"),  # the small model's conv1 (odd plane: floor pooling drops a row/column)
     (12, 3, 4, "VALID"),
     (11, 5, 3, "SAME"),
-    (10, 2, 4, "VALID"),   # even kernel
-    (8, 4, 3, "SAME"),     # even kernel, SAME
+    (10, 2, 4, "VALID"),  # even kernel
+    (8, 4, 3, "SAME"),  # even kernel, SAME
 ]
 
 
@@ -190,8 +191,7 @@ def test_direct_matches_xla(h, k, cout, padding):
     x = jax.random.normal(kx, (3, h, h, 1))
     w = jax.random.normal(kw, (k, k, 1, cout)) / k
     ref = layers.conv2d(x, w, padding, "xla")
-    np.testing.assert_allclose(_fwd("direct", padding)(x, w), ref, rtol=1e-5,
-                               atol=1e-6 * float(jnp.abs(ref).max()))
+    np.testing.assert_allclose(_fwd("direct", padding)(x, w), ref, rtol=1e-5, atol=1e-6 * float(jnp.abs(ref).max()))
     gref = _jgrad(_loss("xla", padding), (0, 1))(x, w)
     ggot = _jgrad(_loss("direct", padding), (0, 1))(x, w)
     for a, r, name in zip(ggot, gref, ("d input", "d kernel")):
@@ -231,7 +231,7 @@ def test_new_impls_under_jit_and_vmap(impl, cin):
 
     def loss(w, b, impl):
         y = jax.vmap(lambda xi: layers.conv_relu_pool(xi, w, b, "SAME", impl))(x)
-        return jnp.sum(y ** 2) + jnp.sum(jax.vmap(lambda xi: layers.conv2d(xi, w, "VALID", impl))(x) ** 2)
+        return jnp.sum(y**2) + jnp.sum(jax.vmap(lambda xi: layers.conv2d(xi, w, "VALID", impl))(x) ** 2)
 
     ref = jax.jit(jax.grad(loss, (0, 1)), static_argnums=2)(w, b, "xla")
     got = jax.jit(jax.grad(loss, (0, 1)), static_argnums=2)(w, b, impl)
@@ -279,5 +279,6 @@ def test_masked_pool_gradient_matches_autodiff(shape):
     wts = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
     loss = lambda pool: lambda x: jnp.sum(jax.vmap(lambda xi: pool(jax.nn.relu(xi)))(x) * wts)
     np.testing.assert_array_equal(jax.vmap(layers._max_pool_2x2_masked)(x), jax.vmap(layers.max_pool_2x2)(x))
-    np.testing.assert_allclose(_jgrad(loss(layers._max_pool_2x2_masked))(x), _jgrad(loss(layers.max_pool_2x2))(x),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        _jgrad(loss(layers._max_pool_2x2_masked))(x), _jgrad(loss(layers.max_pool_2x2))(x), rtol=1e-6, atol=1e-6
+    )

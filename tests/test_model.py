@@ -1,4 +1,5 @@
 """The paper's architecture and initialisation, and the twin's weight sharing."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,9 @@ import pytest
 import siamax
 from siamax.model import ModelSpec
 
-TINY = ModelSpec(input_size=16, filters=(4, 8), kernels=(3, 3), pools=(True, True), padding="SAME",
-                 fc_units=16, init="lecun")
+TINY = ModelSpec(
+    input_size=16, filters=(4, 8), kernels=(3, 3), pools=(True, True), padding="SAME", fc_units=16, init="lecun"
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +25,12 @@ def test_paper_parameter_count(paper_params):
     w = paper_params.weights
     shapes = {name: (layer["kernel"].shape, layer["bias"].shape) for name, layer in w.items()}
     assert shapes == {
-        "conv1": ((10, 10, 1, 64), (64,)), "conv2": ((7, 7, 64, 128), (128,)),
-        "conv3": ((4, 4, 128, 128), (128,)), "conv4": ((4, 4, 128, 256), (256,)),
-        "fc": ((9216, 4096), (4096,)), "head": ((4096, 1), (1,)),
+        "conv1": ((10, 10, 1, 64), (64,)),
+        "conv2": ((7, 7, 64, 128), (128,)),
+        "conv3": ((4, 4, 128, 128), (128,)),
+        "conv4": ((4, 4, 128, 256), (256,)),
+        "fc": ((9216, 4096), (4096,)),
+        "head": ((4096, 1), (1,)),
     }
 
 

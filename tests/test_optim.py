@@ -1,4 +1,5 @@
 """The paper's per-layer SGD: learning-rate decay, momentum ramp, and the update rule."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,8 +9,13 @@ import pytest
 from siamax import optim
 
 LAYERS = ("conv1", "fc", "head")
-CFG = optim.SGDConfig(learning_rates=(("conv1", 0.05), ("fc", 0.01)), momenta=(("conv1", 0.9), ("fc", 0.7)),
-                      default_learning_rate=0.001, default_momentum=0.8, momentum_ramp_epochs=5)
+CFG = optim.SGDConfig(
+    learning_rates=(("conv1", 0.05), ("fc", 0.01)),
+    momenta=(("conv1", 0.9), ("fc", 0.7)),
+    default_learning_rate=0.001,
+    default_momentum=0.8,
+    momentum_ramp_epochs=5,
+)
 STEPS = 4
 
 
@@ -25,7 +31,7 @@ def test_schedules_match_formulas(epoch):
     for step in (epoch * STEPS, epoch * STEPS + STEPS - 1):  # constant within an epoch
         for layer in LAYERS:
             lr, mom = scheds[layer]
-            assert np.isclose(float(lr(step)), etas[layer] * 0.99 ** epoch)
+            assert np.isclose(float(lr(step)), etas[layer] * 0.99**epoch)
             expected_mu = 0.5 + (mus[layer] - 0.5) * min(epoch / 5, 1.0)
             assert np.isclose(float(mom(step)), expected_mu)
 
@@ -54,7 +60,7 @@ def test_update_is_the_papers_momentum_rule():
     scheds = optim.layer_schedules(LAYERS, CFG, 1)
     prev = {layer: 0.0 for layer in LAYERS}
     for t in range(4):
-        g = jax.tree.map(lambda x: jnp.full_like(x, t + 1.0), w)
+        g = jax.tree.map(lambda x, t=t: jnp.full_like(x, t + 1.0), w)
         updates, state = tx.update(g, state, w)
         for layer in LAYERS:
             lr, mom = scheds[layer]
@@ -75,4 +81,4 @@ def test_adam_decays_per_epoch():
     state = tx.init({"w": jnp.ones(3)})
     for _ in range(21):
         _, state = tx.update({"w": jnp.ones(3)}, state)
-    assert np.isclose(float(state.hyperparams["learning_rate"]), 1e-3 * 0.99 ** 2)
+    assert np.isclose(float(state.hyperparams["learning_rate"]), 1e-3 * 0.99**2)

@@ -1,4 +1,5 @@
 """siamax.runtime: glibc keeps freed blocks, so a repeated large allocation stops page-faulting."""
+
 import os
 import subprocess
 import sys

@@ -1,4 +1,5 @@
 """Data parallelism: one train step on 1 device == on 8 (simulated) devices == on 2 processes."""
+
 import os
 import socket
 import subprocess
@@ -13,16 +14,20 @@ import siamax
 from siamax import optim, sharding, train
 from siamax.model import ModelSpec
 
-SPEC = ModelSpec(input_size=16, filters=(4, 8), kernels=(3, 3), pools=(True, True), padding="SAME",
-                 fc_units=16, init="lecun")
+SPEC = ModelSpec(
+    input_size=16, filters=(4, 8), kernels=(3, 3), pools=(True, True), padding="SAME", fc_units=16, init="lecun"
+)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _batch(n=16, seed=0):
     rng = np.random.default_rng(seed)
     s = SPEC.input_size
-    return {"x1": rng.random((n, s, s), dtype=np.float32), "x2": rng.random((n, s, s), dtype=np.float32),
-            "y": (rng.random(n) > 0.5).astype(np.float32)}
+    return {
+        "x1": rng.random((n, s, s), dtype=np.float32),
+        "x2": rng.random((n, s, s), dtype=np.float32),
+        "y": (rng.random(n) > 0.5).astype(np.float32),
+    }
 
 
 def _state():
@@ -118,11 +123,20 @@ def test_two_processes_agree_with_one(tmp_path):
     port = _free_port()
     procs = []
     for pid in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-                   SIAMAX_COORDINATOR_ADDRESS=f"localhost:{port}", SIAMAX_NUM_PROCESSES="2",
-                   SIAMAX_PROCESS_ID=str(pid), PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS="--xla_force_host_platform_device_count=1",
+            SIAMAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+            SIAMAX_NUM_PROCESSES="2",
+            SIAMAX_PROCESS_ID=str(pid),
+            PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     logs = []
     try:
         for p in procs:

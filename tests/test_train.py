@@ -1,4 +1,5 @@
 """The jitted train step: metrics, donation, learning a synthetic same/different task."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +9,9 @@ import siamax
 from siamax import optim, train
 from siamax.model import ModelSpec
 
-TINY = ModelSpec(input_size=16, filters=(8, 16), kernels=(3, 3), pools=(True, True), padding="SAME",
-                 fc_units=32, init="lecun")
+TINY = ModelSpec(
+    input_size=16, filters=(8, 16), kernels=(3, 3), pools=(True, True), padding="SAME", fc_units=32, init="lecun"
+)
 
 
 def _prototypes(n_classes=6, size=16, seed=0):

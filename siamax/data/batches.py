@@ -5,10 +5,11 @@ a batch is drawn as indices with ``jax.random`` and gathered (and distorted) ins
 host never becomes the bottleneck. The batch of global step ``t`` depends only on (seed, t), which
 is what makes an interrupted run resume to exactly the same parameters.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +26,9 @@ def device_images(data: og.Omniglot, spec, chunk: int = 2048) -> jax.Array:
 
     flat = data.images.reshape(-1, *data.images.shape[2:])
     n = len(flat)
-    flat = np.concatenate([flat, flat[:(-n) % chunk]])  # equal chunks: one compilation
+    flat = np.concatenate([flat, flat[: (-n) % chunk]])  # equal chunks: one compilation
     to_model = jax.jit(lambda x: jnp.round(preprocess(spec, x, ink=data.ink) * 255).astype(jnp.uint8))
-    return jnp.concatenate([to_model(flat[i:i + chunk]) for i in range(0, len(flat), chunk)])[:n]
+    return jnp.concatenate([to_model(flat[i : i + chunk]) for i in range(0, len(flat), chunk)])[:n]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +41,7 @@ class Sampler:
     images_per_step: int
 
 
-def _episodic_indices(key, arrays: PairArrays, n_alphabets: int, chars_per_alphabet: int, drawers: int,
-                      max_count: int):
+def _episodic_indices(key, arrays: PairArrays, n_alphabets: int, chars_per_alphabet: int, drawers: int, max_count: int):
     """Characters from ``n_alphabets`` random alphabets, ``drawers`` distinct drawings of each.
 
     Alphabets with fewer characters than asked contribute duplicates (same label, so they only add
@@ -68,8 +68,9 @@ def make_sampler(cfg, split, images: jax.Array, seed: int) -> Sampler:
     key = jax.random.key(seed)
     if cfg.objective in ("episodic", "all_pairs"):
         if cfg.episode_chars % cfg.episode_alphabets:
-            raise ValueError(f"episode_chars ({cfg.episode_chars}) must divide by episode_alphabets "
-                             f"({cfg.episode_alphabets})")
+            raise ValueError(
+                f"episode_chars ({cfg.episode_chars}) must divide by episode_alphabets ({cfg.episode_alphabets})"
+            )
         arrays = pair_arrays(split)
         if cfg.episode_drawers > len(split.drawers):
             raise ValueError(f"episode_drawers={cfg.episode_drawers} but the split has {len(split.drawers)} drawers")
@@ -81,12 +82,12 @@ def make_sampler(cfg, split, images: jax.Array, seed: int) -> Sampler:
         @jax.jit
         def episodic(step):
             k_step = jax.random.fold_in(key, step)
-            idx, labels = _episodic_indices(k_step, arrays, cfg.episode_alphabets, per, cfg.episode_drawers,
-                                            max_count)
+            idx, labels = _episodic_indices(k_step, arrays, cfg.episode_alphabets, per, cfg.episode_drawers, max_count)
             x = images[idx]
             if cfg.rotations:
-                turns = jnp.repeat(jax.random.randint(jax.random.fold_in(k_step, 1), (cfg.episode_chars,), 0, 4),
-                                   cfg.episode_drawers)
+                turns = jnp.repeat(
+                    jax.random.randint(jax.random.fold_in(k_step, 1), (cfg.episode_chars,), 0, 4), cfg.episode_drawers
+                )
                 x, labels = rotate90(x, turns), labels * 4 + turns
             return {"x": x, "labels": labels}
 

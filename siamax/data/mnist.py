@@ -1,4 +1,5 @@
 """MNIST from the four original idx ``.gz`` files, through a TensorFlow-free TFDS builder."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,102 +11,107 @@ import numpy as np
 from siamax.data import _paths
 from siamax.data.omniglot import _tfds, prepare, read_records
 
-_FILES = {"train": ("mnist_train_images", "mnist_train_labels"),
-          "test": ("mnist_test_images", "mnist_test_labels")}
+_FILES = {"train": ("mnist_train_images", "mnist_train_labels"), "test": ("mnist_test_images", "mnist_test_labels")}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Mnist:
-  """MNIST in memory, native form: uint8 (n, 28, 28), 255 = ink (light strokes on dark, ``ink="light"``)."""
-  train_images: np.ndarray
-  train_labels: np.ndarray
-  test_images: np.ndarray
-  test_labels: np.ndarray
-  ink: str = "light"
+    """MNIST in memory, native form: uint8 (n, 28, 28), 255 = ink (light strokes on dark, ``ink="light"``)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    ink: str = "light"
 
 
 def read_idx(path) -> np.ndarray:
-  """An idx file (gzipped) as a numpy array, after checking its magic number and size."""
-  with gzip.open(path, "rb") as f:
-    data = f.read()
-  if data[:2] != b"\0\0" or data[2] != 0x08:
-    raise ValueError(f"{path}: not an idx file of uint8")
-  ndim = data[3]
-  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-  array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-  if array.size != int(np.prod(shape)):
-    raise ValueError(f"{path}: {array.size} values for shape {shape}")
-  return array.reshape(shape)
+    """An idx file (gzipped) as a numpy array, after checking its magic number and size."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\0\0" or data[2] != 0x08:
+        raise ValueError(f"{path}: not an idx file of uint8")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: {array.size} values for shape {shape}")
+    return array.reshape(shape)
 
 
 @functools.cache
 def _builder_class():
-  tfds = _tfds()
+    tfds = _tfds()
 
-  class SiamaxMnist(tfds.core.GeneratorBasedBuilder):
-    """MNIST (LeCun et al.), 28x28 uint8, prepared from the original idx files without TensorFlow."""
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "From the four idx .gz files; Tensor features."}
+    class SiamaxMnist(tfds.core.GeneratorBasedBuilder):
+        """MNIST (LeCun et al.), 28x28 uint8, prepared from the original idx files without TensorFlow."""
 
-    def __init__(self, *, source_dir=None, **kwargs):
-      self._source_dir = source_dir
-      super().__init__(**kwargs)
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {"1.0.0": "From the four idx .gz files; Tensor features."}
 
-    def _info(self):
-      f = tfds.features
-      return tfds.core.DatasetInfo(
-          builder=self,
-          description="MNIST digits; image uint8, 255 = ink.",
-          features=f.FeaturesDict({
-              "image": f.Tensor(shape=(28, 28), dtype=np.uint8, encoding=f.Encoding.ZLIB),
-              "label": f.ClassLabel(num_classes=10),
-              "index": f.Scalar(dtype=np.int32),  # position in the idx file
-          }),
-          homepage="http://yann.lecun.com/exdb/mnist/",
-      )
+        def __init__(self, *, source_dir=None, **kwargs):
+            self._source_dir = source_dir
+            super().__init__(**kwargs)
 
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      paths = _paths.locate([n for pair in _FILES.values() for n in pair], self._source_dir)
-      arrays = {}
-      for split, (img, lab) in _FILES.items():
-        images, labels = read_idx(paths[img]), read_idx(paths[lab])
-        if images.shape[1:] != (28, 28) or images.shape[0] != labels.shape[0]:
-          raise ValueError(f"MNIST {split}: images {images.shape} vs labels {labels.shape}")
-        arrays[split] = (images, labels)
-      return {s: self._generate_examples(*arrays[s]) for s in _FILES}
+        def _info(self):
+            f = tfds.features
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description="MNIST digits; image uint8, 255 = ink.",
+                features=f.FeaturesDict(
+                    {
+                        "image": f.Tensor(shape=(28, 28), dtype=np.uint8, encoding=f.Encoding.ZLIB),
+                        "label": f.ClassLabel(num_classes=10),
+                        "index": f.Scalar(dtype=np.int32),  # position in the idx file
+                    }
+                ),
+                homepage="http://yann.lecun.com/exdb/mnist/",
+            )
 
-    def _generate_examples(self, images, labels):
-      for i, (image, label) in enumerate(zip(images, labels)):
-        yield i, {"image": image, "label": int(label), "index": i}
+        def _split_generators(self, dl_manager):
+            del dl_manager
+            paths = _paths.locate([n for pair in _FILES.values() for n in pair], self._source_dir)
+            arrays = {}
+            for split, (img, lab) in _FILES.items():
+                images, labels = read_idx(paths[img]), read_idx(paths[lab])
+                if images.shape[1:] != (28, 28) or images.shape[0] != labels.shape[0]:
+                    raise ValueError(f"MNIST {split}: images {images.shape} vs labels {labels.shape}")
+                arrays[split] = (images, labels)
+            return {s: self._generate_examples(*arrays[s]) for s in _FILES}
 
-  return SiamaxMnist
+        def _generate_examples(self, images, labels):
+            for i, (image, label) in enumerate(zip(images, labels)):
+                yield i, {"image": image, "label": int(label), "index": i}
+
+    return SiamaxMnist
 
 
 def mnist_builder(data_dir=None, tfds_dir=None):
-  """The TFDS builder (not yet prepared)."""
-  return _builder_class()(source_dir=_paths.data_dir(data_dir), data_dir=str(_paths.tfds_dir(tfds_dir)),
-                          file_format="array_record")
+    """The TFDS builder (not yet prepared)."""
+    return _builder_class()(
+        source_dir=_paths.data_dir(data_dir), data_dir=str(_paths.tfds_dir(tfds_dir)), file_format="array_record"
+    )
 
 
 def load_mnist(data_dir=None, tfds_dir=None) -> Mnist:
-  """MNIST in memory (original order restored), preparing the TFDS dataset first if needed."""
-  return _load_mnist(str(_paths.data_dir(data_dir)), str(_paths.tfds_dir(tfds_dir)))
+    """MNIST in memory (original order restored), preparing the TFDS dataset first if needed."""
+    return _load_mnist(str(_paths.data_dir(data_dir)), str(_paths.tfds_dir(tfds_dir)))
 
 
 @functools.lru_cache(maxsize=4)
 def _load_mnist(data_dir: str, tfds_dir: str) -> Mnist:
-  builder = prepare(lambda: mnist_builder(data_dir, tfds_dir))
-  out = {}
-  for split in _FILES:
-    # TFDS shuffles records by key hash; put them back in the idx files' order.
-    r = read_records(builder, split, {"image": ((28, 28), np.uint8), "label": ((), np.int64),
-                                      "index": ((), np.int64)})
-    order = np.argsort(r["index"])
-    if not np.array_equal(r["index"][order], np.arange(len(order))):
-      raise ValueError(f"prepared MNIST {split} in {tfds_dir} is incomplete; delete its siamax_mnist folder")
-    for k in ("image", "label"):
-      r[k] = r[k][order]
-      r[k].setflags(write=False)
-    out[f"{split}_images"], out[f"{split}_labels"] = r["image"], r["label"]
-  return Mnist(**out)
+    builder = prepare(lambda: mnist_builder(data_dir, tfds_dir))
+    out = {}
+    for split in _FILES:
+        # TFDS shuffles records by key hash; put them back in the idx files' order.
+        r = read_records(
+            builder, split, {"image": ((28, 28), np.uint8), "label": ((), np.int64), "index": ((), np.int64)}
+        )
+        order = np.argsort(r["index"])
+        if not np.array_equal(r["index"][order], np.arange(len(order))):
+            raise ValueError(f"prepared MNIST {split} in {tfds_dir} is incomplete; delete its siamax_mnist folder")
+        for k in ("image", "label"):
+            r[k] = r[k][order]
+            r[k].setflags(write=False)
+        out[f"{split}_images"], out[f"{split}_labels"] = r["image"], r["label"]
+    return Mnist(**out)
