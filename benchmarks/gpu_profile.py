@@ -8,9 +8,10 @@ its time limit still leaves what it finished:
 
 1. the bf16 matrix-product ceiling (8192^3, random data) through jnp.dot and, if present, torch;
 2. per layer, on the paper network's own shapes: forward and forward+both-gradients of each
-   convolution for every implementation in ``siamax.layers``, ReLU+pool, the fc layer;
+   convolution for every implementation in ``siamax.conv``, ReLU+pool, the fc layer;
 3. the full training step (``siamax.train``) for variants: batch sizes, per-layer convolution
-   implementations, pooling as ``reduce_window``;
+   implementations (through ``ModelSpec.conv_impl``; each result carries its ``conv_plan``),
+   pooling as ``reduce_window``;
 4. a device trace (``jax.profiler``, perfetto) of the base training step, its kernels summed by name;
 5. the base step under other ``XLA_FLAGS`` (each in a fresh process).
 
@@ -147,9 +148,9 @@ def _conv_timing(x, w, padding, impl, g, flops, passes):
     """passes 2: conv1 (no input gradient: its input is data), 3: the others."""
     import jax
 
-    from siamax import layers
+    from siamax import conv as convs
 
-    conv = lambda x, w: layers.conv2d(x, w, padding, impl)
+    conv = lambda x, w: convs.conv2d(x, w, padding, impl)
     fwd = jax.jit(conv)
     if passes == 2:
         both = jax.jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g))
@@ -170,9 +171,9 @@ def _block_timing(x, w, bias, padding, fused, wrt_x):
     import jax
     import jax.numpy as jnp
 
-    from siamax import layers
+    from siamax import conv
 
-    block = lambda x, w: layers.conv_relu_pool(x, w, bias, padding, "s2d" if fused else "xla")
+    block = lambda x, w: conv.conv_relu_pool(x, w, bias, padding, "s2d" if fused else "xla")
     fwd = jax.jit(block)
     g = jnp.ones(fwd(x, w).shape, x.dtype)
     if wrt_x:
@@ -224,7 +225,7 @@ def layer_profile(run, spec, images):
     import jax
     import jax.numpy as jnp
 
-    from siamax import layers
+    from siamax import conv
 
     dtype = jnp.dtype(spec.dtype)
     keys = iter(jax.random.split(jax.random.key(0), 64))
@@ -233,7 +234,7 @@ def layer_profile(run, spec, images):
         x = jax.random.uniform(next(keys), (images, size, size, cin), dtype)
         w = (0.05 * jax.random.normal(next(keys), (k, k, cin, f))).astype(dtype)
         g = jax.random.normal(next(keys), (images, out, out, f), dtype)
-        flops = layers.conv_flops(x.shape, w.shape, spec.padding)
+        flops = conv.conv_flops(x.shape, w.shape, spec.padding)
         for impl in ["xla", "matmul", "fft"] + (["hybrid"] if cin == 1 else []):
             run.attempt(
                 "layers",
@@ -250,9 +251,7 @@ def layer_profile(run, spec, images):
                     functools.partial(_block_timing, x, w, bias, spec.padding, fused, i > 0),
                 )
         for name, fn in (
-            (("reshape_max", layers.max_pool_2x2), ("reduce_window", _pool_reduce_window))
-            if pool
-            else (("none", None),)
+            (("reshape_max", conv.max_pool_2x2), ("reduce_window", _pool_reduce_window)) if pool else (("none", None),)
         ):
             run.attempt(
                 "layers",
@@ -276,19 +275,22 @@ def _pool_reduce_window(x):
 
 # ----------------------------------------------------------------------------- 3. train step
 @contextlib.contextmanager
-def patched(conv_impls=None, pool=None):
-    """Per-layer convolution implementations (by the layer's kernel size) and/or another pooling."""
-    from siamax import layers
+def patched_pool(pool=None):
+    """Planned "max" poolings as ``reduce_window`` instead (a measurement only: no plan names it)."""
+    from siamax import conv
 
-    saved = layers.choose_impl, layers.max_pool_2x2
-    if conv_impls:
-        layers.choose_impl = lambda xs, ks, padding="VALID", backend=None: conv_impls.get(ks[0], "xla")
+    saved = conv.POOLS["max"]
     if pool == "reduce_window":
-        layers.max_pool_2x2 = _pool_reduce_window
+        conv.POOLS["max"] = _pool_reduce_window
     try:
         yield
     finally:
-        layers.choose_impl, layers.max_pool_2x2 = saved
+        conv.POOLS["max"] = saved
+
+
+def only_layer(spec, layer, impl):
+    """``spec`` with conv layer ``layer`` (1-based) forced to ``impl`` and the others left to "auto"."""
+    return spec.replace(conv_impl=tuple(impl if i == layer - 1 else "auto" for i in range(len(spec.filters))))
 
 
 def _random_pairs(spec, batch_size):
@@ -304,7 +306,7 @@ def _random_pairs(spec, batch_size):
 
 
 def _compiled(step_fn, state, batch):
-    """(call, compile seconds, compiled step): a fresh jit, so patched layers are traced anew; the
+    """(call, compile seconds, compiled step): a fresh jit, so a patched pooling is traced anew; the
     state is donated, so it lives in a box."""
     import jax
 
@@ -343,7 +345,10 @@ def _rate(compiled, batch_size, flops_per_pair, peak_flops):
 
 
 def train_rate(spec, batch_size, flops_per_pair, peak_flops):
-    return _rate(_library_step(spec, batch_size), batch_size, flops_per_pair, peak_flops)
+    from siamax import conv
+
+    out = _rate(_library_step(spec, batch_size), batch_size, flops_per_pair, peak_flops)
+    return out | {"conv_plan": conv.plan_dict(spec)}  # what each layer ran
 
 
 def _functional_step(spec, s2d_layers):
@@ -354,7 +359,7 @@ def _functional_step(spec, s2d_layers):
     import jax.numpy as jnp
     import optax
 
-    from siamax import layers, losses
+    from siamax import conv, losses
 
     dt = jnp.dtype(spec.dtype)
 
@@ -362,10 +367,10 @@ def _functional_step(spec, s2d_layers):
         for i, pool in enumerate(spec.pools):
             kern, bias = (w[f"conv{i + 1}"][n].astype(dt) for n in ("kernel", "bias"))
             if pool and i in s2d_layers:
-                x = layers.conv_relu_pool(x, kern, bias, spec.padding, "s2d")
+                x = conv.conv_relu_pool(x, kern, bias, spec.padding, "s2d")
             else:
-                x = jax.nn.relu(layers.conv2d(x, kern, spec.padding, "xla") + bias)
-                x = layers.max_pool_2x2(x) if pool else x
+                x = jax.nn.relu(conv.conv2d(x, kern, spec.padding, "xla") + bias)
+                x = conv.max_pool_2x2(x) if pool else x
         x = x.reshape(x.shape[0], -1)
         if spec.fc_units:
             x = jax.nn.sigmoid(x @ w["fc"]["kernel"].astype(dt) + w["fc"]["bias"].astype(dt))
@@ -493,16 +498,14 @@ def main(argv=None):
             lambda chosen=chosen: functional_rate(spec, b0, chosen, fpp, peak_flops),
             need_s=60,
         )
-    variants = (
-        {
-            "conv1 matmul": {"conv_impls": {10: "matmul"}},
-            "conv1 hybrid": {"conv_impls": {10: "hybrid"}},
-            "pool reduce_window": {"pool": "reduce_window"},
-            "conv2 fft": {"conv_impls": {7: "fft"}},
-        }
-        if not args.smoke
-        else {"conv1 matmul": {"conv_impls": {3: "matmul"}}, "pool reduce_window": {"pool": "reduce_window"}}
-    )
+    variants = {  # name: (spec, pooling)
+        "conv1 matmul": (only_layer(spec, 1, "matmul"), None),
+        "conv1 hybrid": (only_layer(spec, 1, "hybrid"), None),
+        "pool reduce_window": (spec, "reduce_window"),
+        "conv2 fft": (only_layer(spec, 2, "fft"), None),
+    }
+    if args.smoke:
+        variants = {k: variants[k] for k in ("conv1 matmul", "pool reduce_window")}
     for b in batches[1:]:
         run.attempt("train", f"base b{b}", lambda b=b: train_rate(spec, b, fpp, peak_flops), need_s=60)
         run.attempt(
@@ -513,11 +516,11 @@ def main(argv=None):
         )
     layer_images = 16 if args.smoke else 2 * b0
     layer_profile(run, spec, layer_images)
-    for name, kw in variants.items():
+    for name, (vspec, pool) in variants.items():
 
-        def one(kw=kw):
-            with patched(**kw):
-                return train_rate(spec, b0, fpp, peak_flops)
+        def one(vspec=vspec, pool=pool):
+            with patched_pool(pool):
+                return train_rate(vspec, b0, fpp, peak_flops)
 
         run.attempt("train", f"{name} b{b0}", one, need_s=60)
     for name, flag in ({} if args.smoke else FLAG_VARIANTS).items():

@@ -115,8 +115,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--conv-impl",
         default=None,
-        choices=("auto", "xla", "matmul", "fft", "hybrid", "s2d"),
-        help="override the preset's convolution implementation (siamax.layers; default: the preset's, 'auto')",
+        help="override the preset's convolution implementation: a name from siamax.conv.IMPLS, checked when the "
+        "model is built (default: the preset's, 'auto')",
     )
     p.add_argument(
         "--compare",

@@ -15,12 +15,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from siamax import layers
+from siamax import conv
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "none": lambda x: x}
 INITS = ("koch", "lecun")
 NORMS = ("none", "layer")
-CONV_IMPLS = ("auto", "xla", "matmul", "fft", "hybrid", "winograd", "direct", "s2d")  # see siamax.layers
 DTYPES = ("float32", "bfloat16")
 
 
@@ -44,16 +43,18 @@ class ModelSpec:
     norm: str = "none"  # "layer": LayerNorm over channels after each conv (not in the paper)
     init: str = "koch"
     dtype: str = "float32"  # compute dtype; parameters always stay float32
-    # "auto": per layer and backend the fastest of the equal-maths implementations in siamax.layers
-    # (on GPU/TPU XLA's conv, pooled blocks by space-to-depth where that is faster; on CPU FFT or
-    # patches+matmul, Winograd or direct where faster); "xla", "matmul", "fft", "hybrid", "winograd",
-    # "direct", "s2d" force one.
-    conv_impl: str = "auto"
+    # One of siamax.conv.IMPLS for every conv layer, or a tuple of one per layer. "auto": per layer
+    # and backend the fastest of the equal-maths implementations (on GPU/TPU XLA's conv, pooled blocks
+    # by space-to-depth where that is faster; on CPU FFT, hybrid, Winograd or direct where faster);
+    # the others force one. siamax.conv.plan(spec, backend) says what each layer runs.
+    conv_impl: str | tuple[str, ...] = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
         object.__setattr__(self, "kernels", tuple(int(k) for k in self.kernels))
         object.__setattr__(self, "pools", tuple(bool(p) for p in self.pools))
+        if isinstance(self.conv_impl, list):
+            object.__setattr__(self, "conv_impl", tuple(self.conv_impl))
         n = len(self.filters)
         if n == 0 or len(self.kernels) != n or len(self.pools) != n:
             raise ValueError(
@@ -66,7 +67,6 @@ class ModelSpec:
             ("fc_activation", self.fc_activation, tuple(ACTIVATIONS)),
             ("norm", self.norm, NORMS),
             ("init", self.init, INITS),
-            ("conv_impl", self.conv_impl, CONV_IMPLS),
             ("dtype", self.dtype, DTYPES),
         ):
             if value not in allowed:
@@ -74,6 +74,8 @@ class ModelSpec:
         if self.fc_units < 0 or self.input_size < 1:
             raise ValueError("fc_units must be >= 0 (0: no fc layer) and input_size positive")
         _ = self.feature_shape  # fails early if the image shrinks to nothing
+        # Refuses here an unknown conv_impl, or one a layer cannot take (the backend changes only "auto").
+        conv.plan(self, backend="cpu")
 
     @property
     def layer_names(self) -> tuple[str, ...]:
@@ -174,20 +176,18 @@ def _inits(spec: ModelSpec, kind: str):
 
 
 class Conv(nn.Module):
-    """Stride-1 2D convolution + bias (implementation selectable, see siamax.layers).
+    """Stride-1 2D convolution + bias as its ``plan`` says (``siamax.conv.apply``).
 
-    With ``relu_pool`` the whole block, ReLU and 2x2 max-pooling included, so that an
-    implementation may fuse them (``layers.conv_relu_pool``).
+    With ``plan.block`` the whole block, ReLU and 2x2 max-pooling included, so that an
+    implementation may fuse them.
     """
 
     features: int
     kernel_size: int
-    padding: str
-    impl: str
+    plan: conv.LayerPlan
     dtype: Any
     kernel_init: Any
     bias_init: Any
-    relu_pool: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -195,9 +195,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
         bias = self.param("bias", self.bias_init, (self.features,))
         x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-        if self.relu_pool:
-            return layers.conv_relu_pool(x, kernel, bias, self.padding, impl=self.impl)
-        return layers.conv2d(x, kernel, self.padding, impl=self.impl) + bias
+        return conv.apply(self.plan, x, kernel, bias)
 
 
 class Siamese(nn.Module):
@@ -210,20 +208,9 @@ class Siamese(nn.Module):
         dtype = jnp.dtype(s.dtype)
         conv_k, conv_b = _inits(s, "conv")
         dense_k, dense_b = _inits(s, "dense")
-        # Without a norm between convolution and ReLU, a pooled block is one op (it may be fused).
+        # Each layer's implementation is resolved once, here; the tower runs exactly this plan.
         self.convs = [
-            Conv(
-                f,
-                k,
-                s.padding,
-                s.conv_impl,
-                dtype,
-                conv_k,
-                conv_b,
-                relu_pool=pool and s.norm == "none",
-                name=f"conv{i + 1}",
-            )
-            for i, (f, k, pool) in enumerate(zip(s.filters, s.kernels, s.pools))
+            Conv(f, k, p, dtype, conv_k, conv_b, name=p.layer) for f, k, p in zip(s.filters, s.kernels, conv.plan(s))
         ]
         self.norms = (
             [nn.LayerNorm(dtype=dtype, name=f"norm{i + 1}") for i in range(len(s.filters))]
@@ -238,13 +225,13 @@ class Siamese(nn.Module):
 
     def embed(self, x):
         """(B, S, S, 1) float model input -> (B, D) float32 embeddings."""
-        for conv, norm, pool in zip(self.convs, self.norms, self.spec.pools):
-            x = conv(x)
-            if conv.relu_pool:
+        for layer, norm in zip(self.convs, self.norms):
+            x = layer(x)
+            if layer.plan.block:
                 continue
             x = nn.relu(norm(x) if norm is not None else x)
-            if pool:
-                x = layers.max_pool_2x2(x)
+            if layer.plan.pool:
+                x = conv.POOLS[layer.plan.pool](x)
         x = x.reshape(x.shape[0], -1)
         if self.fc is None:
             return x.astype(jnp.float32)

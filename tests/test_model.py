@@ -1,4 +1,8 @@
-"""The paper's architecture and initialisation, and the twin's weight sharing."""
+"""The paper's architecture and initialisation, the twin's weight sharing, and the tower's conv plan."""
+
+import dataclasses
+import json
+import re
 
 import chex
 import jax
@@ -7,7 +11,9 @@ import numpy as np
 import pytest
 
 import siamax
-from siamax.model import ModelSpec
+from siamax import conv
+from siamax.errors import ConfigError
+from siamax.model import Conv, ModelSpec, Siamese
 
 TINY = ModelSpec(
     input_size=16, filters=(4, 8), kernels=(3, 3), pools=(True, True), padding="SAME", fc_units=16, init="lecun"
@@ -62,6 +68,109 @@ def test_spec_validation():
     with pytest.raises(ValueError, match="unknown model"):
         siamax.init(jax.random.key(0), "huge")
     assert ModelSpec.from_dict(TINY.to_dict()) == TINY
+
+
+def test_conv_impl_validation():
+    """conv_impl: one registry name or one per conv layer; refused at ModelSpec time with the valid list,
+    and so is one that cannot run a layer (not deep inside tracing)."""
+    with pytest.raises(ConfigError, match=re.escape(str(conv.IMPLS))):
+        TINY.replace(conv_impl="cudnn")
+    with pytest.raises(ConfigError, match=r"one per conv layer \(2\)"):
+        TINY.replace(conv_impl=("xla", "xla", "xla"))
+    with pytest.raises(ConfigError, match=r"'winograd' cannot run conv1 \(a 10x10 kernel on 1 input channels\)"):
+        siamax.MODELS["paper"].replace(conv_impl="winograd")
+    with pytest.raises(ConfigError, match="cannot run conv2.*single-channel"):
+        siamax.MODELS["small"].replace(conv_impl="direct")
+    per_layer = TINY.replace(conv_impl=["direct", "winograd"])  # a list (as JSON gives it) becomes a tuple
+    assert per_layer.conv_impl == ("direct", "winograd") and hash(per_layer)
+    assert ModelSpec.from_dict(json.loads(json.dumps(per_layer.to_dict()))) == per_layer
+
+
+# Four layers: one input channel, 3x3, 4x4 and 2x2 kernels, pooled and not, SAME padding.
+PLANNED = ModelSpec(
+    input_size=16,
+    filters=(4, 6, 8, 8),
+    kernels=(3, 3, 4, 2),
+    pools=(True, True, True, False),
+    padding="SAME",
+    fc_units=8,
+    init="lecun",
+)
+
+
+def _weights(spec, seed=0):
+    """He-scaled random weights in the tower's tree, drawn by NumPy (siamax.init's random ops take
+    seconds to compile here; the parameters are the same whatever the implementations)."""
+    rng, cin, tree = np.random.default_rng(seed), 1, {}
+    for i, (f, k) in enumerate(zip(spec.filters, spec.kernels)):
+        tree[f"conv{i + 1}"] = {
+            "kernel": rng.normal(size=(k, k, cin, f)) * np.sqrt(2 / (k * k * cin)),
+            "bias": rng.normal(size=f) * 0.1,
+        }
+        cin = f
+    d = int(np.prod(spec.feature_shape))
+    tree["fc"] = {"kernel": rng.normal(size=(d, spec.fc_units)) / np.sqrt(d), "bias": np.zeros(spec.fc_units)}
+    tree["head"] = {"kernel": rng.normal(size=(spec.fc_units, 1)), "bias": np.zeros(1)}
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
+
+
+def _spy(monkeypatch):
+    """Wrap every registry implementation so that each call is logged as (impl, "conv" or "block", tile)."""
+    calls = []
+    for name, impl in conv.REGISTRY.items():
+
+        def logged(fn, kind, name=name):
+            def run(*args):
+                calls.append((name, kind, args[3] if kind == "conv" else None))
+                return fn(*args)
+
+            return run if fn is not None else None
+
+        spied = dataclasses.replace(impl, conv=logged(impl.conv, "conv"), block=logged(impl.block, "block"))
+        monkeypatch.setitem(conv.REGISTRY, name, spied)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "impls,ran",
+    [
+        (
+            ("direct", "winograd", "s2d", "matmul"),
+            [("direct", "block", None), ("winograd", "conv", 4), ("s2d", "block", None), ("matmul", "conv", None)],
+        ),
+        (
+            ("s2d", "hybrid", "fft", "s2d"),  # s2d on the unpooled conv4: XLA's convolution, and the plan says so
+            [("s2d", "block", None), ("hybrid", "conv", None), ("fft", "conv", None), ("xla", "conv", None)],
+        ),
+    ],
+)
+def test_tower_runs_the_plan(monkeypatch, impls, ran):
+    """Per-layer choices: the tower calls exactly the planned implementation of each layer, and embeds
+    as XLA's convolutions do (same parameters; each implementation's gradients: tests/test_layers.py)."""
+    spec = PLANNED.replace(conv_impl=impls)
+    plan = conv.plan(spec)
+    assert [(p.impl, "block" if p.fused_pool else "conv", p.tile) for p in plan] == ran
+    weights = _weights(spec)
+    x = jnp.asarray(np.random.default_rng(1).random((3, 16, 16, 1)), jnp.float32)
+    embed = lambda s: jax.jit(lambda w: Siamese(s).apply({"params": w}, x, method="embed"))
+    calls = _spy(monkeypatch)
+    got = embed(spec)(weights)
+    assert calls == ran
+    np.testing.assert_allclose(got, embed(spec.replace(conv_impl="xla"))(weights), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_module_applies_a_given_plan(monkeypatch):
+    """A hand-made plan (Winograd's F(2x2) forced through it, not a global) is what the Conv module runs."""
+    zeros = jax.nn.initializers.zeros
+    layer = Conv(5, 3, conv.LayerPlan("conv1", "winograd", "SAME", tile=2), jnp.float32, zeros, zeros)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 3)), jnp.float32)
+    w = {"params": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 3, 5)) / 5, jnp.float32), "bias": jnp.ones(5)}}
+    calls = _spy(monkeypatch)
+    y = jax.jit(layer.apply)(w, x)
+    assert calls == [("winograd", "conv", 2)]
+    ref = conv.conv2d(x, w["params"]["kernel"], "SAME", "xla") + w["params"]["bias"]
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_twin_shares_one_tree():
