@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from siamax import data as D
+from siamax import errors
 from siamax.data import _paths
 from siamax.data import omniglot as og
 
@@ -63,7 +64,7 @@ def test_omniglot_tfds_records_carry_metadata(omniglot, siamax_data_dir, siamax_
 def test_alphabet_table_matches_every_small_zip_png(omniglot, siamax_data_dir):
     n = 0
     for name in ("omniglot_small1_zip", "omniglot_small2_zip"):
-        path = _paths.locate([name], siamax_data_dir)[name]
+        path = D.require("omniglot_small", siamax_data_dir, download=False)["omniglot_small"][name]
         for alphabet, nn, char_id, drawer, image in og.read_png_zip(path):
             c = char_id - 1
             assert og.ALPHABETS[omniglot.char_alphabet[c]] == alphabet
@@ -74,7 +75,7 @@ def test_alphabet_table_matches_every_small_zip_png(omniglot, siamax_data_dir):
 
 
 def test_zip_reader_checks_table_and_completeness(siamax_data_dir):
-    path = _paths.locate(["omniglot_small1_zip"], siamax_data_dir)["omniglot_small1_zip"]
+    path = D.require("omniglot_small", siamax_data_dir, download=False)["omniglot_small"]["omniglot_small1_zip"]
     with pytest.raises(ValueError, match="16560 of the 19280 images are missing"):
         og._from_zip(path, "background")  # 2720 PNGs read and matched to the table, the rest absent
 
@@ -136,30 +137,26 @@ def _link_data(src, dst, names, corrupt=None):
 
 def test_missing_folder_names_setting_folder_and_files(tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(D.DataError) as e:
         D.load_omniglot(missing, tmp_path / "tfds", download=False)
     msg = str(e.value)
     assert "SIAMAX_DATA_DIR" in msg and str(missing) in msg and "images_background.npz" in msg
-    assert "does not exist" in msg
-    with pytest.raises(FileNotFoundError, match="all_runs.zip"):
-        D.lake_runs(missing)
-    assert not (tmp_path / "tfds" / "siamax_omniglot" / "1.0.0").exists()
-
-
-def test_offline_download_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(og, "_online", lambda: False)
-    with pytest.raises(FileNotFoundError, match="not reachable") as e:
-        D.load_omniglot(tmp_path / "empty", tmp_path / "tfds")
-    assert "images_evaluation.zip" in str(e.value) and "images_evaluation.npz" in str(e.value)
-    assert not any(p.name == "1.0.0" or "incomplete" in p.name for p in (tmp_path / "tfds").rglob("*"))
+    assert "does not exist" in msg and "\n" not in msg
+    with pytest.raises(D.DataError, match="all_runs.zip"):
+        D.lake_runs(missing)  # an explicit folder must exist, also when downloads are on
+    assert not (tmp_path / "tfds" / "siamax_omniglot" / "1.0.0").exists() and not missing.exists()
 
 
 def test_missing_file_names_it(tmp_path, siamax_data_dir):
     names = ["mnist_train_images", "mnist_train_labels", "mnist_test_images"]  # no test labels
     _link_data(siamax_data_dir, tmp_path / "data", names)
-    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.gz") as e:
-        D.load_mnist(tmp_path / "data", tmp_path / "tfds")
-    assert "SIAMAX_DATA_DIR" in str(e.value)
+    with pytest.raises(D.DataError) as e:
+        D.load_mnist(tmp_path / "data", tmp_path / "tfds", download=False)
+    msg = str(e.value)
+    archive = _paths.ARCHIVES["mnist_test_labels"]
+    assert str(tmp_path / "data" / archive.relpath) in msg and archive.sha256 in msg and archive.url in msg
+    assert "SIAMAX_DATA_DIR" in msg and "\n" not in msg and isinstance(e.value, FileNotFoundError)
+    assert "train-images" not in msg  # only the missing file is named
 
 
 def test_checksum_mismatch_leaves_nothing_behind(tmp_path, siamax_data_dir):
@@ -167,9 +164,10 @@ def test_checksum_mismatch_leaves_nothing_behind(tmp_path, siamax_data_dir):
     _link_data(siamax_data_dir, tmp_path / "data", names, corrupt="omniglot_evaluation_npz")
     tfds_dir = tmp_path / "tfds"
     with pytest.raises(D.ChecksumError) as e:
-        D.load_omniglot(tmp_path / "data", tfds_dir, download=False)
+        D.load_omniglot(tmp_path / "data", tfds_dir)  # a corrupt file is refused, never re-downloaded over
     msg = str(e.value)
     assert "images_evaluation.npz" in msg and _paths.ARCHIVES["omniglot_evaluation_npz"].sha256 in msg
+    assert "Delete it" in msg and "\n" not in msg and isinstance(e.value, errors.ChecksumError)
     actual = _paths._sha256(
         str((tmp_path / "data" / _paths.ARCHIVES["omniglot_evaluation_npz"].relpath).resolve()), 0, 0
     )

@@ -1,10 +1,13 @@
 """Data for siamax: Omniglot and MNIST (offline TFDS builders), Lake's runs, splits, pairs, tasks.
 
-Settings: ``SIAMAX_DATA_DIR`` (raw archives, laid out like the project's shared/data) and
-``SIAMAX_TFDS_DIR`` (prepared datasets, default ``~/.cache/siamax/tfds``). See ``docs/data.md``.
+Settings: ``SIAMAX_DATA_DIR`` (raw archives, laid out like the project's shared/data),
+``SIAMAX_TFDS_DIR`` (prepared datasets, default ``~/.cache/siamax/tfds``) and ``SIAMAX_DATA_URL``
+(a mirror for downloads). ``require(datasets)`` makes sure every file a run will read is present and
+verified (downloading what is missing) before it starts. See ``docs/data.md``.
 """
 
-from siamax.data._paths import ChecksumError
+from siamax.data._paths import DATASETS
+from siamax.data.download import require
 from siamax.data.lake import LAKE_ALPHABETS, LAKE_RUNS, lake_runs
 from siamax.data.mnist import Mnist, load_mnist, mnist_builder
 from siamax.data.omniglot import (
@@ -21,12 +24,15 @@ from siamax.data.omniglot import (
 from siamax.data.pairs import PairArrays, Pairs, make_pairs, pair_arrays, sample_pairs
 from siamax.data.splits import VALIDATION_ALPHABETS, Split, Splits, load_splits, paper_splits
 from siamax.data.tasks import Task, episodes, mnist_tasks, validation_tasks, within_alphabet_tasks
+from siamax.errors import ChecksumError, DataError
 
 __all__ = [
     "ALPHABETS",
     "ALPHABET_TABLE",
     "BACKGROUND_ALPHABETS",
     "ChecksumError",
+    "DATASETS",
+    "DataError",
     "EVALUATION_ALPHABETS",
     "LAKE_ALPHABETS",
     "LAKE_RUNS",
@@ -51,6 +57,7 @@ __all__ = [
     "omniglot_builder",
     "pair_arrays",
     "paper_splits",
+    "require",
     "sample_pairs",
     "validation_tasks",
     "within_alphabet_tasks",

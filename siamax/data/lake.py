@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 
-from siamax.data import _paths
+from siamax.data.download import resolve
 from siamax.data.omniglot import canonical_bool
 from siamax.data.tasks import Task
 
@@ -49,10 +49,13 @@ def _png(zf: zipfile.ZipFile, name: str) -> np.ndarray:
         return canonical_bool(np.asarray(im.convert("1")))
 
 
-def lake_runs(data_dir=None) -> list[Task]:
+def lake_runs(data_dir=None, *, download: bool = True) -> list[Task]:
     """Lake's 20 runs as tasks: support = ``training/classKK.png`` (class KK-1), query =
-    ``test/itemKK.png``, answers from ``class_labels.txt``. Images bool 105x105, True = paper."""
-    path = _paths.locate(["omniglot_all_runs_zip"], data_dir)["omniglot_all_runs_zip"]
+    ``test/itemKK.png``, answers from ``class_labels.txt``. Images bool 105x105, True = paper.
+
+    Read from ``all_runs.zip`` in ``data_dir`` (default ``$SIAMAX_DATA_DIR``), downloaded there if
+    missing unless ``download=False``."""
+    path = resolve(["lake_runs"], data_dir, download=download)["lake_runs"]["omniglot_all_runs_zip"]
     return list(_lake_runs(str(path)))
 
 

@@ -9,9 +9,11 @@ import gzip
 import numpy as np
 
 from siamax.data import _paths
+from siamax.data.download import resolve
 from siamax.data.omniglot import _tfds, prepare, read_records
 
-_FILES = {"train": ("mnist_train_images", "mnist_train_labels"), "test": ("mnist_test_images", "mnist_test_labels")}
+# Split -> (images, labels) archive names (keys of _paths.ARCHIVES; DATASETS["mnist"] lists the four).
+_FILES = {s: (f"mnist_{s}_images", f"mnist_{s}_labels") for s in ("train", "test")}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -49,8 +51,9 @@ def _builder_class():
         VERSION = tfds.core.Version("1.0.0")
         RELEASE_NOTES = {"1.0.0": "From the four idx .gz files; Tensor features."}
 
-        def __init__(self, *, source_dir=None, **kwargs):
+        def __init__(self, *, source_dir=None, download=True, **kwargs):
             self._source_dir = source_dir
+            self._download = download
             super().__init__(**kwargs)
 
         def _info(self):
@@ -69,8 +72,8 @@ def _builder_class():
             )
 
         def _split_generators(self, dl_manager):
-            del dl_manager
-            paths = _paths.locate([n for pair in _FILES.values() for n in pair], self._source_dir)
+            del dl_manager  # siamax's resolver downloads into the data folder, so the next run is offline
+            paths = resolve(["mnist"], self._source_dir, download=self._download)["mnist"]  # verified
             arrays = {}
             for split, (img, lab) in _FILES.items():
                 images, labels = read_idx(paths[img]), read_idx(paths[lab])
@@ -86,21 +89,28 @@ def _builder_class():
     return SiamaxMnist
 
 
-def mnist_builder(data_dir=None, tfds_dir=None):
+def mnist_builder(data_dir=None, tfds_dir=None, *, download: bool = True):
     """The TFDS builder (not yet prepared)."""
     return _builder_class()(
-        source_dir=_paths.data_dir(data_dir), data_dir=str(_paths.tfds_dir(tfds_dir)), file_format="array_record"
+        source_dir=_paths.data_dir(data_dir),
+        download=download,
+        data_dir=str(_paths.tfds_dir(tfds_dir)),
+        file_format="array_record",
     )
 
 
-def load_mnist(data_dir=None, tfds_dir=None) -> Mnist:
-    """MNIST in memory (original order restored), preparing the TFDS dataset first if needed."""
-    return _load_mnist(str(_paths.data_dir(data_dir)), str(_paths.tfds_dir(tfds_dir)))
+def load_mnist(data_dir=None, tfds_dir=None, *, download: bool = True) -> Mnist:
+    """MNIST in memory (original order restored), preparing the TFDS dataset first if needed.
+
+    The four idx files are only read when preparing; missing ones are downloaded into ``data_dir``
+    (``siamax.data.require``) unless ``download=False``.
+    """
+    return _load_mnist(str(_paths.data_dir(data_dir)), str(_paths.tfds_dir(tfds_dir)), download)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_mnist(data_dir: str, tfds_dir: str) -> Mnist:
-    builder = prepare(lambda: mnist_builder(data_dir, tfds_dir))
+def _load_mnist(data_dir: str, tfds_dir: str, download: bool) -> Mnist:
+    builder = prepare(lambda: mnist_builder(data_dir, tfds_dir, download=download))
     out = {}
     for split in _FILES:
         # TFDS shuffles records by key hash; put them back in the idx files' order.

@@ -1,11 +1,11 @@
 """Omniglot: the alphabet table, a TensorFlow-free TFDS builder, and ``load_omniglot``.
 
-The builder prepares from (first found wins)
+The builder prepares from (first found complete in the data folder wins)
 
 1. ``omniglot/bitsandscraps-omniglot/images_{background,evaluation}.npz`` (the offline copy),
 2. ``omniglot/brendenlake-omniglot/python/images_{background,evaluation}.zip`` (the official zips),
-3. the official zips downloaded through TFDS's download manager (only when online; the sha256s are
-   the ones TFDS registers for the stock ``omniglot`` builder).
+3. otherwise what ``siamax.data.require`` downloads into the data folder: the npz files from a mirror
+   (``SIAMAX_DATA_URL``), else the official zips (the sha256s TFDS registers for its ``omniglot``).
 
 It writes array_record files with ``tfds.features.Tensor`` images (``tfds.features.Image`` needs
 TensorFlow to encode PNG), read back with ``builder.as_data_source()``.
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from siamax.data import _paths
+from siamax.data.download import resolve
 
 N_CHARS = 1623
 N_DRAWERS = 20
@@ -212,51 +213,14 @@ def _from_npz(path: Path, official_set: str) -> np.ndarray:
     return canonical_bool(images)
 
 
-_NPZ = ["omniglot_background_npz", "omniglot_evaluation_npz"]
-_ZIP = ["omniglot_background_zip", "omniglot_evaluation_zip"]
+_NPZ, _ZIP = _paths.DATASETS["omniglot"]
 
 
-def _zip_list(source_dir) -> str:
-    root = _paths.data_dir(source_dir)
-    return "\n".join(f"  {root / _paths.ARCHIVES[n].relpath}" for n in _ZIP)
-
-
-def _source_arrays(source_dir, dl_manager, download: bool) -> dict[str, np.ndarray]:
-    """Both official sets as arrays, from the npz files, the official zips, or a download."""
-    if _paths.available(_NPZ, source_dir):
-        paths = _paths.locate(_NPZ, source_dir)
-        return {s: _from_npz(paths[n], s) for s, n in zip(SETS, _NPZ)}
-    if _paths.available(_ZIP, source_dir):
-        paths = _paths.locate(_ZIP, source_dir)
-        return {s: _from_zip(paths[n], s) for s, n in zip(SETS, _ZIP)}
-    missing = _paths.missing_error(_paths.data_dir(source_dir), _NPZ)
-    if not download or dl_manager is None:
-        raise missing
-    if not _online():  # TFDS's downloader would retry for minutes on an offline machine
-        raise FileNotFoundError(
-            f"{missing}\nor the official zips instead:\n{_zip_list(source_dir)}\n"
-            "and github.com is not reachable, so they cannot be downloaded either"
-        )
-    try:  # Online fallback: the official archives, checked against their published sha256.
-        paths = dl_manager.download({n: _paths.OMNIGLOT_URLS[n] for n in _ZIP})
-    except Exception as e:  # pylint: disable=broad-except
-        raise FileNotFoundError(
-            f"{missing}\nor the official zips instead:\n{_zip_list(source_dir)}\nand downloading them failed: {e}"
-        ) from e
-    for n in _ZIP:
-        _paths.verify(paths[n], _paths.ARCHIVES[n].sha256)
-    return {s: _from_zip(Path(paths[n]), s) for s, n in zip(SETS, _ZIP)}
-
-
-def _online(host: str = "github.com", timeout: float = 3.0) -> bool:
-    """Whether ``host`` accepts a TCP connection within ``timeout`` seconds."""
-    import socket  # pylint: disable=g-import-not-at-top
-
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+def _source_arrays(source_dir, download: bool) -> dict[str, np.ndarray]:
+    """Both official sets as arrays, from the npz files or the official zips (downloaded if missing)."""
+    paths = resolve(["omniglot"], source_dir, download=download)["omniglot"]  # verified
+    read, names = (_from_npz, _NPZ) if _NPZ[0] in paths else (_from_zip, _ZIP)
+    return {s: read(paths[n], s) for s, n in zip(SETS, names)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +269,8 @@ def _builder_class():
             )
 
         def _split_generators(self, dl_manager):
-            arrays = _source_arrays(self._source_dir, dl_manager, self._download)  # verified first
+            del dl_manager  # siamax's resolver downloads into the data folder, so the next run is offline
+            arrays = _source_arrays(self._source_dir, self._download)  # verified first
             return {s: self._generate_examples(arrays[s], s) for s in SETS}
 
         def _generate_examples(self, images, official_set):
@@ -396,7 +361,8 @@ def load_omniglot(data_dir=None, tfds_dir=None, *, download: bool = True) -> Omn
     Args:
       data_dir: raw-archive folder (default ``$SIAMAX_DATA_DIR``); only read when preparing.
       tfds_dir: prepared-dataset folder (default ``$SIAMAX_TFDS_DIR``).
-      download: when no local archive exists, fetch the official zips (needs the internet).
+      download: when no complete set of archives is in ``data_dir``, download one into it
+        (``siamax.data.require``; from ``$SIAMAX_DATA_URL`` if set, else the official zips).
     """
     return _load_omniglot(str(_paths.data_dir(data_dir)), str(_paths.tfds_dir(tfds_dir)), download)
 
