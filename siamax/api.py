@@ -6,16 +6,53 @@ Model input images are square, exactly ``spec.input_size`` pixels, shaped ``(B, 
 ``(B, S, S, 1)`` (a single ``(S, S)`` image is accepted where a pair is scored), with **ink = 1 and
 paper = 0**:
 
-* ``float`` arrays: values in [0, 1];
+* ``float`` arrays: finite values in [0, 1];
 * ``bool`` arrays: True = ink;
 * ``uint8`` arrays: 0..255, divided by 255.
 
-Other integer dtypes are refused rather than guessed at (is ``1`` full ink or almost none?).
-Raw images in any other form (other sizes, dark ink on light paper as in Omniglot's PNGs) go
-through :func:`preprocess` first.
+Other integer dtypes are refused rather than guessed at (is ``1`` full ink or almost none?), and so
+are colour images (a last axis of 3 or 4). Raw images in any other form (other sizes, colour, 16-bit,
+dark ink on light paper as in Omniglot's PNGs) go through :func:`preprocess` first.
 
-All functions are pure and work inside the caller's ``jax.jit``, ``vmap`` and ``grad``: shape
-checks use static shapes only.
+Raw images (``preprocess``)
+---------------------------
+``bool`` (True = white), ``uint8`` (0..255), ``uint16`` (0..65535, as in 16-bit PNG scans) or
+``float`` (finite, in [0, 1]), any size of at least 5 x 5 pixels, shaped:
+
+* ``(H, W)``: one grayscale image;
+* ``(B, H, W)``: a batch of grayscale images, except when the last axis is 1, 3 or 4:
+* ``(H, W, C)``: one image with C channels;
+* ``(B, H, W, C)``: a batch;
+
+where C is 1 (grayscale), 3 (RGB) or 4 (RGBA). A 3-D array whose last axis is 1, 3 or 4 is
+therefore always one image with channels, never a batch of 1-, 3- or 4-pixel-wide images (those are
+refused as smaller than 5 x 5 anyway). RGB becomes gray by ITU-R BT.601 luma,
+``Y = 0.299 R + 0.587 G + 0.114 B`` on the stored (gamma-encoded) values, as PIL's
+``convert("L")`` does, without its rounding. RGBA (straight, not premultiplied, alpha) is first
+composited over the paper: white for ``ink="dark"``, black for ``ink="light"``, so transparent
+pixels become background; equivalently, each pixel's ink is multiplied by its alpha.
+
+What is checked, and when
+-------------------------
+Always, also inside a caller's ``jax.jit``, ``vmap`` or ``grad`` (these checks need static shapes and
+dtypes only): that ``params`` is a ``siamax.Params``; ranks, shapes, image and embedding sizes,
+channel counts, empty batches, matching batch sizes; dtypes.
+
+Only when the values are concrete (called eagerly, or an array that is not a tracer, such as a NumPy
+constant inside a jitted function, which is then checked once, at trace time): float images must be
+finite and in [0, 1], float embeddings finite. This costs one reduction per float input, its minimum
+and maximum (a NaN or an infinity shows in them): NumPy's for NumPy arrays and for JAX arrays on one
+CPU device (viewed, not copied), else one small jitted computation and a transfer of two numbers.
+``bool``, ``uint8`` and ``uint16`` inputs need none. The error says what was found (how many NaN or
+infinite values, the value range) and what to pass instead.
+
+Under a trace (the inputs are tracers: inside ``jax.jit``, ``vmap``, ``grad`` with respect to the
+images, ``lax.scan``...) values are not looked at: that would need a host sync. There a NaN input
+gives NaN output, and floats in 0..255 give wrong numbers without an error. Check data where it
+enters (one eager call, or ``preprocess`` outside ``jit``); NaNs inside a jitted computation can be
+caught with ``jax.experimental.checkify.checkify(fn, errors=checkify.float_checks)``.
+
+All functions are pure and work inside the caller's ``jax.jit``, ``vmap`` and ``grad``.
 """
 
 from __future__ import annotations
@@ -28,7 +65,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from siamax.errors import InputError, InputTypeError
 from siamax.model import ModelSpec, Siamese, get_spec
+
+MIN_RAW_SIZE = 5  # raw images smaller than this could be confused with a channel axis
 
 
 @flax.struct.dataclass
@@ -51,30 +91,166 @@ def init(key: jax.Array, model: str | ModelSpec = "paper") -> Params:
     return Params(weights=jax.tree.map(lambda w: w.astype(jnp.float32), weights), spec=spec)
 
 
+# ---------------------------------------------------------------------------------------------
+# Checks.
+
+_WHERE_PARAMS = "siamax.Params (from siamax.init(key, model) or siamax.load(path))"
+
+
+def _received(x) -> str:
+    name = type(x).__name__
+    if isinstance(x, dict):
+        return "a dict (a bare weights tree has no model spec: siamax.Params(weights=..., spec=...) holds both)"
+    if isinstance(x, str):
+        return f"the string {x!r} (a model name: siamax.init(jax.random.key(0), {x!r}) makes fresh params)"
+    if isinstance(getattr(x, "params", None), Params):
+        return f"a {name} (its .params is a siamax.Params)"
+    return "None" if x is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _check_params(params, fn: str) -> Params:
+    if not isinstance(params, Params):
+        raise InputTypeError(f"{fn}: params must be {_WHERE_PARAMS}; got {_received(params)}")
+    return params
+
+
 def _spec_of(params_or_spec) -> ModelSpec:
     if isinstance(params_or_spec, Params):
         return params_or_spec.spec
     if isinstance(params_or_spec, (ModelSpec, str)):
         return get_spec(params_or_spec)
-    raise TypeError(f"expected siamax Params, a ModelSpec or a model name, got {type(params_or_spec).__name__}")
+    raise InputTypeError(
+        f"preprocess: expected {_WHERE_PARAMS}, a ModelSpec or a model name; got {_received(params_or_spec)}"
+    )
 
 
-def _check_dtype(x, name: str):
+def _as_array(x):
+    # Lists, PIL images, other libraries' tensors: through NumPy. (Tracers are jax.Arrays.)
+    return x if isinstance(x, (np.ndarray, jax.Array)) else np.asarray(x)
+
+
+def _check_dtype(x, name: str, uint16: bool = False):
     dtype = jnp.dtype(x.dtype)
-    if dtype == jnp.bool_ or dtype == jnp.uint8 or jnp.issubdtype(dtype, jnp.floating):
+    if dtype == jnp.bool_ or dtype == jnp.uint8 or (uint16 and dtype == jnp.uint16):
         return
+    if jnp.issubdtype(dtype, jnp.floating):
+        return
+    allowed = "bool, uint8, uint16 or float" if uint16 else "bool, uint8 or float"
     if jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(
-            f"{name}: integer images must be uint8 (0..255); got {dtype}. "
-            f"Pass a bool array for 0/1 masks or floats in [0, 1]."
+        raise InputTypeError(
+            f"{name}: integer images must be {'uint8 (0..255) or uint16 (0..65535)' if uint16 else 'uint8 (0..255)'}; "
+            f"got {dtype}. Pass a bool array for 0/1 masks or floats in [0, 1]"
+            + ("." if uint16 else "; siamax.preprocess also takes uint16.")
         )
-    raise TypeError(f"{name}: images must be bool, uint8 or float, got dtype {dtype}")
+    raise InputTypeError(f"{name}: images must be {allowed}, got dtype {dtype}")
+
+
+@jax.jit
+def _min_max(x):
+    return jnp.stack([jnp.min(x), jnp.max(x)])
+
+
+def _on_one_cpu(x) -> bool:
+    return isinstance(x, jax.Array) and len(x.devices()) == 1 and next(iter(x.devices())).platform == "cpu"
+
+
+def _extremes(x) -> tuple[float, float] | None:
+    """(min, max) of a concrete float array, NaN if it holds any NaN; None for a tracer."""
+    if isinstance(x, jax.core.Tracer) or not jnp.issubdtype(jnp.dtype(x.dtype), jnp.floating) or x.size == 0:
+        return None
+    if isinstance(x, np.ndarray) or _on_one_cpu(x):
+        v = np.asarray(x)  # a view of a CPU buffer: NumPy's min/max skip a dispatch and a sync
+        with np.errstate(invalid="ignore"):
+            return float(v.min()), float(v.max())
+    # A concrete JAX array may still meet an enclosing trace (a constant closed over by a jitted
+    # function): evaluate there and then rather than staging the check into the caller's program.
+    with jax.ensure_compile_time_eval():
+        lo, hi = np.asarray(_min_max(x))
+    return float(lo), float(hi)
+
+
+def _non_finite(x, name: str) -> str:
+    """What is not finite in ``x`` (an error path: cost does not matter)."""
+    v = np.asarray(x)
+    counts = {"NaN": np.isnan(v).sum(), "+inf": np.isposinf(v).sum(), "-inf": np.isneginf(v).sum()}
+    found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    finite = v[np.isfinite(v)]
+    rest = f"; the finite ones span [{finite.min():g}, {finite.max():g}]" if finite.size else ""
+    return f"{name} holds {found} (of its {v.size} values){rest}"
+
+
+def _check_image_values(x, name: str, uint16: bool = False) -> None:
+    ext = _extremes(x)
+    if ext is None:
+        return
+    lo, hi = ext
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InputError(
+            f"{_non_finite(x, name)}. Images must be finite, ink = 1 and paper = 0 in [0, 1] (or uint8 0..255): "
+            f"fix the step that produced them (often a division by zero when normalising)."
+        )
+    if lo >= 0.0 and hi <= 1.0:
+        return
+    if lo >= 0.0 and 2.0 <= hi <= 255.0:
+        fix = "they look like 0..255 intensities: divide by 255, or pass them as uint8"
+    elif lo >= 0.0 and 255.0 < hi <= 65535.0:
+        fix = "they look like 16-bit intensities: divide by 65535" + (", or pass them as uint16" if uint16 else "")
+    elif -1.0 <= lo < -0.01 and hi <= 1.0:
+        fix = "they look like [-1, 1] scaled images: pass (x + 1) / 2"
+    else:
+        fix = "rescale them; if they are only just outside (resampling overshoot), np.clip(x, 0, 1)"
+    raise InputError(
+        f"{name}: float images must lie in [0, 1] (ink = 1, paper = 0); got values in [{lo:g}, {hi:g}]: {fix}."
+    )
+
+
+def _check_embedding_values(e, name: str) -> None:
+    ext = _extremes(e)
+    if ext is not None and not (np.isfinite(ext[0]) and np.isfinite(ext[1])):
+        raise InputError(
+            f"{_non_finite(e, name)}. Embeddings must be finite; siamax.embed gives finite ones for finite "
+            f"images and weights, so check the params (e.g. after a diverged training run) and the images."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model input.
+
+
+def _model_images(spec: ModelSpec, x, name: str, allow_single: bool = False):
+    """``x`` as an array after every check of the model-input convention (static ones always)."""
+    x = _as_array(x)
+    _check_dtype(x, name)
+    s = spec.input_size
+    shape = tuple(x.shape)
+    expected = f"(B, {s}, {s}) or (B, {s}, {s}, 1)" + (f" or ({s}, {s})" if allow_single else "")
+    if x.ndim in (3, 4) and shape[-1] in (3, 4) and s > 4:
+        raise InputError(
+            f"{name} has shape {shape}, which looks like {'RGB' if shape[-1] == 3 else 'RGBA'} colour images; this "
+            f"model takes grayscale {expected}. siamax.preprocess(params, images) converts colour images (and "
+            f"other sizes) to model input"
+        )
+    if not (x.ndim == 3 or (x.ndim == 2 and allow_single) or (x.ndim == 4 and shape[-1] == 1)):
+        raise InputError(
+            f"{name} has shape {shape}; expected {expected} model-input images"
+            + (" (single-channel: last axis must be 1)" if x.ndim == 4 else "")
+        )
+    hw = shape[-3:-1] if x.ndim == 4 else shape[-2:]
+    if hw != (s, s):
+        raise InputError(
+            f"{name} images are {hw[0]}x{hw[1]} but this model takes {s}x{s}; "
+            f"expected {expected}. Use siamax.preprocess(params, images) to resize."
+        )
+    if x.ndim > 2 and shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {shape})")
+    _check_image_values(x, name)
+    return x
 
 
 def _to_float(x) -> jax.Array:
     dtype = jnp.dtype(x.dtype)
-    if dtype == jnp.uint8:
-        return jnp.asarray(x, jnp.float32) / 255.0
+    if dtype == jnp.uint8 or dtype == jnp.uint16:
+        return jnp.asarray(x, jnp.float32) / float(np.iinfo(dtype).max)
     if dtype == jnp.bool_:
         # A select, not a convert: numpy bool arrays may hold byte 255 for True (Omniglot's npz
         # does), and XLA's bool->float convert then yields 255.0 inside jit.
@@ -82,31 +258,14 @@ def _to_float(x) -> jax.Array:
     return jnp.asarray(x).astype(jnp.float32)
 
 
+def _as_input(spec: ModelSpec, x) -> jax.Array:
+    s = spec.input_size
+    return _to_float(x).reshape(-1, s, s, 1)
+
+
 def model_input(spec: ModelSpec, x, name: str = "x", allow_single: bool = False) -> jax.Array:
     """Validate images in the model's input convention and return float32 (B, S, S, 1)."""
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        x = np.asarray(x)
-    _check_dtype(x, name)
-    s = spec.input_size
-    shape = tuple(x.shape)
-    expected = f"(B, {s}, {s}) or (B, {s}, {s}, 1)" + (f" or ({s}, {s})" if allow_single else "")
-    if x.ndim == 2 and allow_single:
-        x = x[None]
-    elif x.ndim == 4 and shape[-1] == 1:
-        x = x[..., 0]
-    elif x.ndim != 3:
-        raise ValueError(
-            f"{name} has shape {shape}; expected {expected} model-input images"
-            + (" (single-channel: last axis must be 1)" if x.ndim == 4 else "")
-        )
-    if x.shape[1:] != (s, s):
-        raise ValueError(
-            f"{name} images are {x.shape[1]}x{x.shape[2]} but this model takes {s}x{s}; "
-            f"expected {expected}. Use siamax.preprocess(params, images) to resize."
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {shape})")
-    return _to_float(x)[..., None]
+    return _as_input(spec, _model_images(spec, x, name, allow_single))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -116,26 +275,39 @@ def _embed(spec: ModelSpec, weights, x):
     return Siamese(spec).apply({"params": weights}, x, method="embed")
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _embed_images(spec: ModelSpec, weights, x):
+    return _embed(spec, weights, _as_input(spec, x))
+
+
 def embed(params: Params, x) -> jax.Array:
     """Tower embeddings: model-input images (B, S, S[, 1]) -> float32 (B, D)."""
-    return _embed(params.spec, params.weights, model_input(params.spec, x, "x"))
+    spec = _check_params(params, "embed").spec
+    return _embed_images(spec, params.weights, _model_images(spec, x, "x"))
 
 
 def _check_embeddings(spec: ModelSpec, e, name):
     if getattr(e, "ndim", None) != 2 or e.shape[-1] != spec.embedding_dim:
-        raise ValueError(
+        raise InputError(
             f"{name} has shape {getattr(e, 'shape', None)}; expected (B, {spec.embedding_dim}) "
             f"embeddings from siamax.embed"
         )
+    _check_embedding_values(e, name)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _head(spec: ModelSpec, weights, e1, e2):
+    return Siamese(spec).apply({"params": weights}, e1, e2, method="logit")
 
 
 def logits_from_embeddings(params: Params, e1, e2) -> jax.Array:
     """Head logits for embedding pairs (B, D), (B, D) -> (B,)."""
-    _check_embeddings(params.spec, e1, "e1")
-    _check_embeddings(params.spec, e2, "e2")
+    spec = _check_params(params, "logits_from_embeddings").spec
+    _check_embeddings(spec, e1, "e1")
+    _check_embeddings(spec, e2, "e2")
     if e1.shape[0] != e2.shape[0]:
-        raise ValueError(f"e1 and e2 hold different numbers of embeddings: {e1.shape[0]} vs {e2.shape[0]}")
-    return Siamese(params.spec).apply({"params": params.weights}, e1, e2, method="logit")
+        raise InputError(f"e1 and e2 hold different numbers of embeddings: {e1.shape[0]} vs {e2.shape[0]}")
+    return _head(spec, params.weights, e1, e2)
 
 
 def score_embeddings(params: Params, e1, e2) -> jax.Array:
@@ -143,6 +315,7 @@ def score_embeddings(params: Params, e1, e2) -> jax.Array:
 
     An N-way one-shot trial then costs N + 1 tower passes instead of 2N.
     """
+    _check_params(params, "score_embeddings")
     return jax.nn.sigmoid(logits_from_embeddings(params, e1, e2))
 
 
@@ -152,15 +325,29 @@ def twin_logits(spec: ModelSpec, weights, x1: jax.Array, x2: jax.Array) -> jax.A
     return Siamese(spec).apply({"params": weights}, e[0], e[1], method="logit")
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _pairs(spec: ModelSpec, probabilities: bool, weights, x1, x2):
+    logits = twin_logits(spec, weights, _as_input(spec, x1), _as_input(spec, x2))
+    if not probabilities:
+        return logits
+    p = jax.nn.sigmoid(logits)
+    return p[0] if x1.ndim == 2 and x2.ndim == 2 else p
+
+
+def _checked_pairs(params, x1, x2, fn: str):
+    spec = _check_params(params, fn).spec
+    a = _model_images(spec, x1, "x1", allow_single=True)
+    b = _model_images(spec, x2, "x2", allow_single=True)
+    na, nb = (x.shape[0] if x.ndim > 2 else 1 for x in (a, b))
+    if na != nb:
+        raise InputError(f"x1 and x2 hold different numbers of images: {na} vs {nb}; {fn} compares x1[i] with x2[i]")
+    return spec, a, b
+
+
 def pair_logits(params: Params, x1, x2) -> jax.Array:
     """Logits for image pairs (B, S, S[, 1]) x 2 -> (B,). ``score`` is ``sigmoid`` of this."""
-    a = model_input(params.spec, x1, "x1", allow_single=True)
-    b = model_input(params.spec, x2, "x2", allow_single=True)
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"x1 and x2 hold different numbers of images: {a.shape[0]} vs {b.shape[0]}; score compares x1[i] with x2[i]"
-        )
-    return twin_logits(params.spec, params.weights, a, b)
+    spec, a, b = _checked_pairs(params, x1, x2, "pair_logits")
+    return _pairs(spec, False, params.weights, a, b)
 
 
 def score(params: Params, x1, x2) -> jax.Array:
@@ -169,49 +356,76 @@ def score(params: Params, x1, x2) -> jax.Array:
     ``x1``/``x2``: model-input images (see the module docstring), (B, S, S), (B, S, S, 1), or a
     single pair (S, S), which gives a scalar.
     """
-    single = getattr(x1, "ndim", None) == 2 and getattr(x2, "ndim", None) == 2
-    p = jax.nn.sigmoid(pair_logits(params, x1, x2))
-    return p[0] if single else p
+    spec, a, b = _checked_pairs(params, x1, x2, "score")
+    return _pairs(spec, True, params.weights, a, b)
 
 
-def preprocess(params_or_spec, images, ink: str = "dark") -> jax.Array:
-    """Raw grayscale images of any size -> float32 (B, S, S) model input for that model.
+# ---------------------------------------------------------------------------------------------
+# Raw images.
 
-    ``images``: (H, W), (B, H, W) or (B, H, W, 1); bool (True = white), uint8 (0..255) or float in
-    [0, 1]. ``ink="dark"``: dark strokes on light paper (Omniglot's PNGs; its bool arrays are
-    True = paper); ``"light"``: light strokes on dark (MNIST). Non-square images are padded with
-    paper to a square (keeping the aspect ratio) before an antialiased bilinear resize to S x S.
-    """
-    spec = _spec_of(params_or_spec)
-    if ink not in ("dark", "light"):
-        raise ValueError(f"ink must be 'dark' (dark strokes on light paper) or 'light', got {ink!r}")
-    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-        images = np.asarray(images)
-    _check_dtype(images, "images")
-    x = images
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3:
-        raise ValueError(f"images has shape {tuple(images.shape)}; expected (H, W), (B, H, W) or (B, H, W, 1)")
-    if 0 in x.shape:
-        raise ValueError(f"images is empty (shape {tuple(images.shape)})")
-    if jnp.issubdtype(jnp.dtype(x.dtype), jnp.floating) and not isinstance(x, jax.core.Tracer):
-        lo, hi = float(jnp.min(x)), float(jnp.max(x))
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                f"float images must lie in [0, 1], got values in [{lo:g}, {hi:g}]; pass uint8 for 0..255 intensities"
-            )
-    x = _to_float(x)
+
+def _raw_layout(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(B, H, W, C) of raw images by the rule in the module docstring."""
+    expected = "expected (H, W), (B, H, W), (H, W, C) or (B, H, W, C) with C = 1 (gray), 3 (RGB) or 4 (RGBA)"
+    if len(shape) == 2:
+        b, h, w, c = 1, *shape, 1
+    elif len(shape) == 3 and shape[-1] in (1, 3, 4):
+        b, h, w, c = 1, *shape
+    elif len(shape) == 3:
+        b, h, w, c = *shape, 1
+    elif len(shape) == 4 and shape[-1] in (1, 3, 4):
+        b, h, w, c = shape
+    elif len(shape) == 4:
+        raise InputError(f"images has shape {shape}: {shape[-1]} channels; {expected}")
+    else:
+        raise InputError(f"images has shape {shape}; {expected}")
+    if b == 0:
+        raise InputError(f"images is empty (shape {shape})")
+    if min(h, w) < MIN_RAW_SIZE:
+        raise InputError(
+            f"images has shape {shape}, read as {b} image(s) of {h}x{w} pixels with {c} channel(s); images must be "
+            f"at least {MIN_RAW_SIZE}x{MIN_RAW_SIZE} pixels. A 3-D array whose last axis is 1, 3 or 4 is one image "
+            f"(H, W, C); a batch of gray images is (B, H, W) or (B, H, W, 1)"
+        )
+    return b, h, w, c
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _raw_to_model(size: int, ink: str, layout: tuple[int, int, int, int], images):
+    x = _to_float(images.reshape(layout))
+    c = layout[-1]
+    # BT.601 luma with integer weights: white stays exactly 1.0 (paper exactly 0 after inversion).
+    y = (299 * x[..., 0] + 587 * x[..., 1] + 114 * x[..., 2]) / 1000 if c >= 3 else x[..., 0]
     if ink == "dark":
-        x = 1.0 - x
-    b, h, w = x.shape
+        y = 1.0 - y
+    if c == 4:
+        y = y * x[..., 3]  # composited over the paper: transparent pixels carry no ink
+    b, h, w = y.shape
     if h != w:
         d = abs(h - w)
         pad = ((0, 0), (0, 0), (d // 2, d - d // 2)) if h > w else ((0, 0), (d // 2, d - d // 2), (0, 0))
-        x = jnp.pad(x, pad)
-    s = spec.input_size
-    if x.shape[1] != s:
-        x = jax.image.resize(x, (b, s, s), method="linear", antialias=True)
-    return jnp.clip(x, 0.0, 1.0)
+        y = jnp.pad(y, pad)
+    if y.shape[1] != size:
+        y = jax.image.resize(y, (b, size, size), method="linear", antialias=True)
+    return jnp.clip(y, 0.0, 1.0)
+
+
+def preprocess(params_or_spec, images, ink: str = "dark") -> jax.Array:
+    """Raw images of any size -> float32 (B, S, S) model input for that model.
+
+    ``params_or_spec``: a ``siamax.Params``, a ModelSpec or a model name. ``images``: gray, RGB or
+    RGBA, bool (True = white), uint8 (0..255), uint16 (0..65535) or float in [0, 1], shaped as in
+    the module docstring ("Raw images"): (H, W), (B, H, W), (H, W, C) or (B, H, W, C). ``ink="dark"``:
+    dark strokes on light paper (Omniglot's PNGs; its bool arrays are True = paper); ``"light"``:
+    light strokes on dark (MNIST). Colour becomes gray by BT.601 luma; RGBA is composited over the
+    paper first. Non-square images are padded with paper to a square (keeping the aspect ratio)
+    before an antialiased bilinear resize to S x S.
+    """
+    spec = _spec_of(params_or_spec)
+    if ink not in ("dark", "light"):
+        raise InputError(f"ink must be 'dark' (dark strokes on light paper) or 'light', got {ink!r}")
+    images = _as_array(images)
+    _check_dtype(images, "images", uint16=True)
+    layout = _raw_layout(tuple(images.shape))
+    _check_image_values(images, "images", uint16=True)
+    return _raw_to_model(spec.input_size, ink, layout, images)
