@@ -7,7 +7,6 @@ verified (downloading what is missing) before it starts. See ``docs/data.md``.
 """
 
 from siamax.data._paths import DATASETS
-from siamax.data.download import require
 from siamax.data.lake import LAKE_ALPHABETS, LAKE_RUNS, lake_runs
 from siamax.data.mnist import Mnist, load_mnist, mnist_builder
 from siamax.data.omniglot import (
@@ -22,6 +21,7 @@ from siamax.data.omniglot import (
     omniglot_builder,
 )
 from siamax.data.pairs import PairArrays, Pairs, make_pairs, pair_arrays, sample_pairs
+from siamax.data.require import require
 from siamax.data.splits import VALIDATION_ALPHABETS, Split, Splits, load_splits, paper_splits
 from siamax.data.tasks import Task, episodes, mnist_tasks, validation_tasks, within_alphabet_tasks
 from siamax.errors import ChecksumError, DataError

@@ -1,8 +1,8 @@
 """Every raw data file a run will read, present and verified before it starts; downloads of the missing ones.
 
-``require(["omniglot", "lake_runs"])`` is what a command calls before training. For each dataset it
-finds its archives (``_paths.DATASETS``) in the data folder and checks their sha256; Omniglot and
-MNIST need none once their TFDS dataset is prepared. Missing archives are downloaded through TFDS's
+``resolve(datasets)`` finds each dataset's archives (``_paths.DATASETS``) in the data folder and
+checks their sha256 (``siamax.data.require`` calls it before training; the builders when they
+prepare). Missing archives are downloaded through TFDS's
 download manager (which checks the known size and sha256), from the official sources or from a mirror
 (``SIAMAX_DATA_URL``), and renamed into the data folder only once verified, so the next run is
 offline and an interrupted download never leaves a partial file under an archive's name. Files that
@@ -22,45 +22,13 @@ import sys
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
 from pathlib import Path
 
 from siamax.data import _paths
-from siamax.errors import ChecksumError, ConfigError, DataError, one_line
+from siamax.errors import ChecksumError, DataError, one_line
 
 ARCHIVES, DATASETS = _paths.ARCHIVES, _paths.DATASETS
 REACH_TIMEOUT_S = 3.0  # TFDS retries a dead host for minutes; a TCP connect that fails says so in seconds
-
-
-def require(
-    datasets: str | Iterable[str],
-    data_dir=None,
-    tfds_dir=None,
-    *,
-    download: bool = True,
-    data_url: str | None = None,
-) -> dict[str, dict[str, Path]]:
-    """Make sure everything loading ``datasets`` will read is present and verified; download what is missing.
-
-    Args:
-      datasets: names from ``DATASETS``: "omniglot", "lake_runs", "mnist" (and "omniglot_small").
-      data_dir: raw-archive folder (default ``$SIAMAX_DATA_DIR``, else ``~/.cache/siamax/data``,
-        which is created when a download needs it; a folder given explicitly must exist).
-      tfds_dir: prepared-dataset folder (default ``$SIAMAX_TFDS_DIR``); a prepared Omniglot or MNIST
-        needs no raw archives.
-      download: fetch missing archives; with False a missing file is an error.
-      data_url: a mirror laid out like shared/data (default ``$SIAMAX_DATA_URL``, else the official sources).
-
-    Returns:
-      ``{dataset: {archive name: verified path}}``; ``{}`` for a dataset read from its prepared TFDS copy.
-    """
-    names = [datasets] if isinstance(datasets, str) else list(datasets)
-    unknown = [n for n in names if n not in DATASETS]
-    if unknown:
-        raise ConfigError(f"unknown dataset(s) {', '.join(map(repr, unknown))}; known: {', '.join(DATASETS)}")
-    prepared = {n for n in names if _prepared(n, data_dir, tfds_dir)}
-    found = resolve([n for n in names if n not in prepared], data_dir, download=download, data_url=data_url)
-    return {n: found.get(n, {}) for n in names}
 
 
 def resolve(
@@ -97,18 +65,6 @@ def _path(root: Path, name: str) -> Path:
 def _download_set(dataset: str, base: str | None) -> tuple[str, ...]:
     served = [alt for alt in DATASETS[dataset] if all(_paths.archive_url(a, base) for a in alt)]
     return (served or DATASETS[dataset])[0]
-
-
-def _prepared(dataset: str, data_dir, tfds_dir) -> bool:
-    """Whether the dataset's TFDS copy is prepared (then its builder reads no raw archive)."""
-    # pylint: disable=g-import-not-at-top  (the builders import this module)
-    if dataset == "omniglot":
-        from siamax.data.omniglot import omniglot_builder as builder
-    elif dataset == "mnist":
-        from siamax.data.mnist import mnist_builder as builder
-    else:
-        return False
-    return builder(data_dir, tfds_dir).is_prepared()
 
 
 def _fetch(missing: list[str], root: Path, base: str | None, download: bool, datasets: list[str]) -> None:
