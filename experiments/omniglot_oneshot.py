@@ -6,28 +6,32 @@ report one-shot accuracy on Lake's 20 runs and the test alphabets next to Koch e
     python -m experiments.omniglot_oneshot --preset quick --learning-rate 3e-4
 
 Run it again with the same --workdir after an interruption and it resumes where it stopped.
-Needs SIAMAX_DATA_DIR (a folder laid out like the project's shared/data).
+Data: SIAMAX_DATA_DIR (a folder laid out like the project's shared/data); whatever is missing
+there is downloaded first when the machine is online, and checked against its sha256.
+Several hosts: start one process per host with the same flags plus --coordinator-address,
+--num-processes and --process-id (or --auto-cluster on SLURM and the like).
 """
 
-import argparse
 import sys
 
-from siamax import config, experiment, runtime
+from siamax import errors, experiment, runtime
 
 
+@errors.guard
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.omniglot_oneshot",
-        description=__doc__,
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
+    args, preset, cfg = experiment.command_line(
+        "python -m experiments.omniglot_oneshot",
+        __doc__,
+        argv,
+        default_preset=experiment.default_preset,
+        add_arguments=_add_arguments,
     )
-    parser.add_argument(
-        "--preset",
-        choices=config.preset_names(),
-        default=None,
-        help="named config (default: quick on CPU, paper on an accelerator)",
-    )
+    workdir = args.workdir or f"runs/omniglot_{preset}_seed{cfg.seed}"
+    experiment.run(cfg, workdir, preset=preset, progress=not args.no_progress)
+
+
+def _add_arguments(parser):
     parser.add_argument(
         "--workdir",
         default=None,
@@ -35,23 +39,6 @@ def main(argv=None):
         "(default: runs/omniglot_<preset>_seed<seed>)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    config.add_arguments(parser)
-    args = parser.parse_args(argv)
-    runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
-    preset = args.preset or experiment.default_preset()
-    if args.preset is None:
-        print(f"no --preset given: using {preset!r} on this {experiment.jax_backend()} machine")
-    try:
-        cfg = config.from_args(args, preset)
-    except ValueError as e:
-        parser.error(str(e))
-    workdir = args.workdir or f"runs/omniglot_{preset}_seed{cfg.seed}"
-    try:
-        experiment.run(cfg, workdir, preset=preset, progress=not args.no_progress)
-    except (experiment.ConfigMismatch, experiment.train.NonFiniteLoss) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

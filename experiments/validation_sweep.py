@@ -19,7 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from siamax import config, experiment, runtime
+from siamax import config, errors, experiment, runtime
+from siamax.errors import ConfigError
 
 
 def _variant(text: str) -> tuple[str, list[str]]:
@@ -29,19 +30,17 @@ def _variant(text: str) -> tuple[str, list[str]]:
     return name, shlex.split(flags)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.validation_sweep",
-        description=__doc__,
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--preset",
-        choices=config.preset_names(),
-        default="quick",
-        help="config every variant starts from (default: quick)",
-    )
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"repeated seeds in {text!r}")
+    return seeds
+
+
+def _add_arguments(parser):
     parser.add_argument(
         "--variant",
         type=_variant,
@@ -50,39 +49,49 @@ def main(argv=None):
         metavar="NAME[=FLAGS]",
         help="a variant: a name, optionally '=' and config flags, e.g. 'rot=--rotations true'",
     )
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds, each variant runs once per seed")
+    parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds; each variant runs per seed")
     parser.add_argument("--workdir", default="runs/validation_sweep", help="one sub-folder per variant and seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    config.add_arguments(parser)  # overrides common to all variants
-    args = parser.parse_args(argv)
+
+
+@errors.guard
+def main(argv=None):
     runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
+    args, preset, common = experiment.command_line(
+        "python -m experiments.validation_sweep",
+        __doc__,
+        argv,
+        default_preset=lambda: "quick",
+        add_arguments=_add_arguments,
+    )
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
-        parser.error(f"variant names must be unique, got {names}")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    flag_parser = argparse.ArgumentParser(prog="variant flags", allow_abbrev=False, add_help=False)
-    config.add_arguments(flag_parser)
-    try:
-        common = config.from_args(args, args.preset)
-        cfgs = {name: common.replace(**_overrides(flag_parser, flags)) for name, flags in args.variant}
-    except (ValueError, SystemExit) as e:
-        parser.error(f"bad variant flags: {e}")
+        raise ConfigError(f"variant names must be unique, got {names}")
+    flag_parser = argparse.ArgumentParser(prog="variant flags", allow_abbrev=False, add_help=False, exit_on_error=False)
+    config.add_arguments(flag_parser, preset)
+    cfgs = {}
+    for name, flags in args.variant:
+        try:
+            given = {k: v for k, v in vars(flag_parser.parse_args(flags)).items() if v is not None}
+        except (argparse.ArgumentError, SystemExit) as e:
+            raise ConfigError(f"variant {name!r}: bad flags {flags}: {e}") from None
+        cfgs[name] = common.override(**given)
 
-    base = config.Config.from_preset(args.preset).to_dict()
+    base = config.PRESETS[preset].flat()
     workdir = Path(args.workdir)
-    out = {"preset": args.preset, "seeds": seeds, "runs": []}
+    out = {"preset": preset, "seeds": args.seeds, "runs": []}
     for name, cfg in cfgs.items():
-        for seed in seeds:
-            run_cfg = cfg.replace(seed=seed)
-            print(f"== {name} seed {seed}: {config.diff(base, run_cfg.to_dict()) or 'preset as is'}", flush=True)
+        for seed in args.seeds:
+            run_cfg = cfg.override(seed=seed)
+            print(f"== {name} seed {seed}: {config.diff(base, run_cfg.flat()) or 'preset as is'}", flush=True)
             run_dir = workdir / f"{name}_seed{seed}"
-            summary = experiment.run(run_cfg, run_dir, preset=args.preset, progress=not args.no_progress, test=False)
+            summary = experiment.run(run_cfg, run_dir, preset=preset, progress=not args.no_progress, test=False)
             history = [json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").open()]
             out["runs"].append(
                 {
                     "variant": name,
                     "seed": seed,
-                    "config": run_cfg.to_dict(),
+                    "config": run_cfg.flat(),
                     **summary,
                     "val_accuracy_per_epoch": history,
                 }
@@ -97,12 +106,6 @@ def main(argv=None):
             f"{statistics.mean(r['train_seconds'] for r in runs):>8.0f}"
         )
     print(f"(validation alphabets only; {workdir / 'sweep.json'})")
-    return 0
-
-
-def _overrides(flag_parser: argparse.ArgumentParser, flags: list[str]) -> dict:
-    ns = flag_parser.parse_args(flags)
-    return {k: v for k, v in vars(ns).items() if v is not None}
 
 
 if __name__ == "__main__":

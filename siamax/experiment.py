@@ -1,29 +1,25 @@
-"""The main job, as a library function: prepare data, train with early stopping, evaluate, report.
+"""The main job, as library functions: prepare data, train with early stopping, evaluate, report.
 
 ``run(cfg, workdir)`` is what ``python -m experiments.omniglot_oneshot`` calls. Model selection
 uses only the validation alphabets; Lake's 20 runs and the test alphabets are touched once, after
-training, by ``report``.
+training, by ``report``. Every file the run will read is resolved (and downloaded, where it can be)
+before the first step, so a missing archive fails in seconds, not after hours of training.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 
-from siamax import api, checkpoint, config, evaluate, optim, report, sharding, train
+from siamax import api, checkpoint, config, evaluate, optim, report, rng, sharding, train
 from siamax import data as sd
 from siamax.data import batches
-
-
-class ConfigMismatch(ValueError):
-    """The work directory belongs to a run with another config."""
-
-
-def jax_backend() -> str:
-    return jax.default_backend()
+from siamax.errors import WorkdirError
 
 
 def default_preset() -> str:
@@ -31,49 +27,76 @@ def default_preset() -> str:
     return "quick" if jax.default_backend() == "cpu" else "paper"
 
 
+def command_line(
+    prog: str,
+    doc: str,
+    argv: Sequence[str] | None,
+    *,
+    default_preset: Callable[[], str],
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> tuple[argparse.Namespace, str, config.Config]:
+    """Parse an experiment's command line: ``(args, preset, config)``.
+
+    In this order, because each step needs the one before: the multi-process start-up (before
+    anything asks JAX about devices), then ``--preset`` (its default may depend on the backend),
+    then the full parser, whose ``--help`` shows that preset's values as the defaults.
+    """
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--preset", choices=config.preset_names(), default=None)
+    sharding.add_arguments(early)
+    known, _ = early.parse_known_args(argv)
+    sharding.initialize_from_args(known)
+    preset = known.preset or default_preset()
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset",
+        choices=config.preset_names(),
+        default=None,
+        help=f"named config (default here: {default_preset()}); --preset NAME --help shows NAME's values",
+    )
+    if add_arguments:
+        add_arguments(parser)
+    sharding.add_arguments(parser)
+    config.add_arguments(parser, preset)
+    args = parser.parse_args(argv)
+    if known.preset is None and sharding.is_primary():
+        print(f"no --preset given: using {preset!r} on this {jax.default_backend()} machine")
+    return args, preset, config.from_args(args, preset)
+
+
 def claim_workdir(workdir: Path, cfg: config.Config, preset: str) -> None:
     """Create ``workdir`` or check that it holds a run of exactly this config (never mix runs)."""
-    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
-    mine = {"preset": preset, **cfg.to_dict()}
+    mine = {"preset": preset, **cfg.flat()}
     if path.exists():
-        theirs = json.loads(path.read_text())
+        try:
+            theirs = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise WorkdirError(f"{path} is not readable ({e}); use another --workdir") from e
         changed = config.diff(theirs, mine)
         if changed:
-            lines = "\n".join(f"  {k}: {a!r} in the work directory, {b!r} now" for k, (a, b) in changed.items())
-            raise ConfigMismatch(
-                f"{workdir} holds a run with a different config:\n{lines}\n"
-                f"Use another --workdir, or repeat the original settings to resume it."
+            fields = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items())
+            raise WorkdirError(
+                f"{workdir} holds a run with a different config ({fields}). Use another --workdir, or repeat the "
+                "original settings to resume it."
             )
-    else:
-        path.write_text(json.dumps(mine, indent=1, sort_keys=True))
+    elif sharding.is_primary():
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(mine, indent=1, sort_keys=True))
+        except OSError as e:
+            raise WorkdirError(f"cannot write the work directory {workdir}: {e}") from e
+    sharding.sync("claim_workdir")
 
 
-def make_optimizer(cfg: config.Config, steps_per_epoch: int):
-    """(optax transformation, fn opt_state -> {"lr/<layer>": ..., "momentum/<layer>": ...})."""
-    layers = cfg.spec.layer_names
-    if cfg.optimizer == "adam":
-        tx = optim.adam(cfg.learning_rate, steps_per_epoch, cfg.lr_decay)
-        return tx, lambda s: {"lr": float(s.hyperparams["learning_rate"])}
-    sgd = optim.SGDConfig(
-        learning_rates=cfg.per_layer("layer_learning_rates"),
-        momenta=cfg.per_layer("layer_momenta"),
-        default_learning_rate=cfg.learning_rate,
-        default_momentum=cfg.momentum,
-        momentum_ramp_epochs=cfg.momentum_ramp_epochs,
-        decay_per_epoch=cfg.lr_decay,
-    )
-    tx = optim.koch_sgd(layers, sgd, steps_per_epoch)
-
-    def lr_of(s):
-        out = {}
-        for layer in layers:
-            hp = s.inner_states[layer].inner_state.hyperparams
-            out[f"lr/{layer}"] = float(hp["learning_rate"])
-            out[f"momentum/{layer}"] = float(hp["momentum"])
-        return out
-
-    return tx, lr_of
+def validation_trials(cfg: config.Config, omni, splits) -> list:
+    """The validation one-shot tasks that choose the checkpoint: from ``cfg.eval.eval_seed`` alone."""
+    seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_tasks"]
+    val = splits.validation
+    return sd.validation_tasks(omni, val.alphabets, val.drawers, trials=cfg.eval.val_trials, seed=seed)
 
 
 def run(
@@ -89,40 +112,56 @@ def run(
 
     ``test=False`` stops after training and returns the validation summary (``best_val_accuracy``,
     ``best_epoch``, ``epochs``, ``train_seconds``) without touching the test alphabets or Lake's
-    runs: what model selection (``experiments.validation_sweep``) may look at.
+    runs (they are not even resolved): what model selection (``experiments.validation_sweep``) may
+    look at.
     """
     t_start = time.perf_counter()
     workdir = Path(workdir)
+    sd.require(["omniglot", "lake_runs"] if test else ["omniglot"])
     claim_workdir(workdir, cfg, preset)
     spec = cfg.spec
     mesh = sharding.make_mesh(cfg.devices or None)
+    streams = rng.train_streams(cfg.seed)
+    candidates_seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]
 
     t0 = time.perf_counter()
     omni = sd.load_omniglot()
-    splits = sd.paper_splits(cfg.split_seed, train_drawers=cfg.train_drawers)
-    splits.save(workdir / "splits.json")
+    splits = sd.paper_splits(cfg.data.split_seed, train_drawers=cfg.data.train_drawers)
+    if sharding.is_primary():
+        splits.save(workdir / "splits.json")
     images = batches.device_images(omni, spec)
-    sampler = batches.make_sampler(cfg, splits.train, images, cfg.seed)
-    val_tasks = sd.validation_tasks(
-        omni, splits.validation.alphabets, splits.validation.drawers, trials=cfg.val_trials, seed=cfg.seed
+    sampler = batches.make_sampler(
+        cfg.data,
+        cfg.objective.batch,
+        splits.train,
+        images,
+        cfg.seed,
+        cfg.schedule.steps_per_epoch,
+        shard=sharding.shard_of_process(),
     )
+    val_tasks = validation_trials(cfg, omni, splits)
     data_seconds = time.perf_counter() - t0
-    print(
-        f"data ready in {data_seconds:.1f}s: {len(splits.train.char_ids)} training characters x "
-        f"{len(splits.train.drawers)} drawers, {sampler.steps_per_epoch} steps/epoch, "
-        f"{len(val_tasks)} validation tasks ({sum(len(t.query) for t in val_tasks)} trials)"
-    )
+    if sharding.is_primary():
+        print(
+            f"data ready in {data_seconds:.1f}s: {len(splits.train.char_ids)} training characters x "
+            f"{len(splits.train.drawers)} drawers, {sampler.steps_per_epoch} steps/epoch, "
+            f"{len(val_tasks)} validation tasks ({sum(len(t.query) for t in val_tasks)} trials)"
+        )
 
-    params = api.init(jax.random.fold_in(jax.random.key(cfg.seed), 2), spec)
-    tx, lr_of = make_optimizer(cfg, sampler.steps_per_epoch)
-    objective = train.Objective(kind=cfg.objective, augment=cfg.augment, l2=cfg.l2_lambdas())
+    params = api.init(streams["init"], spec)
+    tx, lr_of = optim.make_optimizer(cfg.optim, spec.layer_names, sampler.steps_per_epoch)
+    objective = train.Objective(kind=cfg.objective.kind, augment=cfg.data.augment, l2=cfg.l2_lambdas())
     state = sharding.replicate(train.create_train_state(params, tx, objective), mesh)
-    validate = lambda p: evaluate.one_shot_accuracy(p, val_tasks, seed=cfg.seed)["accuracy"]  # noqa: E731
+
+    def validate(p):
+        local = sharding.local_copy(p)
+        return evaluate.one_shot_accuracy(local, val_tasks, seed=candidates_seed)["accuracy"]
+
     state, summary = train.fit(
         state,
         sampler,
-        epochs=cfg.epochs,
-        patience=cfg.patience,
+        epochs=cfg.schedule.epochs,
+        patience=cfg.schedule.patience,
         validate=validate,
         workdir=workdir,
         seed=cfg.seed,
@@ -139,11 +178,13 @@ def run(
             "data_seconds": data_seconds,
             "wall_seconds": time.perf_counter() - t_start,
         }
-    best = train.restore_best(state, workdir)
+    best = sharding.local_copy(train.restore_best(state, workdir))
+    if not sharding.is_primary():
+        return {}
     checkpoint.export(
         best, workdir, metadata={"preset": preset, "config": cfg.to_dict(), "best_epoch": summary["best_epoch"] + 1}
     )
-    results = report.evaluate_and_report(
+    return report.evaluate_and_report(
         best,
         cfg,
         preset=preset,
@@ -155,20 +196,22 @@ def run(
         plots=report_plots,
         wall_seconds_so_far=time.perf_counter() - t_start,
     )
-    return results
 
 
-def mnist_transfer(params: api.Params, workdir: str | Path, *, seed: int = 0, trials: int = 400) -> dict:
+def mnist_transfer(params: api.Params, workdir: str | Path, *, eval_seed: int = 0, trials: int = 400) -> dict:
     """The paper's MNIST transfer: 10-way one-shot on the MNIST test set, no fine-tuning, plus 1-NN.
 
-    Adds ``mnist10`` and ``mnist10_one_nn`` to ``workdir/results.json`` and prints the table.
+    Adds ``mnist10`` and ``mnist10_one_nn`` to ``workdir/results.json`` and prints the table. The
+    trials come from ``eval_seed`` alone, so every model is scored on the same ones.
     """
     workdir = Path(workdir)
-    tasks = sd.mnist_tasks(sd.load_mnist(), n_trials=trials, seed=seed)
+    seeds = rng.eval_seeds(eval_seed)
+    tasks = sd.mnist_tasks(sd.load_mnist(), n_trials=trials, seed=seeds["transfer_tasks"])
     path = workdir / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {"paper": report.PAPER, **report.environment()}
-    results["mnist10"] = evaluate.one_shot_accuracy(params, tasks, seed=seed)
-    results["mnist10_one_nn"] = evaluate.nearest_neighbour(tasks, "euclidean", seed=seed)
+    results = json.loads(path.read_text()) if path.exists() else {"paper": report.PAPER, **report.provenance()}
+    results["mnist10"] = evaluate.one_shot_accuracy(params, tasks, seed=seeds["test_candidates"])
+    results["mnist10_one_nn"] = evaluate.nearest_neighbour(tasks, "euclidean", seed=seeds["test_candidates"])
+    results["mnist10_eval_seed"] = eval_seed
     path.write_text(json.dumps(results, indent=1))
     print(report.table(results))
     return results

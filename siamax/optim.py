@@ -85,3 +85,33 @@ def adam(learning_rate: float, steps_per_epoch: int, decay_per_epoch: float = 0.
         learning_rate, transition_steps=steps_per_epoch, decay_rate=decay_per_epoch, staircase=True
     )
     return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
+
+
+def make_optimizer(cfg, layers: tuple[str, ...], steps_per_epoch: int):
+    """The optimiser the optim section (``siamax.config.OptimConfig``) asks for, over ``layers``.
+
+    Returns ``(optax transformation, fn opt_state -> {"lr/<layer>": ..., "momentum/<layer>": ...})``,
+    the second for the per-epoch log.
+    """
+    if cfg.optimizer == "adam":
+        tx = adam(cfg.learning_rate, steps_per_epoch, cfg.lr_decay)
+        return tx, lambda s: {"lr": float(s.hyperparams["learning_rate"])}
+    sgd = SGDConfig(
+        learning_rates=cfg.per_layer("layer_learning_rates"),
+        momenta=cfg.per_layer("layer_momenta"),
+        default_learning_rate=cfg.learning_rate,
+        default_momentum=cfg.momentum,
+        momentum_ramp_epochs=cfg.momentum_ramp_epochs,
+        decay_per_epoch=cfg.lr_decay,
+    )
+    tx = koch_sgd(layers, sgd, steps_per_epoch)
+
+    def lr_of(s):
+        out = {}
+        for layer in layers:
+            hp = s.inner_states[layer].inner_state.hyperparams
+            out[f"lr/{layer}"] = float(hp["learning_rate"])
+            out[f"momentum/{layer}"] = float(hp["momentum"])
+        return out
+
+    return tx, lr_of

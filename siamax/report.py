@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from siamax import conv, evaluate, rng
 from siamax import data as sd
-from siamax import evaluate
 
 # Koch et al. (2015), tables 2-4 (see ../shared/koch2015.md).
 PAPER = {
@@ -29,6 +31,7 @@ PAPER = {
 
 
 def environment() -> dict:
+    """The machine and the library versions."""
     import flax
     import optax
     import orbax.checkpoint
@@ -37,10 +40,12 @@ def environment() -> dict:
     return {
         "device": f"{len(dev)} x {dev[0].device_kind}",
         "backend": jax.default_backend(),
+        "processes": jax.process_count(),
         "platform": platform.platform(),
         "processor": _cpu_name(),
         "python": sys.version.split()[0],
         "versions": {
+            "siamax": siamax_version(),
             "jax": jax.__version__,
             "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__,
             "flax": flax.__version__,
@@ -49,6 +54,44 @@ def environment() -> dict:
             "numpy": np.__version__,
         },
     }
+
+
+def siamax_version() -> str:
+    import siamax
+
+    return siamax.__version__
+
+
+def git_state() -> dict:
+    """``{"git_commit", "git_dirty"}`` of the checkout siamax runs from (``"unknown"`` / None outside one)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain")
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": None}
+    if top.returncode or head.returncode or Path(top.stdout.strip()).resolve() != root:
+        return {"git_commit": "unknown", "git_dirty": None}  # an installed copy, not a checkout
+    return {"git_commit": head.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+
+
+def provenance(cfg=None) -> dict:
+    """What makes a result rerunnable: code (commit, dirty flag, versions), machine, seeds, and the
+    convolution implementation each layer ran."""
+    out = {**git_state(), **environment(), "date": time.strftime("%Y-%m-%d"), "time_utc": _utc_now()}
+    if cfg is not None:
+        out["seeds"] = rng.record(cfg.seed, cfg.eval.eval_seed)
+        out["conv_plan"] = conv.plan_dict(cfg.spec)
+    return out
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _cpu_name() -> str:
@@ -62,49 +105,69 @@ def _cpu_name() -> str:
 
 
 def paper_verification_key(cfg) -> str | None:
-    if cfg.objective != "pairs" or cfg.n_pairs not in (30_000, 90_000, 150_000):
+    """The paper's verification row this config matches (e.g. "150k_x9"), if any."""
+    if cfg.objective.kind != "pairs" or cfg.data.n_pairs not in (30_000, 90_000, 150_000):
         return None
-    return f"{cfg.n_pairs // 1000}k" + ("_x9" if cfg.distortions == 8 else "")
+    return f"{cfg.data.n_pairs // 1000}k" + ("_x9" if cfg.data.distortions == 8 else "")
+
+
+def test_sets(cfg, omni, splits) -> dict:
+    """Every trial and pair the report scores, drawn from ``cfg.eval.eval_seed`` alone.
+
+    ``{"lake20": tasks, "within_alphabet": {N: tasks}, "verification_validation": pairs,
+    "verification_test": pairs, "candidates_seed": int, "report_seed": int}``. Runs with different
+    training seeds get identical sets, so their numbers differ only by what they learned.
+    """
+    seeds = rng.eval_seeds(cfg.eval.eval_seed)
+    test = splits.test
+    n_pairs = cfg.eval.verification_pairs
+    return {
+        "lake20": sd.lake_runs(),
+        "within_alphabet": {
+            n: sd.within_alphabet_tasks(
+                omni, test.alphabets, test.drawers, per_alphabet=2, n_way=n, seed=seeds["test_tasks"]
+            )
+            for n in range(2, 21)
+        },
+        # The threshold is chosen on validation pairs (model selection), accuracy measured on test pairs.
+        "verification_validation": sd.make_pairs(splits.validation, n_pairs, seed=seeds["verification_validation"]),
+        "verification_test": sd.make_pairs(splits.test, n_pairs, seed=seeds["verification_test"]),
+        "candidates_seed": seeds["test_candidates"],
+        "report_seed": seeds["report"],
+    }
 
 
 def evaluate_and_report(
     params, cfg, *, preset, workdir: Path, omni, splits, summary, sampler, plots=True, wall_seconds_so_far: float = 0.0
 ) -> dict:
-    import time
+    """Score the chosen model on the test sets (once), write ``results.json`` and the plots, print the table.
 
+    Every trial and pair comes from ``cfg.eval.eval_seed`` alone (``siamax.rng.eval_seeds``), so
+    runs with different training seeds are scored on identical trials.
+    """
     t0 = time.perf_counter()
-    lake = sd.lake_runs()
-    within = sd.within_alphabet_tasks(
-        omni, splits.test.alphabets, splits.test.drawers, per_alphabet=2, n_way=20, seed=cfg.seed
-    )
-    val_pairs = sd.make_pairs(splits.validation, cfg.verification_pairs, seed=cfg.seed)
-    test_pairs = sd.make_pairs(splits.test, cfg.verification_pairs, seed=cfg.seed + 1)
+    sets = test_sets(cfg, omni, splits)
+    shuffle = sets["candidates_seed"]
+    lake, within = sets["lake20"], sets["within_alphabet"][20]
+    val_pairs, test_pairs = sets["verification_validation"], sets["verification_test"]
     flat = omni.flat_images
     val_p = evaluate.pair_probabilities(params, flat, val_pairs.i1, val_pairs.i2, ink=omni.ink)
     test_p = evaluate.pair_probabilities(params, flat, test_pairs.i1, test_pairs.i2, ink=omni.ink)
-    nway = {
-        n: evaluate.one_shot_accuracy(
-            params,
-            sd.within_alphabet_tasks(
-                omni, splits.test.alphabets, splits.test.drawers, per_alphabet=2, n_way=n, seed=cfg.seed
-            ),
-            seed=cfg.seed,
-        )
-        for n in range(2, 21)
-    }
+    nway = {n: evaluate.one_shot_accuracy(params, tasks, seed=shuffle) for n, tasks in sets["within_alphabet"].items()}
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_seconds = summary["train_seconds"]
     steps = summary["epoch"] * sampler.steps_per_epoch
     results = {
         "preset": preset,
         "seed": cfg.seed,
+        "eval_seed": cfg.eval.eval_seed,
         "config": cfg.to_dict(),
-        "lake20": evaluate.one_shot_accuracy(params, lake, seed=cfg.seed),
+        "lake20": evaluate.one_shot_accuracy(params, lake, seed=shuffle),
         "within_alphabet": nway[20],
         "verification": evaluate.verification_accuracy(val_p, val_pairs.label, test_p, test_pairs.label),
-        "one_nn": evaluate.nearest_neighbour(lake, "euclidean", seed=cfg.seed),
-        "one_nn_cosine": evaluate.nearest_neighbour(lake, "cosine", seed=cfg.seed),
-        "one_nn_within_alphabet": evaluate.nearest_neighbour(within, "euclidean", seed=cfg.seed),
+        "one_nn": evaluate.nearest_neighbour(lake, "euclidean", seed=shuffle),
+        "one_nn_cosine": evaluate.nearest_neighbour(lake, "cosine", seed=shuffle),
+        "one_nn_within_alphabet": evaluate.nearest_neighbour(within, "euclidean", seed=shuffle),
         "nway_within_alphabet": {str(n): r for n, r in nway.items()},
         "training": {
             "epochs": summary["epoch"],
@@ -112,18 +175,17 @@ def evaluate_and_report(
             "best_val_accuracy": summary["best_accuracy"],
             "steps": steps,
             "train_seconds": train_seconds,
-            "objective": cfg.objective,
+            "objective": cfg.objective.kind,
             "pairs_per_s": steps * sampler.pairs_per_step / max(train_seconds, 1e-9),
             "images_per_s": steps * sampler.images_per_step / max(train_seconds, 1e-9),
         },
         "paper": PAPER,
-        **environment(),
-        "date": time.strftime("%Y-%m-%d"),
+        **provenance(cfg),
     }
     results["wall_seconds"] = wall_seconds_so_far + time.perf_counter() - t0
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
     if plots:
-        save_plots(params, results, history, lake, workdir, seed=cfg.seed)
+        save_plots(params, results, history, lake, workdir, seed=sets["report_seed"])
     results["wall_seconds"] = wall_seconds_so_far + time.perf_counter() - t0
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
     print(table(results, paper_verification_key(cfg)))

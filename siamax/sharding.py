@@ -14,13 +14,16 @@ all-reduces the gradients, so the updated parameters come out replicated and equ
 rounding) to a single-device step on the whole batch.
 
 Multi-host: every process calls :func:`initialize_distributed` first, then the same code; each
-process passes *its own* slice of the global batch to :func:`shard_batch` (``process_local=True``,
-the default when more than one process runs), and the global batch is the concatenation in
-process order.
+process builds *its own* slice of the global batch (``siamax.data.batches.make_sampler(shard=
+shard_of_process())``) and passes it to :func:`shard_batch` (``process_local=True``, the default
+when more than one process runs): the global batch is the concatenation in process order, the
+same batch whatever the number of processes. Only the primary process (:func:`is_primary`) writes
+logs, plots, results and exports; every process takes part in checkpointing (Orbax coordinates it).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any
 
@@ -28,6 +31,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from siamax.errors import ConfigError
 
 DATA_AXIS = "data"
 
@@ -50,6 +55,8 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    auto: bool = False,
     **kwargs: Any,
 ) -> bool:
     """Start JAX's multi-host runtime if this is a multi-process run; return True if it is.
@@ -57,30 +64,89 @@ def initialize_distributed(
     Arguments default to the environment: ``SIAMAX_COORDINATOR_ADDRESS`` (``host:port`` of process
     0), ``SIAMAX_NUM_PROCESSES``, ``SIAMAX_PROCESS_ID`` (or JAX's ``JAX_COORDINATOR_ADDRESS``,
     ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). With none of them set this is a no-op (a single
-    process), so scripts can call it unconditionally. Must run before any other JAX call that
+    process), so scripts can call it unconditionally. ``auto=True`` leaves everything to JAX's own
+    cluster detection (SLURM, Open MPI, Cloud TPU, ...). Must run before any other JAX call that
     touches devices. On CPU, cross-process collectives use gloo (set here unless configured).
     ``kwargs`` go to ``jax.distributed.initialize`` (e.g. ``local_device_ids``).
     """
     coordinator_address = coordinator_address or _env("coordinator_address")
     num_processes = num_processes if num_processes is not None else _env("num_processes")
     process_id = process_id if process_id is not None else _env("process_id")
-    if coordinator_address is None:
-        if num_processes not in (None, 1, "1"):
-            raise ValueError("num_processes > 1 needs a coordinator address (SIAMAX_COORDINATOR_ADDRESS=host:port)")
-        return False
-    if num_processes is None or process_id is None:
-        raise ValueError(
-            "a multi-process start-up needs the coordinator address, the number of processes and "
-            "this process's id (SIAMAX_COORDINATOR_ADDRESS, SIAMAX_NUM_PROCESSES, SIAMAX_PROCESS_ID)"
-        )
     if jax.distributed.is_initialized():
         return True
-    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if auto:
+        _use_gloo_on_cpu()
+        jax.distributed.initialize(**kwargs)
+        return True
+    if coordinator_address is None:
+        if num_processes not in (None, 1, "1"):
+            raise ConfigError("num_processes > 1 needs a coordinator address (--coordinator-address host:port)")
+        return False
+    if num_processes is None or process_id is None:
+        raise ConfigError(
+            "a multi-process start-up needs the coordinator address, the number of processes and this process's id "
+            "(--coordinator-address, --num-processes, --process-id; or SIAMAX_COORDINATOR_ADDRESS, "
+            "SIAMAX_NUM_PROCESSES, SIAMAX_PROCESS_ID)"
+        )
+    if not 0 <= int(process_id) < int(num_processes):
+        raise ConfigError(f"process id {process_id} is not in [0, {num_processes})")
+    _use_gloo_on_cpu()
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=int(num_processes), process_id=int(process_id), **kwargs
     )
     return True
+
+
+def _use_gloo_on_cpu() -> None:
+    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The multi-process flags of a command (each process of a run gets the same flags but its own id)."""
+    group = parser.add_argument_group("multi-process runs (one process per host; all flags optional)")
+    group.add_argument(
+        "--coordinator-address", default=None, metavar="HOST:PORT", help="address of process 0's coordinator"
+    )
+    group.add_argument("--num-processes", type=int, default=None, help="number of processes of the run")
+    group.add_argument("--process-id", type=int, default=None, help="this process's id, 0 .. num_processes - 1")
+    group.add_argument(
+        "--auto-cluster",
+        action="store_true",
+        help="let JAX detect the cluster (SLURM, Open MPI, Cloud TPU, ...) instead of the three flags above",
+    )
+
+
+def initialize_from_args(args: argparse.Namespace) -> bool:
+    """:func:`initialize_distributed` with the flags of :func:`add_arguments` (environment as fallback)."""
+    return initialize_distributed(args.coordinator_address, args.num_processes, args.process_id, auto=args.auto_cluster)
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's logs, plots, results and exports (process 0)."""
+    return jax.process_index() == 0
+
+
+def shard_of_process() -> tuple[int, int]:
+    """(this process's index, number of processes): which slice of every global batch it builds."""
+    return jax.process_index(), jax.process_count()
+
+
+def sync(name: str) -> None:
+    """Wait until every process reaches this point (a no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def local_copy(tree):
+    """``tree`` with each replicated array replaced by this process's own copy on one local device.
+
+    Evaluation runs on that copy, independently in each process (same inputs, same results), so it
+    needs no collectives and never touches another host's devices.
+    """
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
 
 
 def make_mesh(n_devices: int | None = None, devices=None) -> Mesh:

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import optax
 import tqdm
 
-from siamax import api, checkpoint, losses
+from siamax import api, checkpoint, losses, rng, sharding
+from siamax.errors import TrainingError
 from siamax.model import Siamese
 
 KINDS = ("pairs", "all_pairs", "episodic")
@@ -151,7 +152,7 @@ last good checkpoint)."""
 # The epoch loop: checkpoints, resumption, early stopping. It knows nothing of layers.
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(TrainingError):
     """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
 
 
@@ -191,27 +192,31 @@ def fit(
     Returns (final state, summary), where summary has the best epoch and accuracy.
     """
     workdir = Path(workdir)
-    latest, best = checkpoint.managers(workdir)
     meta = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": -1, "bad_epochs": 0, "train_seconds": 0.0}
-    if latest.latest_step() is not None:
-        tree, meta = checkpoint.restore(latest, _checkpoint_tree(state))
+    resumed = checkpoint.resume(workdir, _checkpoint_tree(state))  # falls back past damaged checkpoints
+    if resumed is not None:
+        tree, meta = resumed
         state = state.replace(
             step=tree["step"], params=state.params.replace(weights=tree["weights"]), opt_state=tree["opt_state"]
         )
-        print(f"resuming from {workdir / 'checkpoints' / 'latest'}: epoch {meta['epoch']}, step {int(state.step)}")
+        print(f"resuming from {workdir / 'checkpoints'}: epoch {meta['epoch']}, step {int(state.step)}")
+    latest, best = checkpoint.managers(workdir)  # after resume, which may have moved damaged steps aside
     log_path = workdir / "metrics.jsonl"
-    _log_lines(log_path, meta["epoch"])
-    step_key = jax.random.fold_in(jax.random.key(seed), 1)
+    primary = sharding.is_primary()  # one process writes the log and draws the progress bar
+    if primary:
+        _log_lines(log_path, meta["epoch"])
+    step_key = rng.train_streams(seed)["step"]
     spe = sampler.steps_per_epoch
     bar = tqdm.tqdm(
         total=epochs * spe,
         initial=meta["epoch"] * spe,
         unit="step",
-        disable=not progress,
+        disable=not (progress and primary),
         dynamic_ncols=True,
         smoothing=0.05,
         mininterval=2.0,
     )
+    say = bar.write if primary else lambda _: None
     epoch = meta["epoch"]
     stopped = lambda: patience and meta["bad_epochs"] >= patience  # noqa: E731 (0 = never stop early)
     while epoch < epochs and not stopped():
@@ -266,28 +271,27 @@ def fit(
             "images_per_s": spe * sampler.images_per_step / seconds,
             **(lr_of(state.opt_state) if lr_of else {}),
         }
-        with log_path.open("a") as f:  # before the checkpoint: a resume trims lines it does not cover
-            f.write(json.dumps(record) + "\n")
+        if primary:
+            with log_path.open("a") as f:  # before the checkpoint: a resume trims lines it does not cover
+                f.write(json.dumps(record) + "\n")
         tree = _checkpoint_tree(state)
         if improved:
             checkpoint.save(best, epoch + 1, tree, meta)
         checkpoint.save(latest, epoch + 1, tree, meta)
-        bar.write(
+        say(
             f"epoch {epoch + 1}: loss {means['loss']:.4f}  val one-shot {val:.2%}"
             f"{'  (best)' if improved else ''}  {record['pairs_per_s']:,.0f} pairs/s"
         )
         epoch += 1
         if stopped():
-            bar.write(f"early stopping: no validation improvement for {patience} epochs")
+            say(f"early stopping: no validation improvement for {patience} epochs")
             break
     bar.close()
     return state, meta
 
 
 def restore_best(state: TrainState, workdir: Path) -> api.Params:
-    """The parameters of the best (by validation) checkpoint in ``workdir``."""
-    _, best = checkpoint.managers(Path(workdir))
-    if best.latest_step() is None:
-        raise FileNotFoundError(f"no best checkpoint in {Path(workdir) / 'checkpoints' / 'best'}")
-    tree, _ = checkpoint.restore(best, _checkpoint_tree(state))
+    """The parameters of the best (by validation) checkpoint in ``workdir``; CheckpointError when it
+    is missing or damaged (never another checkpoint in its place)."""
+    tree, _ = checkpoint.restore_best(Path(workdir), _checkpoint_tree(state))
     return state.params.replace(weights=tree["weights"])

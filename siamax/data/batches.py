@@ -3,7 +3,8 @@
 All of Omniglot (32,460 images, already in model format) lives on the device as one uint8 array;
 a batch is drawn as indices with ``jax.random`` and gathered (and distorted) inside ``jit``, so the
 host never becomes the bottleneck. The batch of global step ``t`` depends only on (seed, t), which
-is what makes an interrupted run resume to exactly the same parameters.
+is what makes an interrupted run resume to exactly the same parameters, and on nothing about the
+devices or processes it runs on: with several processes, each gathers only its slice of it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from siamax import augment
+from siamax import augment, rng
 from siamax.data import omniglot as og
 from siamax.data.pairs import PairArrays, make_pairs, pair_arrays, sample_pairs
+from siamax.errors import ConfigError
 
 
 def device_images(data: og.Omniglot, spec, chunk: int = 2048) -> jax.Array:
@@ -63,71 +65,103 @@ def _episodic_indices(key, arrays: PairArrays, n_alphabets: int, chars_per_alpha
     return flat.reshape(-1), jnp.repeat(chars, drawers)
 
 
-def make_sampler(cfg, split, images: jax.Array, seed: int) -> Sampler:
-    """The batch sampler a config asks for, over one split's characters and drawers."""
-    key = jax.random.key(seed)
-    if cfg.objective in ("episodic", "all_pairs"):
+def _local(x: jax.Array, shard: tuple[int, int]) -> jax.Array:
+    """This process's contiguous slice of a global batch's leading axis (shard = (index, count))."""
+    index, count = shard
+    n = x.shape[0] // count
+    return jax.lax.dynamic_slice_in_dim(x, index * n, n) if count > 1 else x
+
+
+def make_sampler(
+    cfg, batch: str, split, images: jax.Array, seed: int, steps_per_epoch: int = 0, *, shard: tuple[int, int] = (0, 1)
+) -> Sampler:
+    """The sampler of ``batch`` form ("pairs" or "classes", from the objective) that the data section
+    ``cfg`` (``siamax.config.DataConfig``) asks for, over one split's characters and drawers.
+
+    ``steps_per_epoch``: class batches are drawn on the fly and need it; 0 for a fixed pair set means
+    one pass over the set.
+
+    Randomness comes from the data stream of ``seed`` (``siamax.rng``). ``shard = (process index,
+    process count)``: ``batch(step)`` returns only this process's slice of the global batch, gathered
+    (and distorted) for that slice alone; the global batch of a step is the same for every process count.
+    """
+    streams = rng.data_streams(rng.train_streams(seed)["data"])
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is not in [0, {count})")
+    if batch not in ("pairs", "classes"):
+        raise ValueError(f"batch must be 'pairs' or 'classes', got {batch!r}")
+    if batch == "classes":
         if cfg.episode_chars % cfg.episode_alphabets:
-            raise ValueError(
+            raise ConfigError(
                 f"episode_chars ({cfg.episode_chars}) must divide by episode_alphabets ({cfg.episode_alphabets})"
             )
         arrays = pair_arrays(split)
         if cfg.episode_drawers > len(split.drawers):
-            raise ValueError(f"episode_drawers={cfg.episode_drawers} but the split has {len(split.drawers)} drawers")
+            raise ConfigError(f"episode_drawers={cfg.episode_drawers} but the split has {len(split.drawers)} drawers")
         if cfg.episode_alphabets > arrays.n_alphabets:
-            raise ValueError(f"episode_alphabets={cfg.episode_alphabets} but the split has {arrays.n_alphabets}")
+            raise ConfigError(f"episode_alphabets={cfg.episode_alphabets} but the split has {arrays.n_alphabets}")
         per = cfg.episode_chars // cfg.episode_alphabets
         max_count = int(np.max(arrays.count))
+        b = cfg.episode_chars * cfg.episode_drawers
+        _check_shardable(b, count)
+        key = streams["batches"]
 
         @jax.jit
         def episodic(step):
-            k_step = jax.random.fold_in(key, step)
-            idx, labels = _episodic_indices(k_step, arrays, cfg.episode_alphabets, per, cfg.episode_drawers, max_count)
+            k_idx, k_rot = jax.random.split(jax.random.fold_in(key, step))
+            idx, labels = _episodic_indices(k_idx, arrays, cfg.episode_alphabets, per, cfg.episode_drawers, max_count)
+            if cfg.rotations:
+                turns = jnp.repeat(jax.random.randint(k_rot, (cfg.episode_chars,), 0, 4), cfg.episode_drawers)
+                labels = labels * 4 + turns
+            idx, labels = _local(idx, shard), _local(labels, shard)
             x = images[idx]
             if cfg.rotations:
-                turns = jnp.repeat(
-                    jax.random.randint(jax.random.fold_in(k_step, 1), (cfg.episode_chars,), 0, 4), cfg.episode_drawers
-                )
-                x, labels = rotate90(x, turns), labels * 4 + turns
+                x = rotate90(x, labels % 4)
             return {"x": x, "labels": labels}
 
-        b = cfg.episode_chars * cfg.episode_drawers
-        if not cfg.steps_per_epoch:
-            raise ValueError(f"objective {cfg.objective!r} samples on the fly: set steps_per_epoch > 0")
-        return Sampler(episodic, cfg.steps_per_epoch, b * (b - 1) // 2, b)
+        if not steps_per_epoch:
+            raise ConfigError("class batches are drawn on the fly: set steps_per_epoch > 0")
+        return Sampler(episodic, steps_per_epoch, b * (b - 1) // 2, b)
 
     b = cfg.batch_size
+    _check_shardable(b, count)
     if cfg.n_pairs == 0:  # fresh pairs every step, distorted on the fly if asked
         arrays = pair_arrays(split, different=cfg.different)
+        key = streams["batches"]
 
         @jax.jit
         def fresh(step):
             k_pairs, k1, k2 = jax.random.split(jax.random.fold_in(key, step), 3)
-            i1, i2, y = sample_pairs(k_pairs, arrays, b)
+            i1, i2, y = (_local(v, shard) for v in sample_pairs(k_pairs, arrays, b))
             x1, x2 = images[i1], images[i2]
             if cfg.distortions:
-                x1, x2 = _warped(x1, augment.sample_affine(k1, b)), _warped(x2, augment.sample_affine(k2, b))
+                t1, t2 = (_local(augment.sample_affine(k, b), shard) for k in (k1, k2))
+                x1, x2 = _warped(x1, t1), _warped(x2, t2)
             return {"x1": x1, "x2": x2, "y": y.astype(jnp.float32)}
 
-        return Sampler(fresh, cfg.steps_per_epoch, b, 2 * b)
+        if not steps_per_epoch:
+            raise ConfigError("on-the-fly pairs (n_pairs=0) need steps_per_epoch > 0")
+        return Sampler(fresh, steps_per_epoch, b, 2 * b)
 
     # The paper's fixed pair set, with `distortions` transformed copies of every pair (9x for 8).
-    pairs = make_pairs(split, cfg.n_pairs, different=cfg.different, seed=seed)
-    rows = augment.expand_pairs(pairs, copies=cfg.distortions, seed=seed)
+    pairs = make_pairs(split, cfg.n_pairs, different=cfg.different, seed=rng.host_seed(streams["pairs"]))
+    rows = augment.expand_pairs(pairs, copies=cfg.distortions, seed=rng.host_seed(streams["distortions"]))
     table = jax.tree.map(jnp.asarray, rows._asdict())
     n_rows = len(rows.i1)
-    steps = cfg.steps_per_epoch or max(n_rows // b, 1)
+    steps = steps_per_epoch or max(n_rows // b, 1)
     if steps * b > n_rows:
-        raise ValueError(f"steps_per_epoch={steps} x batch_size={b} exceeds the {n_rows} rows of the pair set")
+        raise ConfigError(f"steps_per_epoch={steps} x batch_size={b} exceeds the {n_rows} rows of the pair set")
     distorted = cfg.distortions > 0
+    order_key = streams["order"]
 
     @jax.jit
     def epoch_order(epoch):
-        return jax.random.permutation(jax.random.fold_in(key, epoch), n_rows)
+        return jax.random.permutation(jax.random.fold_in(order_key, epoch), n_rows)
 
     @jax.jit
     def gather(order, offset):
-        r = jax.lax.dynamic_slice_in_dim(order, offset, b)
+        r = _local(jax.lax.dynamic_slice_in_dim(order, offset, b), shard)
         x1, x2 = images[table["i1"][r]], images[table["i2"][r]]
         if distorted:  # copy 0 carries identity transforms, which reproduce the image exactly
             x1, x2 = _warped(x1, table["t1"][r]), _warped(x2, table["t2"][r])
@@ -143,6 +177,14 @@ def make_sampler(cfg, split, images: jax.Array, seed: int) -> Sampler:
         return gather(cache[epoch], offset * b)
 
     return Sampler(fixed, steps, b, 2 * b)
+
+
+def _check_shardable(global_batch: int, processes: int) -> None:
+    if global_batch % processes:
+        raise ConfigError(
+            f"the global batch of {global_batch} images or pairs does not divide over {processes} processes; "
+            f"use a multiple of {processes}"
+        )
 
 
 def rotate90(x: jax.Array, turns: jax.Array) -> jax.Array:

@@ -1,0 +1,134 @@
+"""Config sections, presets, overrides and the command line: every setting read, nothing ignored."""
+
+import subprocess
+import sys
+
+import pytest
+
+from siamax import config
+from siamax.errors import ConfigError
+
+# Every preset's values before the config was split into sections (flat flag names, values that differ
+# from the dataclass defaults of that time: model paper, objective pairs, sgd, 200 epochs, ...). The
+# restructuring must keep them; batch_size=80 of quick / mnist_quick was never read (episodic batches
+# are episode_chars x episode_drawers), so it is gone.
+BEFORE = {
+    "paper": dict(layer_l2="conv1=0.0002,conv2=0.0002,conv3=0.0002,conv4=0.0002,fc=0.0001"),
+    "quick": dict(
+        model="small",
+        train_drawers=20,
+        objective="episodic",
+        episode_chars=40,
+        episode_drawers=2,
+        rotations=True,
+        optimizer="adam",
+        learning_rate=0.003,
+        lr_decay=0.97,
+        epochs=14,
+        steps_per_epoch=250,
+        patience=0,
+    ),  # fmt: skip
+    "mnist_quick": dict(
+        model="reduced35",
+        train_drawers=20,
+        objective="episodic",
+        episode_chars=20,
+        episode_drawers=4,
+        optimizer="adam",
+        learning_rate=0.001,
+        lr_decay=0.92,
+        epochs=6,
+        steps_per_epoch=250,
+        patience=6,
+    ),  # fmt: skip
+    "mnist_paper": dict(model="reduced35"),
+}
+OLD_DEFAULTS = dict(
+    model="paper", dtype="float32", split_seed=0, train_drawers=12, objective="pairs", n_pairs=150_000,
+    distortions=8, different="any", episode_chars=20, episode_drawers=4, episode_alphabets=1, augment=False,
+    rotations=False, batch_size=128, optimizer="sgd", learning_rate=0.01, layer_learning_rates="", momentum=0.9,
+    layer_momenta="", momentum_ramp_epochs=20, lr_decay=0.99, l2=0.0, layer_l2="", epochs=200, steps_per_epoch=0,
+    patience=20, val_trials=320, verification_pairs=10_000, seed=0, devices=0,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", sorted(BEFORE))
+def test_presets_keep_their_values(preset):
+    flat = config.Config.from_preset(preset).flat()
+    expected = {**OLD_DEFAULTS, **BEFORE[preset]}
+    read = {k: v for k, v in expected.items() if config.applies(k, flat)}
+    assert {k: flat[k] for k in read} == read
+    assert flat["eval_seed"] == 0
+
+
+def test_no_preset_sets_a_field_it_does_not_read():
+    defaults = config.Config().flat()
+    for name, cfg in config.PRESETS.items():
+        flat = cfg.flat()
+        ignored = {k: v for k, v in flat.items() if not config.applies(k, flat) and v != defaults[k]}
+        assert ignored == {}, name
+
+
+def test_sections_and_flat_names():
+    cfg = config.Config.from_preset("quick", learning_rate=3e-4)
+    assert cfg.optim.learning_rate == 3e-4 and cfg.model.model == "small" and cfg.objective.kind == "episodic"
+    assert cfg.objective.batch == "classes" and config.Config().objective.batch == "pairs"
+    assert cfg.flat()["objective"] == "episodic" and config.Config.from_flat(cfg.flat()) == cfg
+    paper = config.Config.from_preset("paper")
+    assert (paper.data.n_pairs, paper.data.distortions, paper.schedule.epochs, paper.optim.optimizer) == (
+        150_000,
+        8,
+        200,
+        "sgd",
+    )
+    assert dict(paper.l2_lambdas())["fc"] == 0.0001
+
+
+def test_bad_values_are_refused_with_the_valid_ones():
+    with pytest.raises(ConfigError, match="valid presets: .*quick"):
+        config.Config.from_preset("fast")
+    with pytest.raises(ConfigError, match="unknown config field.*valid fields"):
+        config.Config.from_preset("quick", learning_rat=1.0)
+    with pytest.raises(ConfigError, match="objective must be one of"):
+        config.Config.from_preset("quick", objective="triplet")
+    with pytest.raises(ConfigError, match="unknown layers"):
+        config.Config.from_preset("paper", layer_l2="conv9=0.1")
+    with pytest.raises(ConfigError, match="lr_decay"):
+        config.Config.from_preset("quick", lr_decay=1.5)
+    with pytest.raises(ConfigError, match="train_drawers"):
+        config.Config.from_preset("quick", train_drawers=21)
+
+
+def test_settings_that_would_be_ignored_are_refused():
+    # --augment with the pairs objective used to distort the images twice (sampler and step).
+    with pytest.raises(ConfigError, match="augment applies only to objective.*--distortions"):
+        config.Config.from_preset("paper", augment=True)
+    with pytest.raises(ConfigError, match="batch_size applies only to objective pairs.*episode-chars"):
+        config.Config.from_preset("quick", batch_size=64)
+    with pytest.raises(ConfigError, match="momentum applies only to optimizer sgd"):
+        config.Config.from_preset("quick", momentum=0.5)
+    # Switching the objective drops what the preset set for the old one, instead of carrying it unread.
+    pairs = config.Config.from_preset("quick", objective="pairs", steps_per_epoch=0)
+    assert pairs.data.episode_chars == config.DataConfig().episode_chars and not pairs.data.rotations
+    with pytest.raises(ConfigError, match="rotations"):
+        config.Config.from_flat({"objective": "pairs", "rotations": True})
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.omniglot_oneshot", *args], capture_output=True, text=True)
+
+
+def test_help_shows_the_chosen_presets_values():
+    quick, paper = _run("--preset", "quick", "--help"), _run("--preset", "paper", "--help")
+    assert quick.returncode == paper.returncode == 0
+    assert "[quick: 14]" in quick.stdout and "[paper: 200]" in paper.stdout
+    assert "[not read by quick]" in quick.stdout  # e.g. --n-pairs under an episodic preset
+
+
+def test_command_line_errors_are_one_line_and_exit_2():
+    for args in (["--preset", "fast"], ["--learning-rat", "1"], ["--objective", "nope"]):
+        out = _run(*args)
+        assert out.returncode == 2 and ("invalid choice" in out.stderr or "unrecognized" in out.stderr), out.stderr
+    out = _run("--preset", "quick", "--batch-size", "64")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("error: batch_size applies only") and len(out.stderr.strip().splitlines()) == 1

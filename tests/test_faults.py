@@ -1,0 +1,106 @@
+"""A user's mistakes and damaged files, as a user meets them on the command line: one ``error:`` line,
+exit status 2, no traceback, and nothing trained first when a file is missing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from siamax import errors
+from siamax.data import _paths
+
+TINY = ["--preset", "quick", "--model", "tiny", "--epochs", "1", "--steps-per-epoch", "2", "--episode-chars", "8"]
+TINY += ["--val-trials", "40", "--verification-pairs", "100", "--devices", "1", "--no-progress"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _link(src: Path, dst: Path, names, corrupt=None):
+    for n in names:
+        rel = _paths.ARCHIVES[n].relpath
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        if n == corrupt:
+            data = bytearray((src / rel).read_bytes())
+            data[100] ^= 1
+            (dst / rel).write_bytes(bytes(data))
+        else:
+            os.symlink(src / rel, dst / rel)
+
+
+def _main(tmp_path, data_dir, *args, module="experiments.omniglot_oneshot"):
+    env = {
+        **os.environ,
+        "SIAMAX_DATA_DIR": str(data_dir),
+        "SIAMAX_TFDS_DIR": str(tmp_path / "tfds"),
+        "SIAMAX_DATA_URL": "http://127.0.0.1:9",  # a closed port: "downloads" fail at once, offline or not
+    }
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
+
+
+def _one_error_line(out):
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    errors_ = [line for line in lines if line.startswith("error: ")]
+    assert len(errors_) == 1, out.stderr
+    return errors_[0]
+
+
+def test_missing_lake_runs_fails_before_training(tmp_path, siamax_data_dir):
+    data = tmp_path / "data"
+    _link(siamax_data_dir, data, ["omniglot_background_npz", "omniglot_evaluation_npz"])
+    out = _main(tmp_path, data, *TINY, "--workdir", str(tmp_path / "run"))
+    line = _one_error_line(out)
+    assert "all_runs.zip" in line and _paths.ARCHIVES["omniglot_all_runs_zip"].sha256 in line
+    assert "epoch" not in out.stdout and not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+
+
+def test_missing_mnist_fails_before_training(tmp_path, siamax_data_dir):
+    data = tmp_path / "data"
+    _link(siamax_data_dir, data, ["omniglot_background_npz", "omniglot_evaluation_npz", "omniglot_all_runs_zip"])
+    out = _main(tmp_path, data, *TINY, "--workdir", str(tmp_path / "run"), module="experiments.mnist_transfer")
+    assert "t10k-images-idx3-ubyte.gz" in _one_error_line(out) and "epoch" not in out.stdout
+
+
+def test_missing_data_folder_and_corrupt_archive(tmp_path, siamax_data_dir):
+    line = _one_error_line(_main(tmp_path, tmp_path / "nowhere", *TINY, "--workdir", str(tmp_path / "a")))
+    assert "nowhere" in line and "does not exist" in line
+    data = tmp_path / "data"
+    names = ["omniglot_background_npz", "omniglot_evaluation_npz", "omniglot_all_runs_zip"]
+    _link(siamax_data_dir, data, names, corrupt="omniglot_evaluation_npz")
+    line = _one_error_line(_main(tmp_path, data, *TINY, "--workdir", str(tmp_path / "b")))
+    assert "images_evaluation.npz" in line and _paths.ARCHIVES["omniglot_evaluation_npz"].sha256 in line
+
+
+def test_foreign_workdir_and_bad_values(tmp_path, siamax_data_dir):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"preset": "quick", "learning_rate": 1.0}')
+    line = _one_error_line(_main(tmp_path, siamax_data_dir, *TINY, "--workdir", str(run)))
+    assert "different config" in line and "learning_rate" in line
+    (run / "config.json").write_text("{not json")
+    assert "not readable" in _one_error_line(_main(tmp_path, siamax_data_dir, *TINY, "--workdir", str(run)))
+    line = _one_error_line(_main(tmp_path, siamax_data_dir, "--preset", "paper", "--augment", "true"))
+    assert "augment applies only" in line
+    out = _main(tmp_path, siamax_data_dir, "--reuse", str(tmp_path / "none"), module="experiments.mnist_transfer")
+    assert "no exported siamax model" in _one_error_line(out)
+
+
+def test_guard_turns_user_errors_into_one_line_and_keeps_bugs_loud(capsys):
+    @errors.guard
+    def bad_input(argv):
+        raise errors.DataError("first line\n  second line")
+
+    assert bad_input([]) == 2
+    assert capsys.readouterr().err == "error: first line; second line\n"
+
+    @errors.guard
+    def bug(argv):
+        raise KeyError("internal")
+
+    with pytest.raises(KeyError):
+        bug([])
+    assert issubclass(errors.DataError, FileNotFoundError) and issubclass(errors.ConfigError, ValueError)
