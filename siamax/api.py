@@ -301,7 +301,7 @@ def _head(spec: ModelSpec, weights, e1, e2):
 
 
 def logits_from_embeddings(params: Params, e1, e2) -> jax.Array:
-    """Head logits for embedding pairs (B, D), (B, D) -> (B,)."""
+    """Head logits for embedding pairs (B, D), (B, D) -> (B,), by the model's energy (``siamax.energies``)."""
     spec = _check_params(params, "logits_from_embeddings").spec
     _check_embeddings(spec, e1, "e1")
     _check_embeddings(spec, e2, "e2")

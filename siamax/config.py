@@ -27,12 +27,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from siamax import energies, losses, miners
 from siamax.errors import ConfigError
 from siamax.model import MODELS
 
-PAIR_OBJECTIVES = ("pairs",)  # batches of independent pairs
-CLASS_OBJECTIVES = ("all_pairs", "episodic")  # batches of P classes x K images, scored in-batch
-OBJECTIVES = PAIR_OBJECTIVES + CLASS_OBJECTIVES
+OBJECTIVES = tuple(losses.OBJECTIVES)
+PAIR_OBJECTIVES = tuple(k for k, batch in losses.OBJECTIVES.items() if batch == "pairs")
+CLASS_OBJECTIVES = tuple(k for k, batch in losses.OBJECTIVES.items() if batch == "classes")
 
 
 def _f(default, help: str, choices: Sequence | None = None, flag: str | None = None):
@@ -70,6 +71,12 @@ def layer_values(text: str, name: str = "value") -> tuple[tuple[str, float], ...
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     model: str = _f("paper", "network preset from siamax.model.MODELS", choices=sorted(MODELS))
+    energy: str = _f(
+        "weighted_l1",
+        "how two embeddings are compared: weighted_l1 (Koch et al.: sigmoid of a weighted L1 distance), "
+        "euclidean or cosine (a sigmoid of the distance, with a learned scale and bias)",
+        choices=energies.ENERGIES,
+    )
     dtype: str = _f(
         "float32",
         "compute dtype; parameters and optimiser state stay float32",
@@ -81,7 +88,7 @@ class ModelConfig:
 
     @property
     def spec(self):
-        return MODELS[self.model].replace(dtype=self.dtype)
+        return MODELS[self.model].replace(dtype=self.dtype, energy=self.energy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,18 +142,35 @@ class ObjectiveConfig:
         "pairs",
         "pairs: independent same/different pairs (the paper); all_pairs: every pair within a batch of "
         "P classes x K images; episodic: pick-the-same-class softmax over in-batch candidates plus the "
-        "all-pairs cross-entropy",
+        "all-pairs cross-entropy; contrastive: margin loss on the distance of every in-batch pair (Hadsell "
+        "et al. 2006); triplet: anchor/positive/negative margin loss over mined in-batch triplets",
         choices=OBJECTIVES,
         flag="objective",
     )
 
+    margin: float = _f(
+        0.0,
+        "contrastive/triplet: the margin on the energy's distance (weighted_l1: the mean |e1 - e2|; euclidean: "
+        "||e1 - e2||; cosine: 1 - cos, in [0, 2]); 0 = the energy's default, siamax.energies.DEFAULT_MARGIN "
+        f"{energies.DEFAULT_MARGIN}",
+    )
+    miner: str = _f(
+        "batch_hard",
+        "triplet: which in-batch triplets count: all (every valid one; the loss averages those with a positive "
+        "loss), batch_hard (the hardest positive and negative of each anchor), semi_hard (FaceNet: per anchor and "
+        "positive, the closest negative farther than the positive; if none, the farthest negative)",
+        choices=miners.MINERS,
+    )
+
     def __post_init__(self):
         _check_choices(self)
+        if self.margin < 0:
+            raise ConfigError(f"margin must be >= 0 (0: the energy's default), got {self.margin}")
 
     @property
     def batch(self) -> str:
         """The batch form this objective trains on: "pairs" or "classes" (P x K labelled images)."""
-        return "pairs" if self.kind in PAIR_OBJECTIVES else "classes"
+        return losses.OBJECTIVES[self.kind]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +241,8 @@ APPLIES_WHEN: dict[str, tuple[str, tuple]] = {
         name: ("objective", CLASS_OBJECTIVES)
         for name in ("episode_chars", "episode_drawers", "episode_alphabets", "augment", "rotations")
     },
+    "margin": ("objective", ("contrastive", "triplet")),
+    "miner": ("objective", ("triplet",)),
     **{
         name: ("optimizer", ("sgd",))
         for name in ("layer_learning_rates", "momentum", "layer_momenta", "momentum_ramp_epochs")
@@ -250,6 +276,14 @@ class Config:
             raise ConfigError("on-the-fly pairs (n_pairs=0) need steps_per_epoch > 0")
         if self.objective.kind in CLASS_OBJECTIVES and self.schedule.steps_per_epoch == 0:
             raise ConfigError(f"objective {self.objective.kind!r} samples on the fly: set steps_per_epoch > 0")
+        self._check_margin()
+        if self.objective.batch == "classes" and self.data.episode_drawers < 2:
+            raise ConfigError("episode_drawers must be >= 2: a batch needs two images of a class for a positive pair")
+        if self.model.energy != "weighted_l1" and dict(self.optim.per_layer("layer_l2")).get("head"):
+            raise ConfigError(
+                f"layer_l2 names the head, but the {self.model.energy} head has no weight matrix (only a scale and "
+                "a bias): the setting would be ignored"
+            )
         layers = self.spec.layer_names
         for name in ("layer_learning_rates", "layer_momenta", "layer_l2"):
             unknown = [layer for layer, _ in self.optim.per_layer(name) if layer not in layers]
@@ -261,6 +295,24 @@ class Config:
     @property
     def spec(self):
         return self.model.spec
+
+    @property
+    def margin(self) -> float:
+        """The metric objectives' margin: the one given, else the energy's default."""
+        return self.objective.margin or energies.DEFAULT_MARGIN[self.model.energy]
+
+    def _check_margin(self) -> None:
+        if self.objective.kind not in ("contrastive", "triplet"):
+            return
+        # A hinge that the distance can never satisfy trains nothing useful: refuse it.
+        spec, m = self.spec, self.margin
+        bounded = spec.fc_units and spec.fc_activation == "sigmoid"  # features in (0, 1): mean |diff| < 1
+        limit = {"cosine": 2.0, "weighted_l1": 1.0 if bounded else None}.get(spec.energy)
+        if limit is not None and m >= limit:
+            raise ConfigError(
+                f"margin {m} is out of reach: the {spec.energy} distance of model {self.model.model!r} is below "
+                f"{limit}; use --margin below {limit}"
+            )
 
     def l2_lambdas(self) -> tuple[tuple[str, float], ...]:
         explicit = dict(self.optim.per_layer("layer_l2"))

@@ -1,4 +1,5 @@
-"""Networks only: the convolutional tower and the weighted-L1 twin head (Koch et al. 2015).
+"""Networks only: the convolutional tower and the twin head (Koch et al. 2015's weighted L1, or
+another energy from ``siamax.energies``, which holds the head's maths).
 
 A :class:`ModelSpec` describes an architecture completely; named presets live in ``MODELS``.
 The twins are *not* two modules: ``siamax.api`` applies one tower params tree to both images
@@ -15,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from siamax import conv
+from siamax import conv, energies
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "none": lambda x: x}
 INITS = ("koch", "lecun")
@@ -48,6 +49,8 @@ class ModelSpec:
     # by space-to-depth where that is faster; on CPU FFT, hybrid, Winograd or direct where faster);
     # the others force one. siamax.conv.plan(spec, backend) says what each layer runs.
     conv_impl: str | tuple[str, ...] = "auto"
+    # How the head compares two embeddings (siamax.energies): Koch's weighted L1, euclidean or cosine.
+    energy: str = "weighted_l1"
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
@@ -68,6 +71,7 @@ class ModelSpec:
             ("norm", self.norm, NORMS),
             ("init", self.init, INITS),
             ("dtype", self.dtype, DTYPES),
+            ("energy", self.energy, energies.ENERGIES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -198,6 +202,28 @@ class Conv(nn.Module):
         return conv.apply(self.plan, x, kernel, bias)
 
 
+class Head(nn.Module):
+    """The head's parameters for ``energy`` (``siamax.energies.head_shapes``); a module only, the
+    maths is ``siamax.energies``'. Koch's weighted L1 is initialised like an fc layer (and draws
+    exactly what ``nn.Dense(1, name="head")`` drew); the calibrated euclidean / cosine heads start at
+    ``logit = 1 - d``."""
+
+    energy: str
+    dim: int
+    kernel_init: Any
+    bias_init: Any
+
+    @nn.compact
+    def __call__(self) -> dict[str, jax.Array]:
+        if self.energy == "weighted_l1":
+            inits = {"kernel": self.kernel_init, "bias": self.bias_init}
+        else:
+            constant = nn.initializers.constant
+            inits = {"scale": constant(energies.INIT_SCALE), "bias": constant(energies.INIT_BIAS)}
+        shapes = energies.head_shapes(self.energy, self.dim)
+        return {name: self.param(name, inits[name], shape) for name, shape in shapes.items()}
+
+
 class Siamese(nn.Module):
     """Tower + head. ``embed`` maps images to embeddings; ``logit`` compares two embeddings."""
 
@@ -220,8 +246,7 @@ class Siamese(nn.Module):
         self.fc = (
             nn.Dense(s.fc_units, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="fc") if s.fc_units else None
         )
-        # The head's weights alpha_j weight |h1_j - h2_j|; it is initialised like an fc layer.
-        self.head = nn.Dense(1, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="head")
+        self.head = Head(s.energy, s.embedding_dim, dense_k, dense_b, name="head")
 
     def embed(self, x):
         """(B, S, S, 1) float model input -> (B, D) float32 embeddings."""
@@ -238,8 +263,12 @@ class Siamese(nn.Module):
         return ACTIVATIONS[self.spec.fc_activation](self.fc(x)).astype(jnp.float32)
 
     def logit(self, e1, e2):
-        """Weighted L1 distance plus bias: (B, D), (B, D) -> (B,) logits (float32)."""
-        return self.head(jnp.abs(e1 - e2))[..., 0].astype(jnp.float32)
+        """The energy's logit: (B, D), (B, D) -> (B,) float32 (Koch's: weighted L1 distance plus bias)."""
+        return energies.logit(self.spec.energy, self.head(), e1, e2, jnp.dtype(self.spec.dtype))
+
+    def pairwise_logits(self, e):
+        """(B, D) -> (B, B) float32 logits of every pair of one batch of embeddings."""
+        return energies.pairwise_logits(self.spec.energy, self.head(), e, jnp.dtype(self.spec.dtype))
 
     def __call__(self, x1, x2):  # only used to create the parameters
         return self.logit(self.embed(x1), self.embed(x2))
@@ -253,4 +282,4 @@ def param_count(spec: ModelSpec) -> int:
         cin = f
     if spec.fc_units:
         count += math.prod(spec.feature_shape) * spec.fc_units + spec.fc_units
-    return count + spec.embedding_dim + 1
+    return count + sum(math.prod(shape) for shape in energies.head_shapes(spec.energy, spec.embedding_dim).values())

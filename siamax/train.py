@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,11 +22,9 @@ import jax.numpy as jnp
 import optax
 import tqdm
 
-from siamax import api, checkpoint, losses, rng, sharding
-from siamax.errors import TrainingError
+from siamax import api, checkpoint, energies, losses, miners, rng, sharding
+from siamax.errors import ConfigError, TrainingError
 from siamax.model import Siamese
-
-KINDS = ("pairs", "all_pairs", "episodic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,18 +40,32 @@ class Objective:
     all other images of the batch, and the loss is the softmax cross-entropy of picking a same-class
     candidate by the head's logits (the one-shot decision rule, trained directly), plus
     ``pair_weight`` times the balanced all-pairs cross-entropy, which keeps p calibrated.
+    ``kind="contrastive"`` / ``"triplet"``: the same batch; metric losses on the energy's distance
+    (``siamax.losses.contrastive``, ``siamax.losses.triplet`` with ``miner``, both with ``margin``),
+    which train the tower only. The head's calibration (its logit from the distance) is trained
+    alongside by the balanced all-pairs cross-entropy on gradient-stopped embeddings, so that it
+    cannot change what the metric loss learns and ``siamax.score`` is still a calibrated probability.
     ``augment``: apply the paper's random affine distortion to every image inside the step.
     ``l2``: per-layer L2 weights lambda_j as ((layer, lambda), ...).
+    ``margin``: contrastive / triplet only; ``miner``: triplet only, one of ``siamax.miners.MINERS``.
     """
 
     kind: str = "pairs"
     augment: bool = False
     pair_weight: float = 1.0
     l2: tuple[tuple[str, float], ...] = ()
+    margin: float = 1.0
+    miner: str = "batch_hard"
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"objective kind must be one of {KINDS}, got {self.kind!r}")
+        kinds = tuple(losses.OBJECTIVES)
+        if self.kind not in kinds:
+            raise ConfigError(f"objective kind must be one of {kinds}, got {self.kind!r}")
+        if self.miner not in miners.MINERS:
+            raise ConfigError(f"triplet miner must be one of {miners.MINERS}, got {self.miner!r}")
+        if not (isinstance(self.margin, numbers.Real) and math.isfinite(self.margin) and self.margin > 0):
+            raise ConfigError(f"margin must be a positive finite number, got {self.margin!r}")
+        object.__setattr__(self, "margin", float(self.margin))
 
 
 @flax.struct.dataclass
@@ -91,42 +105,50 @@ def _pairs_loss(spec, weights, batch, augment, rng):
 
 
 def _in_batch_loss(spec, weights, objective: Objective, batch, rng):
-    """All B(B-1)/2 pairs of one batch of labelled images, each image through the tower once."""
+    """All B(B-1)/2 pairs of one batch of labelled images, each image through the tower once.
+
+    Returns (data loss, cross-entropy, accuracy, the objective's own metrics).
+    """
     x = api.model_input(spec, batch["x"], "x")
     if objective.augment:
         x = _distort(rng, x[..., 0])[..., None]
     e = api._embed(spec, weights, x)
-    b = x.shape[0]
-    # Logit matrix (B, B): the head is symmetric in its two inputs, so one matrix serves both roles.
-    logits = (
-        Siamese(spec)
-        .apply({"params": weights}, jnp.repeat(e, b, axis=0), jnp.tile(e, (b, 1)), method="logit")
-        .reshape(b, b)
-    )
     labels = batch["labels"]
-    same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
-    off_diag = 1.0 - jnp.eye(b)
-    pos, neg = same * off_diag, (1.0 - same)
-    # Same and different pairs weigh equally, however few same pairs a batch has.
-    pair_weights = pos / jnp.maximum(pos.sum(), 1.0) + neg / jnp.maximum(neg.sum(), 1.0)
-    ce = losses.pair_cross_entropy(logits, same, pair_weights)
-    accuracy = (((logits > 0) == (same > 0.5)) * pair_weights).sum() / pair_weights.sum()
-    if objective.kind == "all_pairs":
-        return ce, accuracy
-    masked = jnp.where(off_diag > 0, logits, -jnp.inf)
-    has_pos = pos.sum(1) > 0
-    log_p_same = jax.nn.logsumexp(jnp.where(pos > 0, logits, -jnp.inf), axis=1) - jax.nn.logsumexp(masked, axis=1)
-    episodic = -jnp.sum(jnp.where(has_pos, log_p_same, 0.0)) / jnp.maximum(has_pos.sum(), 1)
-    return episodic + objective.pair_weight * ce, accuracy
+    # Logit matrix (B, B): the head is symmetric in its two inputs, so one matrix serves both roles.
+    pairwise_logits = lambda e: Siamese(spec).apply({"params": weights}, e, method="pairwise_logits")  # noqa: E731
+    if objective.kind in ("all_pairs", "episodic"):
+        logits = pairwise_logits(e)
+        ce, accuracy = losses.all_pairs(logits, labels)
+        if objective.kind == "all_pairs":
+            return ce, ce, accuracy, {}
+        episodic = losses.episodic(logits, labels)
+        return episodic + objective.pair_weight * ce, ce, accuracy, {"episodic": episodic}
+    # Metric objectives: the loss moves embeddings by distance; the calibration cross-entropy sees
+    # them gradient-stopped, so it fits the head alone and cannot pull on the tower.
+    dist = energies.pairwise_distance(spec.energy, e)
+    ce, accuracy = losses.all_pairs(pairwise_logits(jax.lax.stop_gradient(e)), labels)
+    if objective.kind == "contrastive":
+        metric = losses.contrastive(dist, labels, objective.margin)
+        return metric + ce, ce, accuracy, {"contrastive": metric}
+    metric, active = losses.triplet(dist, labels, objective.margin, objective.miner)
+    return metric + ce, ce, accuracy, {"triplet": metric, "active_triplets": active}
 
 
 def loss_fn(weights, spec, objective: Objective, batch: Mapping, rng):
+    """(loss, metrics) of one batch: the objective's data loss plus the L2 term.
+
+    ``metrics``: cross_entropy (the pairs' binary cross-entropy: for episodic its all-pairs term, for
+    contrastive / triplet the head's calibration), l2, accuracy, and the objective's own term
+    (episodic, contrastive or triplet, and for triplet ``active_triplets``, the fraction of the mined
+    triplets with a positive loss).
+    """
     if objective.kind == "pairs":
         ce, accuracy = _pairs_loss(spec, weights, batch, objective.augment, rng)
+        data, extra = ce, {}
     else:
-        ce, accuracy = _in_batch_loss(spec, weights, objective, batch, rng)
+        data, ce, accuracy, extra = _in_batch_loss(spec, weights, objective, batch, rng)
     l2 = losses.l2_penalty(weights, dict(objective.l2))
-    return ce + l2, {"cross_entropy": ce, "l2": l2, "accuracy": accuracy}
+    return data + l2, {"cross_entropy": ce, "l2": l2, "accuracy": accuracy, **extra}
 
 
 def _train_step(state: TrainState, batch: Mapping, rng: jax.Array):
@@ -144,8 +166,8 @@ train_step = jax.jit(_train_step, donate_argnums=0)
 train_step.__doc__ = """(state, batch, rng) -> (state, metrics). Pure; jitted once; ``state`` is donated.
 
 ``metrics``: loss, cross_entropy, l2, accuracy (of the batch's pairs, thresholded at p = 0.5),
-grad_norm and ``finite`` (False when the loss is NaN or infinite: the caller must stop and keep its
-last good checkpoint)."""
+the objective's own terms (see ``loss_fn``), grad_norm and ``finite`` (False when the loss is NaN
+or infinite: the caller must stop and keep its last good checkpoint)."""
 
 
 # ---------------------------------------------------------------------------------------------

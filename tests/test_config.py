@@ -90,13 +90,39 @@ def test_bad_values_are_refused_with_the_valid_ones():
     with pytest.raises(ConfigError, match="unknown config field.*valid fields"):
         config.Config.from_preset("quick", learning_rat=1.0)
     with pytest.raises(ConfigError, match="objective must be one of"):
-        config.Config.from_preset("quick", objective="triplet")
+        config.Config.from_preset("quick", objective="siamese")
+    with pytest.raises(ConfigError, match="miner must be one of"):
+        config.Config.from_preset("quick", objective="triplet", miner="hardest")
+    with pytest.raises(ConfigError, match="energy must be one of"):
+        config.Config.from_preset("quick", energy="l2")
     with pytest.raises(ConfigError, match="unknown layers"):
         config.Config.from_preset("paper", layer_l2="conv9=0.1")
     with pytest.raises(ConfigError, match="lr_decay"):
         config.Config.from_preset("quick", lr_decay=1.5)
     with pytest.raises(ConfigError, match="train_drawers"):
         config.Config.from_preset("quick", train_drawers=21)
+
+
+def test_objective_energy_and_miner_combinations():
+    for objective in config.OBJECTIVES:
+        for energy in ("weighted_l1", "euclidean", "cosine"):
+            extra = {"n_pairs": 0, "steps_per_epoch": 10} if objective == "pairs" else {}
+            cfg = config.Config.from_preset("quick", objective=objective, energy=energy, **extra)
+            assert cfg.spec.energy == energy and cfg.objective.kind == objective
+    cfg = config.Config.from_preset("quick", objective="triplet", energy="cosine")
+    assert cfg.margin == 0.4 and cfg.override(margin=0.2).margin == 0.2  # 0 = the energy's default
+    with pytest.raises(ConfigError, match="miner applies only to objective triplet"):
+        config.Config.from_preset("quick", objective="contrastive", miner="all")
+    with pytest.raises(ConfigError, match="margin applies only to objective contrastive / triplet"):
+        config.Config.from_preset("quick", margin=0.5)
+    with pytest.raises(ConfigError, match="out of reach"):
+        config.Config.from_preset("quick", objective="contrastive", energy="cosine", margin=2.0)
+    with pytest.raises(ConfigError, match="out of reach"):  # the paper's sigmoid fc: mean |diff| < 1
+        config.Config.from_preset("paper", objective="triplet", margin=1.0, steps_per_epoch=10)
+    with pytest.raises(ConfigError, match="two images of a class"):
+        config.Config.from_preset("quick", objective="triplet", episode_drawers=1)
+    with pytest.raises(ConfigError, match="no weight matrix"):
+        config.Config.from_preset("quick", energy="cosine", layer_l2="head=0.1")
 
 
 def test_settings_that_would_be_ignored_are_refused():

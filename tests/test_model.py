@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import siamax
-from siamax import conv
+from siamax import conv, energies
 from siamax.errors import ConfigError
 from siamax.model import Conv, ModelSpec, Siamese
 
@@ -198,3 +198,17 @@ def test_twin_shares_one_tree():
         chex.assert_trees_all_close(g[name], jax.tree.map(jnp.add, g_a[name], g_b[name]), rtol=1e-5, atol=1e-7)
         assert float(jnp.abs(g_a[name]["kernel"]).sum()) > 0 and float(jnp.abs(g_b[name]["kernel"]).sum()) > 0
     chex.assert_trees_all_close(g["head"], g_h["head"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("energy", energies.ENERGIES)
+@pytest.mark.parametrize("model", sorted(siamax.MODELS))
+def test_param_count_per_energy(model, energy):
+    """param_count from the spec alone == the initialised tree (by shape: nothing is computed), per energy:
+    Koch's head has D + 1 parameters, the calibrated euclidean / cosine heads two scalars."""
+    spec = siamax.MODELS[model].replace(energy=energy)
+    shapes = jax.eval_shape(lambda: siamax.init(jax.random.key(0), spec))
+    assert siamax.param_count(spec) == sum(x.size for x in jax.tree.leaves(shapes))
+    head = sum(x.size for x in jax.tree.leaves(shapes.weights["head"]))
+    assert head == (spec.embedding_dim + 1 if energy == "weighted_l1" else 2)
+    if model == "paper":
+        assert siamax.param_count(spec) == 38_951_745 - (4096 + 1) + head

@@ -1,13 +1,14 @@
 """The jitted train step: metrics, donation, learning a synthetic same/different task."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import siamax
-from siamax import optim, train
-from siamax.model import ModelSpec
+from siamax import energies, losses, miners, optim, train
+from siamax.model import ModelSpec, Siamese
 
 TINY = ModelSpec(
     input_size=16, filters=(8, 16), kernels=(3, 3), pools=(True, True), padding="SAME", fc_units=32, init="lecun"
@@ -90,5 +91,169 @@ def test_all_pairs_objective_learns():
 
 
 def test_bad_objective():
-    with pytest.raises(ValueError, match="objective kind"):
-        train.Objective(kind="triplet")
+    with pytest.raises(ValueError, match="objective kind must be one of"):
+        train.Objective(kind="quadruplet")
+
+
+# ---- Issue 15: the objective family x the energies.
+
+PINNED = ModelSpec(
+    input_size=16,
+    filters=(4, 8),
+    kernels=(3, 3),
+    pools=(True, True),
+    padding="SAME",
+    fc_units=12,
+    init="lecun",
+    conv_impl="xla",
+)
+
+
+def _numpy_weights(spec, seed=0):
+    rng, cin, tree = np.random.default_rng(seed), 1, {}
+    for i, (f, k) in enumerate(zip(spec.filters, spec.kernels)):
+        tree[f"conv{i + 1}"] = {
+            "kernel": rng.normal(size=(k, k, cin, f)) * np.sqrt(2 / (k * k * cin)),
+            "bias": rng.normal(size=f) * 0.1,
+        }
+        cin = f
+    d = int(np.prod(spec.feature_shape))
+    tree["fc"] = {
+        "kernel": rng.normal(size=(d, spec.fc_units)) / np.sqrt(d),
+        "bias": rng.normal(size=spec.fc_units) * 0.1,
+    }
+    tree["head"] = {"kernel": rng.normal(size=(spec.fc_units, 1)), "bias": np.array([0.3])}
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree)
+
+
+def _pinned_batches():
+    rng = np.random.default_rng(0)
+    x = (rng.random((8, 16, 16)) < 0.3).astype(np.float32)
+    pairs = {"x1": x[:6], "x2": x[[1, 0, 3, 4, 5, 2]], "y": np.array([1, 1, 1, 0, 1, 0], np.float32)}
+    return pairs, {"x": x, "labels": np.array([0, 0, 1, 1, 2, 2, 3, 4], np.int32)}
+
+
+@pytest.mark.parametrize(
+    "kind,pair_weight,loss,cross_entropy,accuracy",
+    [
+        # Computed by the code before issue 15 (siamax.train._pairs_loss / _in_batch_loss, e20ecca).
+        ("pairs", 1.0, 0.7773197889328003, 0.712997317314148, 0.1666666716337204),
+        ("all_pairs", 1.0, 0.7629528641700745, 0.6986303329467773, 0.3466666638851166),
+        ("episodic", 1.0, 2.7245712280273438, 0.6986303329467773, 0.3466666638851166),
+        ("episodic", 0.5, 2.375256061553955, 0.6986303329467773, 0.3466666638851166),
+    ],
+)
+def test_koch_objectives_compute_what_they_did(kind, pair_weight, loss, cross_entropy, accuracy):
+    """pairs / all_pairs / episodic: the losses of before the objective family (pinned numbers; the
+    cross_entropy metric of episodic is now its all-pairs term, it was the whole data loss)."""
+    pairs, classes = _pinned_batches()
+    objective = train.Objective(kind=kind, pair_weight=pair_weight, l2=(("conv1", 0.01), ("head", 0.001)))
+    batch = pairs if kind == "pairs" else classes
+    got, aux = jax.jit(train.loss_fn, static_argnums=(1, 2))(
+        _numpy_weights(PINNED), PINNED, objective, batch, jax.random.key(0)
+    )
+    np.testing.assert_allclose(
+        [float(got), float(aux["cross_entropy"]), float(aux["accuracy"]), float(aux["l2"])],
+        [loss, cross_entropy, accuracy, 0.06432251632213593],
+        rtol=2e-6,
+    )
+
+
+def test_in_batch_logits_and_losses_are_bit_identical_to_before():
+    """The pre-issue-15 in-batch maths, verbatim (a Dense head on repeat/tile differences), against the
+    energies' pairwise logits and siamax.losses, bit for bit (eagerly: op by op, the same arithmetic)."""
+    weights = _numpy_weights(PINNED)
+    _, classes = _pinned_batches()
+    e = siamax.embed(siamax.Params(weights, PINNED), classes["x"])
+    labels = jnp.asarray(classes["labels"])
+    b = e.shape[0]
+    old_logits = (
+        nn.Dense(1).apply({"params": weights["head"]}, jnp.abs(jnp.repeat(e, b, 0) - jnp.tile(e, (b, 1))))[..., 0]
+    ).reshape(b, b)
+    same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+    off_diag = 1.0 - jnp.eye(b)
+    pos, neg = same * off_diag, (1.0 - same)
+    pair_weights = pos / jnp.maximum(pos.sum(), 1.0) + neg / jnp.maximum(neg.sum(), 1.0)
+    old_ce = losses.pair_cross_entropy(old_logits, same, pair_weights)
+    old_acc = (((old_logits > 0) == (same > 0.5)) * pair_weights).sum() / pair_weights.sum()
+    masked = jnp.where(off_diag > 0, old_logits, -jnp.inf)
+    has_pos = pos.sum(1) > 0
+    lps = jax.nn.logsumexp(jnp.where(pos > 0, old_logits, -jnp.inf), axis=1) - jax.nn.logsumexp(masked, axis=1)
+    old_episodic = -jnp.sum(jnp.where(has_pos, lps, 0.0)) / jnp.maximum(has_pos.sum(), 1)
+
+    logits = Siamese(PINNED).apply({"params": weights}, e, method="pairwise_logits")
+    np.testing.assert_array_equal(logits, old_logits)
+    ce, acc = losses.all_pairs(logits, labels)
+    assert (float(ce), float(acc)) == (float(old_ce), float(old_acc))
+    assert float(losses.episodic(logits, labels)) == float(old_episodic)
+
+
+def _class_batch(protos, rng, p=4, k=4):
+    classes = np.repeat(rng.choice(len(protos), p, replace=False), k).astype(np.int32)
+    return {"x": _noisy(protos, classes, rng), "labels": classes}
+
+
+OBJECTIVES = [
+    ("pairs", "batch_hard"),
+    ("all_pairs", "batch_hard"),
+    ("episodic", "batch_hard"),
+    ("contrastive", "batch_hard"),
+]
+OBJECTIVES += [("triplet", miner) for miner in miners.MINERS]
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    """One init per energy ("tiny", XLA's convolutions: the fastest to compile on CPU)."""
+    spec = siamax.MODELS["tiny"].replace(conv_impl="xla")
+    return {energy: siamax.init(jax.random.key(0), spec.replace(energy=energy)) for energy in energies.ENERGIES}
+
+
+@pytest.mark.parametrize("energy", energies.ENERGIES)
+@pytest.mark.parametrize("kind,miner", OBJECTIVES)
+def test_every_objective_and_energy_trains(tiny_params, kind, miner, energy):
+    """A jitted train step of each objective x energy lowers the loss on a fixed synthetic batch, with
+    finite metrics, its own terms reported and loss = its terms + l2."""
+    params = tiny_params[energy]
+    params = params.replace(weights=jax.tree.map(jnp.copy, params.weights))  # train_step donates its state
+    objective = train.Objective(kind=kind, miner=miner, margin=0.5, l2=(("fc", 1e-4), ("head", 1e-4)))
+    state = train.create_train_state(params, optim.adam(3e-3, 50), objective)
+    protos, rng = _prototypes(size=28), np.random.default_rng(0)
+    batch = _pair_batch(protos, rng, b=16) if kind == "pairs" else _class_batch(protos, rng)
+    history = []
+    for step in range(10):
+        state, m = train.train_step(state, batch, jax.random.key(step))
+        history.append(m)
+    first, last = history[0], history[-1]
+    assert all(bool(jnp.isfinite(v)) for m in history for v in m.values()), (kind, energy)
+    assert float(last["loss"]) < 0.9 * float(first["loss"]), [float(m["loss"]) for m in history]
+    own = {"pairs": (), "all_pairs": (), "episodic": ("episodic",), "contrastive": ("contrastive",)}
+    own = own.get(kind, ("triplet", "active_triplets"))
+    assert set(first) == {"loss", "cross_entropy", "l2", "accuracy", "grad_norm", "finite", *own}
+    terms = float(first["cross_entropy"]) + float(first["l2"])
+    if kind in ("contrastive", "triplet"):
+        terms += float(first[kind])
+        assert float(last[kind]) < 0.5 * float(first[kind])  # the metric term itself, not only the calibration
+        assert 0.0 <= float(first.get("active_triplets", 0.0)) <= 1.0
+    elif kind == "episodic":
+        terms += float(first["episodic"])
+    np.testing.assert_allclose(float(first["loss"]), terms, rtol=1e-5)
+
+
+def test_metric_objectives_train_the_head_only_by_calibration():
+    """contrastive / triplet: the metric loss never reaches the head, the calibration never the tower."""
+    spec = PINNED.replace(energy="euclidean")
+    weights = {**_numpy_weights(PINNED), "head": {"scale": jnp.asarray(0.2), "bias": jnp.asarray(0.5)}}
+    _, classes = _pinned_batches()
+    for kind in ("contrastive", "triplet"):
+        objective = train.Objective(kind=kind, miner="all")
+
+        def grads(term, objective=objective):
+            return jax.grad(lambda w: train.loss_fn(w, spec, objective, classes, jax.random.key(0))[1][term])(weights)
+
+        metric, calibration = grads(kind), grads("cross_entropy")
+        assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(metric["head"]))
+        assert any(float(jnp.abs(g).max()) > 0.0 for g in jax.tree.leaves(metric["conv1"]))
+        for layer in ("conv1", "conv2", "fc"):
+            assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(calibration[layer]))
+        assert all(float(jnp.abs(g).max()) > 0.0 for g in jax.tree.leaves(calibration["head"]))
