@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from siamax import config, errors, experiment, runtime
+from siamax import config, errors, experiment, report, runtime
 from siamax.errors import ConfigError
 
 
@@ -79,7 +79,7 @@ def main(argv=None):
 
     base = config.PRESETS[preset].flat()
     workdir = Path(args.workdir)
-    out = {"preset": preset, "seeds": args.seeds, "runs": []}
+    out = {"preset": preset, "seeds": args.seeds, "command": sys.argv, **report.provenance(), "runs": []}
     for name, cfg in cfgs.items():
         for seed in args.seeds:
             run_cfg = cfg.override(seed=seed)

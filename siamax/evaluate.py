@@ -3,9 +3,10 @@
 One-shot scoring (``one_shot_accuracy``):
 
 * Every query is one *trial*. For a params tree, every distinct image of all tasks goes through
-  ``siamax.preprocess`` (with the task's ``ink``) and the tower exactly once, in jitted chunks of a
-  fixed size (the last one padded: one compilation); queries are then scored against their
-  supports with ``siamax.score_embeddings`` (also in fixed-size chunks).
+  the one route to model format (``siamax.data.labelled.to_model``: ``siamax.preprocess`` with the
+  task's ``ink``, rounded to uint8, so evaluation sees the pixels training sees) and the tower
+  exactly once, in jitted chunks of a fixed size (the last one padded: one compilation); queries are
+  then scored against their supports with ``siamax.score_embeddings`` (also in fixed-size chunks).
 * With K > 1 support images per class (``Task.support_classes``) a class's score is the max over
   its shots (``shots="max"``, "the nearest shot wins", the paper's rule for K = 1) or their mean.
 * The candidate order is shuffled per trial (seeded), so the position of the right answer carries
@@ -26,6 +27,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from siamax.data.labelled import to_model
 
 TIES = ("split", "random", "fail")
 
@@ -92,7 +95,8 @@ def _score_matrices_callable(score_fn, tasks, rng) -> list[np.ndarray]:
 def _embed_raw(params, raw, ink):
     import siamax  # pylint: disable=g-import-not-at-top
 
-    return siamax.embed(params, siamax.preprocess(params, raw, ink=ink))
+    # The one route (siamax.data.labelled.to_model): the very pixels training sees, uint8 included.
+    return siamax.embed(params, to_model(params, raw, ink))
 
 
 @jax.jit
@@ -103,8 +107,9 @@ def _score_rows(params, emb, i1, i2):
 
 
 def embed_images(params, images: np.ndarray, *, ink: str, batch_size: int = 256) -> jax.Array:
-    """Embeddings (N, D) of native images (N, H, W), preprocessed for ``params``' model, computed in
-    jitted chunks of exactly ``batch_size`` (the last padded; rows beyond N are padding)."""
+    """Embeddings (N, D) of images (N, H, W): native, or model format (uint8, ``ink="light"``),
+    brought to model format by ``to_model`` and computed in jitted chunks of exactly ``batch_size``
+    (the last padded; rows beyond N are padding)."""
     images = np.asarray(images)
     if images.dtype == bool:  # JAX copies raw bytes: make True exactly 1 (see canonical_bool)
         images = images.view(np.uint8) != 0
@@ -237,8 +242,8 @@ def nearest_neighbour(
 def pair_probabilities(
     params, images: np.ndarray, i1, i2, *, ink: str = "dark", batch_size: int = 256, pair_chunk: int = 4096
 ) -> np.ndarray:
-    """``score`` for pairs of rows of native images (N, H, W) (e.g. ``Omniglot.flat_images`` with
-    flat indices from ``siamax.data.make_pairs``), embedding each distinct image once."""
+    """``score`` for pairs of rows of images (N, H, W) (e.g. a table's model-format images with
+    ``ink="light"`` and indices from ``siamax.data.make_pairs``), embedding each distinct image once."""
     i1, i2 = np.asarray(i1), np.asarray(i2)
     chex.assert_equal_shape([i1, i2])
     used, inverse = np.unique(np.concatenate([i1, i2]), return_inverse=True)

@@ -18,7 +18,7 @@ import jax
 
 from siamax import api, checkpoint, config, evaluate, optim, report, rng, sharding, train
 from siamax import data as sd
-from siamax.data import batches
+from siamax.data import samplers
 from siamax.errors import WorkdirError
 
 
@@ -92,11 +92,12 @@ def claim_workdir(workdir: Path, cfg: config.Config, preset: str) -> None:
     sharding.sync("claim_workdir")
 
 
-def validation_trials(cfg: config.Config, omni, splits) -> list:
-    """The validation one-shot tasks that choose the checkpoint: from ``cfg.eval.eval_seed`` alone."""
+def validation_trials(cfg: config.Config, table, splits) -> list:
+    """The validation one-shot tasks that choose the checkpoint, from the Omniglot table
+    (``siamax.data.omniglot_table``) and ``cfg.eval.eval_seed`` alone."""
     seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_tasks"]
     val = splits.validation
-    return sd.validation_tasks(omni, val.alphabets, val.drawers, trials=cfg.eval.val_trials, seed=seed)
+    return sd.validation_tasks(table, val.alphabets, val.drawers, trials=cfg.eval.val_trials, seed=seed)
 
 
 def run(
@@ -125,21 +126,19 @@ def run(
     candidates_seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]
 
     t0 = time.perf_counter()
-    omni = sd.load_omniglot()
+    table = sd.omniglot_table(sd.load_omniglot(), spec)  # the dataset model: model format, on the device
     splits = sd.paper_splits(cfg.data.split_seed, train_drawers=cfg.data.train_drawers)
     if sharding.is_primary():
         splits.save(workdir / "splits.json")
-    images = batches.device_images(omni, spec)
-    sampler = batches.make_sampler(
+    sampler = samplers.make_sampler(
         cfg.data,
         cfg.objective.batch,
-        splits.train,
-        images,
+        table.take(splits.train.flat_indices(), name="omniglot/train"),
         cfg.seed,
         cfg.schedule.steps_per_epoch,
         shard=sharding.shard_of_process(),
     )
-    val_tasks = validation_trials(cfg, omni, splits)
+    val_tasks = validation_trials(cfg, table, splits)
     data_seconds = time.perf_counter() - t0
     if sharding.is_primary():
         print(
@@ -150,7 +149,13 @@ def run(
 
     params = api.init(streams["init"], spec)
     tx, lr_of = optim.make_optimizer(cfg.optim, spec.layer_names, sampler.steps_per_epoch)
-    objective = train.Objective(kind=cfg.objective.kind, augment=cfg.data.augment, l2=cfg.l2_lambdas())
+    objective = train.Objective(
+        kind=cfg.objective.kind,
+        augment=cfg.data.augment,
+        l2=cfg.l2_lambdas(),
+        margin=cfg.margin,
+        miner=cfg.objective.miner,
+    )
     state = sharding.replicate(train.create_train_state(params, tx, objective), mesh)
 
     def validate(p):
@@ -189,7 +194,7 @@ def run(
         cfg,
         preset=preset,
         workdir=workdir,
-        omni=omni,
+        omniglot=table,
         splits=splits,
         summary=summary,
         sampler=sampler,
@@ -206,7 +211,8 @@ def mnist_transfer(params: api.Params, workdir: str | Path, *, eval_seed: int = 
     """
     workdir = Path(workdir)
     seeds = rng.eval_seeds(eval_seed)
-    tasks = sd.mnist_tasks(sd.load_mnist(), n_trials=trials, seed=seeds["transfer_tasks"])
+    digits = sd.mnist_table(sd.load_mnist(), params.spec, "test")
+    tasks = sd.mnist_tasks(digits, n_trials=trials, seed=seeds["transfer_tasks"])
     path = workdir / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"paper": report.PAPER, **report.provenance()}
     results["mnist10"] = evaluate.one_shot_accuracy(params, tasks, seed=seeds["test_candidates"])

@@ -111,34 +111,49 @@ def paper_verification_key(cfg) -> str | None:
     return f"{cfg.data.n_pairs // 1000}k" + ("_x9" if cfg.data.distortions == 8 else "")
 
 
-def test_sets(cfg, omni, splits) -> dict:
+def test_sets(cfg, omniglot, splits) -> dict:
     """Every trial and pair the report scores, drawn from ``cfg.eval.eval_seed`` alone.
 
     ``{"lake20": tasks, "within_alphabet": {N: tasks}, "verification_validation": pairs,
-    "verification_test": pairs, "candidates_seed": int, "report_seed": int}``. Runs with different
-    training seeds get identical sets, so their numbers differ only by what they learned.
+    "verification_test": pairs, "validation_table", "test_table", "candidates_seed": int, "report_seed":
+    int}`` from the Omniglot table. Runs with different training seeds get identical sets, so their
+    numbers differ only by what they learned.
     """
     seeds = rng.eval_seeds(cfg.eval.eval_seed)
     test = splits.test
     n_pairs = cfg.eval.verification_pairs
+    val_table = omniglot.take(splits.validation.flat_indices(), name="omniglot/validation")
+    test_table = omniglot.take(splits.test.flat_indices(), name="omniglot/test")
     return {
         "lake20": sd.lake_runs(),
         "within_alphabet": {
             n: sd.within_alphabet_tasks(
-                omni, test.alphabets, test.drawers, per_alphabet=2, n_way=n, seed=seeds["test_tasks"]
+                omniglot, test.alphabets, test.drawers, per_alphabet=2, n_way=n, seed=seeds["test_tasks"]
             )
             for n in range(2, 21)
         },
         # The threshold is chosen on validation pairs (model selection), accuracy measured on test pairs.
-        "verification_validation": sd.make_pairs(splits.validation, n_pairs, seed=seeds["verification_validation"]),
-        "verification_test": sd.make_pairs(splits.test, n_pairs, seed=seeds["verification_test"]),
+        "verification_validation": sd.make_pairs(val_table, n_pairs, seed=seeds["verification_validation"]),
+        "verification_test": sd.make_pairs(test_table, n_pairs, seed=seeds["verification_test"]),
+        "validation_table": val_table,
+        "test_table": test_table,
         "candidates_seed": seeds["test_candidates"],
         "report_seed": seeds["report"],
     }
 
 
 def evaluate_and_report(
-    params, cfg, *, preset, workdir: Path, omni, splits, summary, sampler, plots=True, wall_seconds_so_far: float = 0.0
+    params,
+    cfg,
+    *,
+    preset,
+    workdir: Path,
+    omniglot,
+    splits,
+    summary,
+    sampler,
+    plots=True,
+    wall_seconds_so_far: float = 0.0,
 ) -> dict:
     """Score the chosen model on the test sets (once), write ``results.json`` and the plots, print the table.
 
@@ -146,13 +161,13 @@ def evaluate_and_report(
     runs with different training seeds are scored on identical trials.
     """
     t0 = time.perf_counter()
-    sets = test_sets(cfg, omni, splits)
+    sets = test_sets(cfg, omniglot, splits)
     shuffle = sets["candidates_seed"]
     lake, within = sets["lake20"], sets["within_alphabet"][20]
     val_pairs, test_pairs = sets["verification_validation"], sets["verification_test"]
-    flat = omni.flat_images
-    val_p = evaluate.pair_probabilities(params, flat, val_pairs.i1, val_pairs.i2, ink=omni.ink)
-    test_p = evaluate.pair_probabilities(params, flat, test_pairs.i1, test_pairs.i2, ink=omni.ink)
+    val_images, test_images = (np.asarray(sets[f"{s}_table"].images) for s in ("validation", "test"))
+    val_p = evaluate.pair_probabilities(params, val_images, val_pairs.i1, val_pairs.i2, ink="light")
+    test_p = evaluate.pair_probabilities(params, test_images, test_pairs.i1, test_pairs.i2, ink="light")
     nway = {n: evaluate.one_shot_accuracy(params, tasks, seed=shuffle) for n, tasks in sets["within_alphabet"].items()}
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_seconds = summary["train_seconds"]

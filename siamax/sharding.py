@@ -14,7 +14,7 @@ all-reduces the gradients, so the updated parameters come out replicated and equ
 rounding) to a single-device step on the whole batch.
 
 Multi-host: every process calls :func:`initialize_distributed` first, then the same code; each
-process builds *its own* slice of the global batch (``siamax.data.batches.make_sampler(shard=
+process builds *its own* slice of the global batch (``siamax.data.make_sampler(shard=
 shard_of_process())``) and passes it to :func:`shard_batch` (``process_local=True``, the default
 when more than one process runs): the global batch is the concatenation in process order, the
 same batch whatever the number of processes. Only the primary process (:func:`is_primary`) writes

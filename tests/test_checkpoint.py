@@ -20,7 +20,7 @@ import pytest
 
 import siamax
 from siamax import checkpoint, train
-from siamax.data import batches
+from siamax import data as sd
 from siamax.errors import CheckpointError
 
 # Orbax leaves the reads of a damaged checkpoint as coroutines that fail after the restore has raised.
@@ -53,14 +53,14 @@ def run(omniglot, tmp_path_factory):
     """A reference run, uninterrupted, and a template of the same run interrupted during epoch 5's
     validation (latest checkpoints of epochs 3 and 4, best of epoch 2), which tests copy and damage."""
     spec = siamax.init(jax.random.key(0), "tiny").spec
-    images = batches.device_images(omniglot, spec)
+    images = sd.omniglot_table(omniglot, spec).images
     data_key = jax.random.key(1)
 
     def batch(step):  # depends only on (seed, step), as the library's samplers do
         chars = jax.random.choice(jax.random.fold_in(data_key, step), 200, (4,), replace=False)
         return {"x": images[(chars[:, None] * 20 + jnp.arange(2)).reshape(-1)], "labels": jnp.repeat(chars, 2)}
 
-    sampler = batches.Sampler(batch=batch, steps_per_epoch=STEPS, pairs_per_step=28, images_per_step=8)
+    sampler = sd.Sampler(batch=batch, steps_per_epoch=STEPS, pairs_per_step=28, images_per_step=8)
 
     def fresh_state():  # a new process starts like this
         params = siamax.init(jax.random.key(0), "tiny")

@@ -6,7 +6,7 @@ import pytest
 
 import siamax
 from siamax import evaluate as E
-from siamax.data import Task
+from siamax.data import Task, to_model
 
 
 def _toy_tasks(n_tasks=10, n=20, q=20, size=28, seed=0):
@@ -66,17 +66,18 @@ def test_collapsed_params_model_scores_chance(lake, params):
 
 
 def test_params_path_matches_direct_scores(lake, params):
+    # Evaluation takes the one route to model format (uint8 included): the pixels training sees.
     matrices = E._score_matrices_params(params, lake[:2], batch_size=16, pair_chunk=256)
     t = lake[1]
-    x1 = siamax.preprocess(params, np.repeat(t.query[3:4], 20, axis=0))
-    x2 = siamax.preprocess(params, t.support)
+    x1 = to_model(params, np.repeat(t.query[3:4], 20, axis=0), "dark")
+    x2 = to_model(params, t.support, "dark")
     np.testing.assert_allclose(matrices[1][3], np.asarray(siamax.score(params, x1, x2)), atol=1e-5)
-    direct = lambda a, b: siamax.score(params, siamax.preprocess(params, a), siamax.preprocess(params, b))  # noqa: E731
+    direct = lambda a, b: siamax.score(params, to_model(params, a, "dark"), to_model(params, b, "dark"))  # noqa: E731
     small = [Task(support=t.support, query=t.query[:4], answers=t.answers[:4], ink="dark")]
     assert E.one_shot_accuracy(params, small, batch_size=16) == E.one_shot_accuracy(direct, small)
     probs = E.pair_probabilities(params, t.support, [0, 1, 2], [3, 1, 0], batch_size=16)
     want = siamax.score(
-        params, siamax.preprocess(params, t.support[[0, 1, 2]]), siamax.preprocess(params, t.support[[3, 1, 0]])
+        params, to_model(params, t.support[[0, 1, 2]], "dark"), to_model(params, t.support[[3, 1, 0]], "dark")
     )
     np.testing.assert_allclose(probs, np.asarray(want), atol=1e-5)
 

@@ -10,7 +10,6 @@ import pytest
 import siamax
 from siamax import checkpoint, config, errors, experiment, optim, train
 from siamax import data as sd
-from siamax.data import batches
 
 TINY = dict(
     model="tiny",
@@ -34,8 +33,8 @@ def tfds_env(monkeypatch, siamax_tfds_dir):
 
 
 def _sampler(cfg, omni, split):
-    images = batches.device_images(omni, cfg.spec)
-    return batches.make_sampler(cfg.data, cfg.objective.batch, split, images, cfg.seed, cfg.schedule.steps_per_epoch)
+    table = sd.omniglot_table(omni, cfg.spec).take(split.flat_indices())
+    return sd.make_sampler(cfg.data, cfg.objective.batch, table, cfg.seed, cfg.schedule.steps_per_epoch)
 
 
 def _state_and_sampler(cfg, omni):

@@ -55,6 +55,7 @@ def _same_tasks(a, b):
 
 def test_changing_the_training_seed_keeps_validation_and_test_trials(omniglot, lake):
     base = config.Config.from_preset("quick", val_trials=40, verification_pairs=100)
+    omniglot = sd.omniglot_table(omniglot, base.spec)
     splits = sd.paper_splits(base.data.split_seed, train_drawers=base.data.train_drawers)
     one, two = base.override(seed=0), base.override(seed=1)
     _same_tasks(

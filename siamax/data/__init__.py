@@ -1,4 +1,5 @@
-"""Data for siamax: Omniglot and MNIST (offline TFDS builders), Lake's runs, splits, pairs, tasks.
+"""Data for siamax: the dataset model (LabelledImages), Omniglot and MNIST (TFDS builders), Lake's runs,
+splits, samplers, tasks.
 
 Settings: ``SIAMAX_DATA_DIR`` (raw archives, laid out like the project's shared/data),
 ``SIAMAX_TFDS_DIR`` (prepared datasets, default ``~/.cache/siamax/tfds``) and ``SIAMAX_DATA_URL``
@@ -7,8 +8,11 @@ verified (downloading what is missing) before it starts. See ``docs/data.md``.
 """
 
 from siamax.data._paths import DATASETS
+from siamax.data.class_splits import ClassSplits, class_splits, load_class_splits
+from siamax.data.folder import FolderReport, image_folder
+from siamax.data.labelled import LabelledImages, model_format, to_model
 from siamax.data.lake import LAKE_ALPHABETS, LAKE_RUNS, lake_runs
-from siamax.data.mnist import Mnist, load_mnist, mnist_builder
+from siamax.data.mnist import Mnist, load_mnist, mnist_builder, mnist_table
 from siamax.data.omniglot import (
     ALPHABET_TABLE,
     ALPHABETS,
@@ -19,11 +23,19 @@ from siamax.data.omniglot import (
     alphabet_id,
     load_omniglot,
     omniglot_builder,
+    omniglot_table,
 )
-from siamax.data.pairs import PairArrays, Pairs, make_pairs, pair_arrays, sample_pairs
 from siamax.data.require import require
+from siamax.data.samplers import ClassIndex, Pairs, Sampler, class_index, make_pairs, make_sampler, sample_pairs
 from siamax.data.splits import VALIDATION_ALPHABETS, Split, Splits, load_splits, paper_splits
-from siamax.data.tasks import Task, episodes, mnist_tasks, validation_tasks, within_alphabet_tasks
+from siamax.data.tasks import (
+    Task,
+    episodes,
+    mnist_tasks,
+    require_classes,
+    validation_tasks,
+    within_alphabet_tasks,
+)
 from siamax.errors import ChecksumError, DataError
 
 __all__ = [
@@ -31,34 +43,47 @@ __all__ = [
     "ALPHABET_TABLE",
     "BACKGROUND_ALPHABETS",
     "ChecksumError",
+    "ClassIndex",
+    "ClassSplits",
     "DATASETS",
     "DataError",
     "EVALUATION_ALPHABETS",
+    "FolderReport",
     "LAKE_ALPHABETS",
     "LAKE_RUNS",
+    "LabelledImages",
     "Mnist",
     "Omniglot",
-    "PairArrays",
     "Pairs",
+    "Sampler",
     "Split",
     "Splits",
     "Task",
     "VALIDATION_ALPHABETS",
     "alphabet_char_ids",
     "alphabet_id",
+    "class_index",
+    "class_splits",
     "episodes",
+    "image_folder",
     "lake_runs",
+    "load_class_splits",
     "load_mnist",
     "load_omniglot",
     "load_splits",
     "make_pairs",
+    "make_sampler",
     "mnist_builder",
+    "mnist_table",
     "mnist_tasks",
+    "model_format",
     "omniglot_builder",
-    "pair_arrays",
+    "omniglot_table",
     "paper_splits",
     "require",
+    "require_classes",
     "sample_pairs",
+    "to_model",
     "validation_tasks",
     "within_alphabet_tasks",
 ]

@@ -10,6 +10,7 @@ import numpy as np
 
 from siamax.data import _paths
 from siamax.data.download import resolve
+from siamax.data.labelled import LabelledImages, model_format
 from siamax.data.omniglot import _tfds, prepare, read_records
 
 # Split -> (images, labels) archive names (keys of _paths.ARCHIVES; DATASETS["mnist"] lists the four).
@@ -125,3 +126,20 @@ def _load_mnist(data_dir: str, tfds_dir: str, download: bool) -> Mnist:
             r[k].setflags(write=False)
         out[f"{split}_images"], out[f"{split}_labels"] = r["image"], r["label"]
     return Mnist(**out)
+
+
+def mnist_table(data: Mnist, spec, split: str = "test") -> LabelledImages:
+    """One MNIST split in model format for ``spec`` (28 -> S by ``model_format``'s bilinear resize;
+    the paper upsamples to 35): classes are the digits "0".."9", one group."""
+    if split not in _FILES:
+        raise ValueError(f"split must be one of {list(_FILES)}, got {split!r}")
+    images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+    return LabelledImages(
+        images=model_format(spec, images, data.ink),
+        labels=labels,
+        class_names=tuple(str(k) for k in range(10)),
+        groups=np.zeros(10, np.int32),
+        group_names=("digits",),
+        paths=tuple(f"mnist/{split}/{i}" for i in range(len(labels))),
+        name=f"mnist/{split}",
+    )

@@ -28,6 +28,7 @@ import numpy as np
 
 from siamax.data import _paths
 from siamax.data.download import resolve
+from siamax.data.labelled import LabelledImages, model_format
 
 N_CHARS = 1623
 N_DRAWERS = 20
@@ -384,3 +385,27 @@ def _load_omniglot(data_dir: str, tfds_dir: str, download: bool) -> Omniglot:
         )
     images.setflags(write=False)
     return Omniglot(images=images)
+
+
+def omniglot_table(data: Omniglot, spec) -> LabelledImages:
+    """All of Omniglot in model format for ``spec``: the dataset model every sampler and task reads.
+
+    Image ``c * 20 + d`` is character ``c`` (class ``c``, named "Alphabet/characterNN") by drawer
+    ``d + 1``; the groups are the 50 alphabets (``ALPHABETS`` order); paths name the official PNGs.
+    A split's images are ``table.take(split.flat_indices())``.
+    """
+    names = tuple(f"{ALPHABETS[a]}/character{i + 1:02d}" for a, i in zip(CHAR_ALPHABET, CHAR_INDEX))
+    paths = tuple(
+        f"images_{SETS[CHAR_SET[c]]}/{names[c]}/{c + 1:04d}_{d + 1:02d}.png"
+        for c in range(N_CHARS)
+        for d in range(N_DRAWERS)
+    )
+    return LabelledImages(
+        images=model_format(spec, data.flat_images, data.ink),
+        labels=np.repeat(np.arange(N_CHARS), N_DRAWERS),
+        class_names=names,
+        groups=CHAR_ALPHABET,
+        group_names=ALPHABETS,
+        paths=paths,
+        name="omniglot",
+    )

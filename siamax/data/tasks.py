@@ -1,12 +1,18 @@
-"""One-shot tasks: a support set, queries and the right answers, in the dataset's native form.
+"""One-shot tasks: a support set, queries and the right answers.
 
-Generators (all seeded, all numpy on the host: tasks are small and built once):
+Generators (all seeded, all on the host: tasks are small and built once) read a
+:class:`~siamax.data.labelled.LabelledImages`, so their images are in model format (uint8,
+ink = 255: ``ink="light"``), exactly the pixels training sees:
 
 * ``within_alphabet_tasks``: the paper's Omniglot protocol (one alphabet, n characters, drawer A's
-  drawings are the support, drawer B's the queries), over any alphabets and drawers.
+  drawings are the support, drawer B's the queries), over any alphabets and drawers of the
+  Omniglot table (``siamax.data.omniglot_table``).
 * ``validation_tasks``: the paper's "320 one-shot tasks" on a split, read as 320 *trials* (see there).
-* ``episodes``: general N-way K-shot episodes over any (classes, examples) array.
-* ``mnist_tasks``: the paper's MNIST 10-way one-shot transfer test, 400 trials, images 28 -> 35.
+* ``episodes``: general N-way K-shot episodes over any table, within one group or across groups.
+* ``mnist_tasks``: the paper's MNIST 10-way one-shot transfer test, 400 trials.
+
+Lake's 20 runs (``siamax.data.lake_runs``) come as tasks of native images; evaluation sends every
+image through the same route (``siamax.data.labelled.to_model``) before the tower.
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from siamax.data import omniglot as og
+from siamax.data.labelled import LabelledImages
+from siamax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -25,7 +34,8 @@ class Task:
     """A one-shot (or few-shot) classification task.
 
     Attributes:
-      support: (S, H, W) candidate images, native form (Omniglot bool True = paper; MNIST uint8).
+      support: (S, H, W) candidate images: model format (uint8, ink = 255, ``ink="light"``) for tasks
+        drawn from a table, or native form (Lake's runs: bool, True = paper, ``ink="dark"``).
       query: (Q, H, W) images to classify; every query is one *trial*.
       answers: (Q,) int, the right class of each query, an index into the support *classes*.
       ink: "dark" (dark strokes on light paper) or "light"; passed to ``siamax.preprocess``.
@@ -66,6 +76,21 @@ class Task:
         return int(self.classes.max()) + 1
 
 
+def _gather(table: LabelledImages, index) -> np.ndarray:
+    """Rows of a table's images, on the host."""
+    return np.asarray(table.images[jnp.asarray(np.asarray(index).reshape(-1))]).reshape(
+        *np.shape(index), *table.images.shape[1:]
+    )
+
+
+def _check_omniglot(table: LabelledImages) -> None:
+    if table.name != "omniglot" or table.n_images != og.N_CHARS * og.N_DRAWERS:
+        raise ValueError(
+            f"the paper's within-alphabet tasks need the whole Omniglot table (siamax.data.omniglot_table), "
+            f"got {table.describe()}"
+        )
+
+
 def _alphabet_chars(name: str, char_ids: Sequence[int] | None) -> np.ndarray:
     """0-based character indices of an alphabet, optionally restricted to ``char_ids`` (1-based)."""
     chars = og.alphabet_char_ids(name) - 1
@@ -75,7 +100,7 @@ def _alphabet_chars(name: str, char_ids: Sequence[int] | None) -> np.ndarray:
 
 
 def within_alphabet_tasks(
-    data: og.Omniglot,
+    table: LabelledImages,
     alphabets: Sequence[str],
     drawers: Sequence[int],
     *,
@@ -85,7 +110,7 @@ def within_alphabet_tasks(
     char_ids: Sequence[int] | None = None,
     seed: int = 0,
 ) -> list[Task]:
-    """The paper's within-alphabet one-shot tasks (Lake's protocol), seeded.
+    """The paper's within-alphabet one-shot tasks (Lake's protocol), seeded, from the Omniglot table.
 
     For each alphabet, ``per_alphabet`` times: draw ``n_way`` of its characters and two different
     drawers A, B (1-based, from ``drawers``); support = drawer A's drawings of those characters
@@ -98,6 +123,7 @@ def within_alphabet_tasks(
       ValueError: an alphabet has fewer than ``n_way`` characters, fewer than two drawers are given,
         a drawer is outside 1..20, or ``n_queries > n_way``.
     """
+    _check_omniglot(table)
     drawers = np.unique(np.asarray(drawers, dtype=int))
     if len(drawers) < 2:
         raise ValueError(f"within-alphabet tasks need 2 distinct drawers, got {drawers.tolist()}")
@@ -120,10 +146,10 @@ def within_alphabet_tasks(
             q = rng.permutation(n_way)[:n_queries]
             tasks.append(
                 Task(
-                    support=data.images[picked, a],
-                    query=data.images[picked[q], b],
+                    support=_gather(table, picked * og.N_DRAWERS + a),
+                    query=_gather(table, picked[q] * og.N_DRAWERS + b),
                     answers=q,
-                    ink=data.ink,
+                    ink="light",
                     alphabet=name,
                     name=f"{name}#{k}:drawers{a + 1}->{b + 1}",
                 )
@@ -132,7 +158,7 @@ def within_alphabet_tasks(
 
 
 def validation_tasks(
-    data: og.Omniglot,
+    table: LabelledImages,
     alphabets: Sequence[str],
     drawers: Sequence[int],
     *,
@@ -155,7 +181,7 @@ def validation_tasks(
     if per % tasks_per:
         raise ValueError(f"{per} trials per alphabet do not split into {tasks_per} equal tasks")
     return within_alphabet_tasks(
-        data,
+        table,
         alphabets,
         drawers,
         per_alphabet=tasks_per,
@@ -166,96 +192,94 @@ def validation_tasks(
     )
 
 
+def require_classes(table: LabelledImages, n: int, what: str, *, per_class: int = 1) -> None:
+    """Raise a clear ConfigError unless ``table`` has ``n`` classes with ``per_class`` images each."""
+    ok = int((table.class_counts() >= per_class).sum())
+    if ok < n:
+        per = f" with {per_class}+ images each" if per_class > 1 else ""
+        raise ConfigError(f"{what} needs {n} classes{per}; {table.name or 'the data'} has {ok}")
+
+
 def episodes(
-    images: np.ndarray,
+    table: LabelledImages,
     *,
     n_way: int,
     k_shot: int = 1,
     n_query: int = 1,
     n_episodes: int,
-    ink: str,
-    groups: np.ndarray | None = None,
+    within_groups: bool = False,
     seed: int = 0,
     name: str = "episode",
 ) -> list[Task]:
-    """General N-way K-shot episodes.
+    """General N-way K-shot episodes over a table.
 
-    Args:
-      images: (C, M, H, W): C classes with M examples each (for Omniglot, e.g.
-        ``data.images[chars][:, drawers - 1]``).
-      n_way, k_shot, n_query: classes per episode, support images per class, queries per class.
-      groups: optional (C,) group of each class (e.g. its alphabet): then each episode's classes come
-        from one group (within-alphabet), else from anywhere (Vinyals-style, much easier).
-    Returns:
-      Tasks with support (n_way*k_shot, H, W) ordered class-major, ``support_classes`` and queries
-      (n_way*n_query). Scoring K > 1 shots: see ``siamax.evaluate.one_shot_accuracy(shots=...)``.
+    Each episode: ``n_way`` classes (from one group when ``within_groups``, the within-alphabet
+    protocol; else from anywhere, Vinyals-style, much easier), ``k_shot + n_query`` distinct images
+    of each; support ``(n_way * k_shot, S, S)`` ordered class-major with ``support_classes``, queries
+    ``(n_way * n_query, S, S)`` in random order. Only classes with ``k_shot + n_query`` images take part.
+    Scoring K > 1 shots: see ``siamax.evaluate.one_shot_accuracy(shots=...)``.
     """
-    c, m = images.shape[:2]
-    if k_shot + n_query > m:
-        raise ValueError(
-            f"{k_shot} shots + {n_query} queries need {k_shot + n_query} examples per class, only {m} exist"
-        )
-    pools = [np.arange(c)] if groups is None else [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    need = k_shot + n_query
+    counts = table.class_counts()
+    eligible = np.flatnonzero(counts >= need)
+    if not len(eligible):
+        raise ConfigError(f"{k_shot} shots + {n_query} queries need {need} examples per class; no class has them")
+    if within_groups:
+        pools = [eligible[table.groups[eligible] == g] for g in np.unique(table.groups[eligible])]
+    else:
+        pools = [eligible]
     pools = [p for p in pools if len(p) >= n_way]
     if not pools:
-        raise ValueError(
-            f"no {'group' if groups is not None else 'set'} has {n_way} classes "
-            f"(largest: {max(np.bincount(groups)) if groups is not None else c})"
+        where = "group" if within_groups else "table"
+        raise ConfigError(
+            f"no {where} has {n_way} classes with {need} examples each; {table.name or 'the data'} has "
+            f"{len(eligible)} such classes"
         )
-    rng = np.random.default_rng(seed)
+    members = {c: np.flatnonzero(table.labels == c) for p in pools for c in p}
+    gen = np.random.default_rng(seed)
     tasks = []
     for e in range(n_episodes):
-        pool = pools[rng.integers(len(pools))]
-        classes = rng.choice(pool, n_way, replace=False)
-        ex = np.stack([rng.choice(m, k_shot + n_query, replace=False) for _ in range(n_way)])
-        support = images[classes[:, None], ex[:, :k_shot]].reshape(-1, *images.shape[2:])
-        query = images[classes[:, None], ex[:, k_shot:]].reshape(-1, *images.shape[2:])
+        pool = pools[gen.integers(len(pools))]
+        classes = gen.choice(pool, n_way, replace=False)
+        picks = np.stack([gen.choice(members[c], need, replace=False) for c in classes])
         answers = np.repeat(np.arange(n_way), n_query)
-        order = rng.permutation(len(answers))
+        order = gen.permutation(len(answers))
         tasks.append(
             Task(
-                support=support,
-                query=query[order],
+                support=_gather(table, picks[:, :k_shot].reshape(-1)),
+                query=_gather(table, picks[:, k_shot:].reshape(-1)[order]),
                 answers=answers[order],
-                ink=ink,
+                ink="light",
                 support_classes=np.repeat(np.arange(n_way), k_shot),
                 name=f"{name}{e}",
+                alphabet=table.group_names[table.groups[classes[0]]] if within_groups else "",
             )
         )
     return tasks
 
 
-def upsample(images: np.ndarray, size: int = 35) -> np.ndarray:
-    """Bilinear resize of uint8 (n, H, W) images to (n, size, size) with PIL (the paper: MNIST 28 -> 35)."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+def mnist_tasks(table: LabelledImages, *, n_trials: int = 400, seed: int = 0) -> list[Task]:
+    """The paper's MNIST transfer test: 10-way one-shot, ``n_trials`` trials, from a digits table
+    (``siamax.data.mnist_table(mnist, spec, "test")``).
 
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
-
-
-def mnist_tasks(mnist, *, n_trials: int = 400, size: int = 35, seed: int = 0) -> list[Task]:
-    """The paper's MNIST transfer test: 10-way one-shot, ``n_trials`` trials from the test set.
-
-    Each trial is its own task: one random test image per digit as the support (class i = digit i),
-    and one query of a random digit, a different image from that digit's support image. Images are
-    upsampled 28 -> ``size`` (bilinear), as the paper does before its 35x35 model;
-    ``siamax.preprocess`` then resizes to the model's input size. Native polarity (``ink="light"``).
+    Each trial is its own task: one random image per digit as the support (class i = digit i), and
+    one query of a random digit, a different image from that digit's support image.
     """
-    rng = np.random.default_rng(seed)
-    by_digit = [np.flatnonzero(mnist.test_labels == k) for k in range(10)]
+    require_classes(table, 10, "the 10-way MNIST test", per_class=2)
+    gen = np.random.default_rng(seed)
+    by_digit = [np.flatnonzero(table.labels == k) for k in range(10)]
     tasks = []
     for t in range(n_trials):
-        picks = [rng.choice(ix, 2, replace=False) for ix in by_digit]
-        digit = int(rng.integers(10))
+        picks = [gen.choice(ix, 2, replace=False) for ix in by_digit]
+        digit = int(gen.integers(10))
         ids = np.array([p[0] for p in picks] + [picks[digit][1]])
-        images = mnist.test_images[ids]
-        if size != images.shape[-1]:
-            images = upsample(images, size)
+        images = _gather(table, ids)
         tasks.append(
             Task(
                 support=images[:10],
                 query=images[10:],
                 answers=np.array([digit]),
-                ink=mnist.ink,
+                ink="light",
                 name=f"mnist{t}",
                 alphabet="MNIST",
             )

@@ -1,0 +1,475 @@
+"""A folder of one's own images as the one dataset model: :func:`image_folder` -> ``LabelledImages``.
+
+Layouts (``layout="auto"`` tells them apart; ``"classes"`` / ``"groups"`` insist on one):
+
+* ``DIR/<class>/<image>``: one group, ``"all"``; class names are the folder names;
+* ``DIR/<group>/<class>/<image>`` (Omniglot's alphabet/character tree): class names are
+  ``"<group>/<class>"``, groups the top folders (the unit of within-group tasks and hard negatives).
+
+Images in ``DIR`` itself, a folder holding both images and folders, top folders of both kinds, or
+folders nested deeper are refused with an :class:`~siamax.errors.InputError` saying where. Hidden
+entries (names starting with ``.``) and the operating systems' own ``__MACOSX``, ``Thumbs.db`` and
+``desktop.ini`` are ignored. Folders and files are read in natural order (``2`` before ``10``).
+
+Files: ``.png .jpg .jpeg .bmp .gif .tif .tiff`` (any case), any size of at least 5 x 5 pixels,
+decoded with PIL into an array ``siamax.preprocess`` takes, which then does everything else (gray
+conversion, polarity, padding to a square, antialiased resize: the one route, through
+``siamax.data.labelled.model_format``): 1-bit -> bool, 8-bit gray -> uint8, 16-bit gray -> uint16,
+RGB / RGBA as they are, palette and other modes -> RGB (RGBA if they carry transparency), 32-bit
+integer gray in 0..65535 -> uint16, float gray in [0, 1] -> float32. GIFs and TIFFs give their
+first frame; an EXIF orientation (phone photos) is applied first. Other files, files that cannot be
+decoded and images under 5 x 5 are skipped, listed by name with the reason in the
+:class:`FolderReport` and in a warning: never dropped in silence.
+
+Large photos: an image whose long side exceeds ``4 * size`` is first reduced by the smallest integer
+factor ``f`` that brings it to at most ``4 * size``, each output pixel the exact mean of an
+``f x f`` box (partial boxes at the right and bottom edges; RGBA averaged with premultiplied alpha,
+so the ink ``preprocess`` computes is the box mean of the full-size image's ink), stored as uint16.
+This bounds memory (decoded images are held until all are read) and the resize's cost; the
+antialiased resize that follows still shrinks by a factor between 2 and 4.
+
+Speed: files are decoded in threads; the jitted ``preprocess`` compiles once per distinct decoded
+shape (images are grouped by shape), so a folder of same-sized scans compiles once, and a folder of
+many differently sized photos pays one compilation (~0.1-0.5 s on CPU) per size.
+
+Polarity (``ink="auto"``): for each image, the mean gray value (BT.601 luma, in [0, 1]) of its
+border, a frame ``max(1, min(H, W) // 16)`` pixels wide, is its *paper* brightness. For RGBA whose
+border is mostly transparent (mean alpha < 0.5) the paper is the opposite of the ink, ``1 -`` the
+alpha-weighted mean luma of the whole image. The median paper brightness over the folder decides:
+above 0.5 + 0.1 -> ``"dark"`` ink on light paper (Omniglot, scans), below 0.5 - 0.1 -> ``"light"``
+ink on dark (MNIST); in between, an error asks for ``ink=``. The report gives the decision, the
+median and the images whose own border clearly says the opposite (paper brightness beyond 0.5 -+ 0.1 on
+the other side; also named in the warning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from siamax.data.labelled import LabelledImages, model_format
+from siamax.errors import DataError, InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+LAYOUTS = ("auto", "classes", "groups")
+INKS = ("auto", "dark", "light")
+FLAT_GROUP = "all"  # the one group of the DIR/<class>/<image> layout
+
+_IGNORED = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
+_REDUCE_ABOVE = 4  # photos whose long side exceeds this many times the model's size are box-reduced first
+_AMBIGUOUS = 0.1  # a median paper brightness within 0.5 +- this cannot tell the polarity
+_PROGRESS_FROM = 1000  # files; smaller folders load without a progress bar
+_MIN_SIDE = 5  # siamax.preprocess's smallest raw image
+_SHOWN = 5  # names listed in one-line messages before "and N more"
+_SIDE = {"dark": 1.0, "light": -1.0}  # which side of the middle grey the paper of each polarity is on
+_EXPECTED = "DIR/<class>/<image> or DIR/<group>/<class>/<image>"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderReport:
+    """What :func:`image_folder` read, decided and skipped.
+
+    Attributes:
+      root: the folder, absolute; table paths are relative to it.
+      layout: "classes" (``DIR/<class>/<image>``) or "groups" (``DIR/<group>/<class>/<image>``).
+      ink: the polarity the images were converted with, "dark" or "light".
+      ink_detected: True when ``ink="auto"`` chose it (else the caller gave it).
+      paper: the median border (paper) brightness in [0, 1] that the auto rule reads (NaN: no image
+        could tell, e.g. all fully transparent).
+      ink_outliers: images (relative paths) whose own border clearly says the opposite polarity.
+      skipped: ``(relative path, reason)`` for every file that was not read.
+      n_images, n_classes, n_groups: what the table holds.
+      n_shapes: distinct decoded image shapes (one ``preprocess`` compilation each).
+      n_reduced: images box-reduced before preprocessing (long side > 4 x size).
+    """
+
+    root: str
+    layout: str
+    ink: str
+    ink_detected: bool
+    paper: float
+    ink_outliers: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]
+    n_images: int
+    n_classes: int
+    n_groups: int
+    n_shapes: int
+    n_reduced: int
+
+    def summary(self) -> str:
+        """One line: what was loaded, the polarity and why, and what was skipped (by name)."""
+        how = f"detected from the borders, median paper brightness {self.paper:.2f}" if self.ink_detected else "given"
+        line = (
+            f"{self.root}: {self.n_images} images of {self.n_classes} classes in {self.n_groups} groups "
+            f"(layout {self.layout!r}), ink {self.ink!r} ({how})"
+        )
+        if self.ink_outliers:
+            line += (
+                f"; {len(self.ink_outliers)} image(s) look like the opposite polarity: "
+                f"{_some(self.ink_outliers)} (check them, or load them separately with ink=)"
+            )
+        if self.skipped:
+            line += f"; skipped {len(self.skipped)} file(s): " + _some([f"{p} ({why})" for p, why in self.skipped])
+        return line
+
+
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(str(n) for n in names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _natural(name: str):
+    """Sort key: digit runs compare as numbers ("class2" < "class10"), then by text (stable ties)."""
+    return [(0, int(t), t) if t.isdecimal() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _listdir(folder: Path) -> tuple[list[str], list[str]]:
+    """(visible sub-folders, visible files) of ``folder``, in natural order."""
+    dirs, files = [], []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if not (e.name.startswith(".") or e.name in _IGNORED):
+                (dirs if e.is_dir() else files).append(e.name)
+    return sorted(dirs, key=_natural), sorted(files, key=_natural)
+
+
+def _not_image(name: str) -> str:
+    suffix = Path(name).suffix or "no extension"
+    return f"not an image file ({suffix}; reads {' '.join(IMAGE_SUFFIXES)})"
+
+
+def _scan(root: Path, layout: str):
+    """(layout, [(group, class, [relative image paths])], [(relative path, reason)]) of the tree."""
+    dirs, files = _listdir(root)
+    images = [f for f in files if _is_image(f)]
+    if images:
+        where = "next to folders" if dirs else "and no class folders"
+        raise InputError(
+            f"{root} holds {len(images)} image(s) directly ({_some(images)}) {where}; every image must be in "
+            f"a folder named after its class: {_EXPECTED}"
+        )
+    if not dirs:
+        found = f"only {_some(files)}" if files else "it is empty"
+        raise InputError(f"{root} holds no class folders ({found}); expected {_EXPECTED}")
+    skipped = [(f, _not_image(f)) for f in files]
+    sub = {d: _listdir(root / d) for d in dirs}
+    with_images = [d for d in dirs if any(_is_image(f) for f in sub[d][1])]
+    with_dirs = [d for d in dirs if sub[d][0]]
+    both = [d for d in with_images if d in with_dirs]
+    if both:
+        raise InputError(
+            f"{root / both[0]} holds both images and folders; expected {_EXPECTED} (a folder holds images "
+            f"or folders, not both)"
+        )
+    if layout == "auto":
+        if with_images and with_dirs:
+            raise InputError(
+                f"{root} mixes layouts: {_some(with_images)} hold images (class folders), {_some(with_dirs)} hold "
+                f"folders (group folders); expected {_EXPECTED}, one of the two throughout"
+            )
+        if not (with_images or with_dirs):
+            raise InputError(f"{root}: none of its {len(dirs)} folder(s) holds an image file ({_some(dirs)})")
+        layout = "groups" if with_dirs else "classes"
+    elif layout == "classes" and with_dirs:
+        d = with_dirs[0]
+        raise InputError(
+            f"{root / d / sub[d][0][0]} is a folder inside class folder {d!r}: layout='classes' reads "
+            f"DIR/<class>/<image>; this tree looks like DIR/<group>/<class>/<image>: pass layout='groups' or 'auto'"
+        )
+    elif layout == "groups" and with_images:
+        raise InputError(
+            f"group folder {root / with_images[0]} holds images directly: layout='groups' reads "
+            f"DIR/<group>/<class>/<image>; this tree looks like DIR/<class>/<image>: pass layout='classes' or 'auto'"
+        )
+    classes = []
+    if layout == "classes":
+        for d in dirs:
+            classes.append((FLAT_GROUP, d, [f"{d}/{f}" for f in sub[d][1] if _is_image(f)]))
+            skipped += [(f"{d}/{f}", _not_image(f)) for f in sub[d][1] if not _is_image(f)]
+        return layout, classes, skipped
+    for g in dirs:
+        class_dirs, loose = sub[g]
+        skipped += [(f"{g}/{f}", _not_image(f)) for f in loose]
+        if not class_dirs:
+            raise InputError(f"group folder {root / g} holds no class folders; expected DIR/<group>/<class>/<image>")
+        for c in class_dirs:
+            deeper, names = _listdir(root / g / c)
+            if deeper:
+                raise InputError(
+                    f"{root / g / c / deeper[0]}: folders nested deeper than DIR/<group>/<class>/<image>; "
+                    f"move the images up a level, or point image_folder at a sub-folder"
+                )
+            classes.append((g, c, [f"{g}/{c}/{f}" for f in names if _is_image(f)]))
+            skipped += [(f"{g}/{c}/{f}", _not_image(f)) for f in names if not _is_image(f)]
+    return layout, classes, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding.
+
+
+def _pixels(im) -> np.ndarray | str:
+    """A PIL image as an array ``siamax.preprocess`` takes, or why it cannot be one."""
+    mode = im.mode
+    if mode == "1":
+        x = np.asarray(im)
+        return x.view(np.uint8) != 0  # PIL's True bytes are 0xFF; JAX wants canonical 0/1 bools
+    if mode in ("L", "RGB", "RGBA"):
+        return np.asarray(im)
+    if mode.startswith("I;16"):
+        return np.asarray(im).astype(np.uint16)  # native byte order (I;16B is big-endian)
+    if mode in ("I", "F"):
+        x = np.asarray(im)
+        if mode == "I" and x.min() >= 0 and x.max() <= 65535:
+            return x.astype(np.uint16)  # 16-bit gray that a decoder widened to 32 bits
+        if mode == "F" and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1:
+            return x.astype(np.float32)
+        return f"{'32-bit integer' if mode == 'I' else 'float'} pixels in [{x.min():g}, {x.max():g}] (unsupported)"
+    alpha = "A" in mode or "a" in mode or "transparency" in im.info
+    return np.asarray(im.convert("RGBA" if alpha else "RGB"))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1] with the scale ``siamax.preprocess`` gives each dtype."""
+    if x.dtype == np.bool_:
+        return x.astype(np.float32)
+    if x.dtype in (np.uint8, np.uint16):
+        return x.astype(np.float32) / np.iinfo(x.dtype).max
+    return x.astype(np.float32)
+
+
+def _box_reduce(x: np.ndarray, f: int) -> np.ndarray:
+    """Each ``f x f`` box (partial at the far edges) replaced by its mean, as uint16."""
+    v = _unit(x)
+    v = v if v.ndim == 3 else v[..., None]
+    if v.shape[-1] == 4:
+        v[..., :3] *= v[..., 3:]  # premultiplied: colour under transparent pixels carries no weight
+    h, w = v.shape[:2]
+    rows, cols = np.arange(0, h, f), np.arange(0, w, f)
+    sums = np.add.reduceat(np.add.reduceat(v, rows, axis=0), cols, axis=1)
+    counts = np.outer(np.diff(np.append(rows, h)), np.diff(np.append(cols, w)))
+    y = sums / counts[..., None]
+    if y.shape[-1] == 4:
+        a = y[..., 3:]
+        y[..., :3] = np.divide(y[..., :3], a, out=np.zeros_like(y[..., :3]), where=a > 0)
+    y = np.round(np.clip(y, 0.0, 1.0) * 65535).astype(np.uint16)
+    return y if x.ndim == 3 else y[..., 0]
+
+
+def _paper(x: np.ndarray) -> float | None:
+    """How bright the paper of one image is, in [0, 1] (module docstring); None if it cannot tell."""
+    v = _unit(x)
+    v = v if v.ndim == 3 else v[..., None]
+    h, w, c = v.shape
+    b = max(1, min(h, w) // 16)
+    ring = np.concatenate([part.reshape(-1, c) for part in (v[:b], v[-b:], v[b:-b, :b], v[b:-b, -b:])])
+
+    def luma(u):
+        return u[..., :3] @ np.float32([0.299, 0.587, 0.114]) if c >= 3 else u[..., 0]
+
+    if c != 4:
+        return float(luma(ring).mean())
+    if ring[:, 3].mean() >= 0.5:
+        return float((luma(ring) * ring[:, 3]).sum() / ring[:, 3].sum())
+    alpha = v[..., 3]
+    if alpha.sum() == 0:
+        return None  # fully transparent: nothing to go by
+    return float(1.0 - (luma(v) * alpha).sum() / alpha.sum())  # transparent paper: the opposite of the ink
+
+
+def _decode(path: Path, size: int):
+    """(array, paper, reduced) for a readable image, else (None, reason, False)."""
+    from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+
+    try:
+        with Image.open(path) as im:
+            im.seek(0)  # GIF / TIFF: the first frame
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show it as a viewer would
+                im = ImageOps.exif_transpose(im)
+            x = _pixels(im)
+    except Exception as e:  # noqa: BLE001  any decoder failure is this file's reason to be skipped, reported
+        return None, f"cannot be read: {type(e).__name__}: {e}".rstrip(": "), False
+    if isinstance(x, str):
+        return None, x, False
+    if min(x.shape[:2]) < _MIN_SIDE:
+        return None, f"{x.shape[0]}x{x.shape[1]} pixels, smaller than {_MIN_SIDE}x{_MIN_SIDE}", False
+    f = -(-max(x.shape[:2]) // (_REDUCE_ABOVE * size))  # ceil: the long side ends at most 4 x size
+    if f > 1:
+        x = _box_reduce(x, f)
+    return x, _paper(x), f > 1
+
+
+def _spec_and_size(size):
+    """(what model_format takes, the input size S) for an int size or a model (name, ModelSpec, Params)."""
+    from siamax.model import ModelSpec, get_spec  # pylint: disable=g-import-not-at-top
+
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        if size < 1:
+            raise InputError(f"size must be the model's input size, a positive number of pixels; got {size}")
+        # preprocess reads only input_size; the smallest valid spec carries it.
+        return ModelSpec(input_size=int(size), filters=(1,), kernels=(1,), pools=(False,), fc_units=0), int(size)
+    spec = getattr(size, "spec", size)
+    if not isinstance(spec, (ModelSpec, str)):
+        raise InputError(
+            f"size must be the model's input size (e.g. 105 or 35), a model name, a ModelSpec or Params; got {size!r}"
+        )
+    return size, get_spec(spec).input_size
+
+
+def _decided_ink(ink: str, papers: list[float | None], root: Path) -> tuple[str, float]:
+    votes = np.asarray([p for p in papers if p is not None])
+    median = float(np.median(votes)) if len(votes) else float("nan")
+    if ink != "auto":
+        return ink, median
+    if not len(votes) or abs(median - 0.5) < _AMBIGUOUS:
+        found = f"median border brightness {median:.2f}" if len(votes) else "every image is fully transparent"
+        raise InputError(
+            f"{root}: cannot tell the ink polarity from the image borders ({found}; needs < {0.5 - _AMBIGUOUS:.1f} "
+            f"or > {0.5 + _AMBIGUOUS:.1f}); pass ink='dark' (dark strokes on light paper) or ink='light'"
+        )
+    return ("dark" if median > 0.5 else "light"), median
+
+
+def image_folder(
+    path: str | os.PathLike,
+    *,
+    size,
+    layout: str = "auto",
+    ink: str = "auto",
+    min_images: int = 2,
+    progress: bool | None = None,
+) -> tuple[LabelledImages, FolderReport]:
+    """A folder of images, one sub-folder per class, as a table in model format, and what was done.
+
+    Args:
+      path: the folder (``DIR``); see the module docstring for its layouts.
+      size: the model's input size S (e.g. 105, or 35 for the small models), or the model itself (a
+        name, ModelSpec or Params), whose ``input_size`` it is.
+      layout: "auto" (tell from the tree), "classes" (``DIR/<class>/<image>``) or "groups"
+        (``DIR/<group>/<class>/<image>``).
+      ink: "auto" (from the image borders, module docstring), "dark" (dark strokes on light paper)
+        or "light" (light strokes on dark).
+      min_images: the fewest images a class may have: 2 (a positive pair needs two); 1 for a gallery
+        of one image per class (e.g. the support set of a one-shot task).
+      progress: show a progress bar; None (default) shows one for folders of 1000 files or more.
+
+    Returns:
+      ``(table, report)``: the :class:`LabelledImages` (uint8 (N, S, S), ink = 255; classes in
+      natural order of their folders, images in natural order within a class; ``paths`` relative to
+      ``path`` with ``/`` separators; ``name`` the folder's name) and a :class:`FolderReport`. When
+      files were skipped or some images' borders disagree with the polarity, a ``UserWarning``
+      carries ``report.summary()`` too.
+
+    Raises:
+      DataError: ``path`` does not exist or is not a folder.
+      InputError (a ValueError): an empty folder, a tree in no supported layout, a class with fewer
+        than ``min_images`` readable images, polarity that ``ink="auto"`` cannot tell, bad arguments.
+    """
+    spec, s = _spec_and_size(size)
+    if layout not in LAYOUTS:
+        raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if ink not in INKS:
+        raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
+    if isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer)) or min_images < 1:
+        raise InputError(f"min_images must be a whole number >= 1, got {min_images!r}")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist; expected a folder laid out as {_EXPECTED}")
+    if not root.is_dir():
+        raise DataError(f"{root} is a file, not a folder; expected a folder laid out as {_EXPECTED}")
+    root = root.resolve()
+
+    layout, classes, skipped = _scan(root, layout)
+    files = [(c, p) for c, (_, _, paths) in enumerate(classes) for p in paths]
+    decoded = _decode_all(root, [p for _, p in files], s, progress)
+
+    kept, papers, reduced = [], [], 0
+    counts = np.zeros(len(classes), np.int64)
+    for (c, p), (x, paper, was_reduced) in zip(files, decoded):
+        if x is None:
+            skipped.append((p, paper))
+            continue
+        kept.append((c, p, x))
+        papers.append(paper)
+        counts[c] += 1
+        reduced += was_reduced
+    few = np.flatnonzero(counts < min_images)
+    if len(few):
+        names = [f"{_class_name(layout, *classes[c][:2])} ({counts[c]})" for c in few]
+        lost = [p for p, _ in skipped if any(p.startswith(_class_name(layout, *classes[c][:2]) + "/") for c in few)]
+        raise InputError(
+            f"{len(few)} class(es) in {root} have fewer than {min_images} readable image(s): {_some(names)}"
+            + (f" (skipped there: {_some(lost)})" if lost else "")
+            + f"; min_images={min_images} (a class needs two images for a positive pair): add images, remove "
+            "those folders, or pass min_images=1 (a gallery of one image per class)"
+        )
+    asked = ink
+    ink, median = _decided_ink(ink, papers, root)
+    images, n_shapes = _to_model(spec, s, [x for _, _, x in kept], ink)
+
+    group_names = list(dict.fromkeys(g for g, _, _ in classes))
+    table = LabelledImages(
+        images=images,
+        labels=np.asarray([c for c, _, _ in kept], np.int32),
+        class_names=tuple(_class_name(layout, g, c) for g, c, _ in classes),
+        groups=np.asarray([group_names.index(g) for g, _, _ in classes], np.int32),
+        group_names=tuple(group_names),
+        paths=tuple(p for _, p, _ in kept),
+        name=root.name,
+    )
+    # An image votes against the polarity when its border is clearly on the other side of the middle grey.
+    against = [p for (_, p, _), v in zip(kept, papers) if v is not None and (v - 0.5) * _SIDE[ink] < -_AMBIGUOUS]
+    report = FolderReport(
+        root=str(root),
+        layout=layout,
+        ink=ink,
+        ink_detected=asked == "auto",
+        paper=median,
+        ink_outliers=tuple(against),
+        skipped=tuple(skipped),
+        n_images=table.n_images,
+        n_classes=table.n_classes,
+        n_groups=table.n_groups,
+        n_shapes=n_shapes,
+        n_reduced=reduced,
+    )
+    if skipped or against:
+        warnings.warn(report.summary(), stacklevel=2)
+    return table, report
+
+
+def _class_name(layout: str, group: str, name: str) -> str:
+    return name if layout == "classes" else f"{group}/{name}"
+
+
+def _decode_all(root: Path, paths: list[str], size: int, progress: bool | None) -> list:
+    """``_decode`` of every file, in order, in threads (PIL's decoders release the GIL)."""
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+    show = len(paths) >= _PROGRESS_FROM if progress is None else progress
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = pool.map(lambda p: _decode(root / p, size), paths)
+        return list(tqdm(results, total=len(paths), desc=f"reading {root.name}", unit="img", disable=not show))
+
+
+def _to_model(spec, size: int, images: list[np.ndarray], ink: str) -> tuple[jax.Array, int]:
+    """Model format of every image, through ``model_format`` once per distinct (shape, dtype)."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, x in enumerate(images):
+        by_shape.setdefault((x.shape, x.dtype.str), []).append(i)
+    out = np.empty((len(images), size, size), np.uint8)
+    for index in by_shape.values():
+        out[index] = np.asarray(model_format(spec, np.stack([images[i] for i in index]), ink))
+    return jax.device_put(out), len(by_shape)
