@@ -1,0 +1,494 @@
+"""Verification and retrieval metrics: ROC, AUC, EER, thresholds; precision@1, recall@k, MAP@R; chunked k-NN.
+
+Verification (pairs with a score, higher = "same", and a label, 1 / True = same class)
+------------------------------------------------------------------------------------
+A pair is accepted as "same" when ``score >= threshold`` (as ``siamax.evaluate.threshold_accuracy``).
+FAR (false-accept rate) is the fraction of different pairs accepted, the ROC's false-positive rate;
+FRR (false-reject rate) the fraction of same pairs rejected, 1 - true-positive rate.
+
+* ``roc_curve``: exact, one point per distinct score (scikit-learn's ``roc_curve`` with
+  ``drop_intermediate=False``): tied scores move together, as one diagonal step. The first point is
+  ``(0, 0)`` at threshold ``+inf`` (accept nothing).
+* ``roc_auc``: exact, the Mann-Whitney U statistic over all (same, different) pairs with ties counted
+  1/2, i.e. the probability that a random same pair outscores a random different one (= the area
+  under the ROC curve drawn with its diagonal tie steps). Computed in integers, then divided once.
+* ``eer``: where FAR and FRR cross. FAR rises and FRR falls along the ROC curve; between the last
+  point with FAR < FRR and the first with FAR >= FRR both are linear along the ROC segment, so they
+  are equal at exactly one fraction ``lam`` of it: the EER is that common value (the ROC polyline
+  meeting the line ``tpr = 1 - fpr``, as the usual ``brentq(1 - x - interp(fpr, tpr)(x))`` recipe,
+  but also right on vertical segments). Its threshold is interpolated linearly in score at the same
+  ``lam`` between the segment's two thresholds (on the first segment, whose upper end is ``+inf``,
+  the segment's finite one). EER 0 for perfectly separated scores, 1 for perfectly inverted ones.
+* ``threshold_at_far``: the lowest threshold, among the scores themselves (and ``+inf``), whose FAR
+  is <= ``far``: the operating point of highest acceptance within the FAR budget on these pairs.
+
+Retrieval (from a ranking: gallery indices sorted best-first, one row per query)
+--------------------------------------------------------------------------------
+Any index or energy can produce the ranking (``knn`` below is one). ``gallery_labels=None`` means
+leave-one-out: the gallery is the query set itself and a query is skipped in its own row (whether or
+not the ranking holds it). For each query, R is the number of gallery items of its class (itself
+excluded).
+
+* ``precision_at_1``: the fraction of queries whose nearest neighbour is of their class.
+* ``recall_at_k``: the fraction of queries with at least one item of their class among their k
+  nearest: the metric-learning convention (Song et al. 2016, pytorch-metric-learning, TF
+  Similarity), not the information-retrieval recall (the fraction of the R relevant items found).
+* ``map_at_r``: Musgrave et al. 2020 ("A metric learning reality check"): per query
+  ``(1/R) sum_{i <= R} P(i) [item i is of the class]``, ``P(i)`` the precision among the top i; the
+  mean over queries. The ranking must hold at least R items per query.
+
+Queries with R = 0 (their class has no other item in the gallery) have no right answer: they are
+left out of all three (as pytorch-metric-learning leaves out its "lone" queries); ``retrieval_report``
+says how many queries were scored.
+
+k-NN (``knn``)
+--------------
+Ranks the gallery by the model's own logit (``siamax.energies``; higher = nearer), on the device,
+in blocks of ``chunk`` queries x ``gallery_chunk`` gallery items with a running top-k merge, so no
+Q x G matrix exists beyond one block. Euclidean and cosine go through one matrix product per block
+(``||q||^2 - 2 q.g + ||g||^2``; cosine on unit vectors); their logit ``b - softplus(a) d`` is
+decreasing in the distance, so ranking by it is ranking by distance (with ``head=None`` the score
+is ``-d`` itself). weighted_l1 (Koch's head, no matrix-product identity) calls
+``siamax.energies.logit`` on the block's pairs. Ties go to the lower gallery index.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from siamax import energies
+from siamax.errors import InputError
+
+# Largest intermediate of one k-NN block when gallery_chunk is not given, in elements (float32: 64 MiB).
+BLOCK_ELEMENTS = 1 << 24
+
+# ---------------------------------------------------------------------------------------------
+# Verification.
+
+
+def _scores_labels(scores, labels, need_both: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Checked float64 scores and bool labels, both flattened."""
+    s, y = np.asarray(scores), np.asarray(labels)
+    if s.shape != y.shape:
+        raise InputError(f"scores and labels differ in shape: {s.shape} vs {y.shape}; expected one label per score")
+    if s.size == 0:
+        raise InputError("scores and labels are empty; expected at least one scored pair")
+    if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer) or s.dtype == bool):
+        raise InputError(f"scores have dtype {s.dtype}; expected numbers (higher = more likely the same class)")
+    s, y = s.astype(np.float64).ravel(), y.ravel()
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise InputError(
+            f"scores hold {int(np.isnan(s).sum())} NaN and {int(np.isinf(s).sum())} infinite values "
+            f"(of {s.size}); expected finite scores: check the model or the embeddings that produced them"
+        )
+    if y.dtype != bool:
+        values = np.unique(y)
+        if not (np.issubdtype(y.dtype, np.number) and np.isin(values, (0, 1)).all()):
+            raise InputError(
+                f"labels hold {values[:5].tolist()}{'...' if values.size > 5 else ''}; "
+                f"expected bool or 0/1 (1 = same class)"
+            )
+        y = y == 1
+    if need_both:
+        n_same = int(y.sum())
+        if n_same in (0, y.size):
+            which = "same (1)" if n_same else "different (0)"
+            raise InputError(
+                f"all {y.size} labels are {which}: the ROC curve, its AUC and the EER need both same and "
+                f"different pairs (undefined otherwise); pass pairs of both kinds"
+            )
+    return s, y
+
+
+def _roc(s: np.ndarray, y: np.ndarray):
+    """Counts (false positives, true positives) and thresholds, one per distinct score, plus (0, 0) at +inf."""
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]  # the end of each run of equal scores
+    tps = np.cumsum(y)[last]
+    fps = last + 1 - tps
+    return np.r_[0, fps], np.r_[0, tps], np.r_[np.inf, s[last]]
+
+
+def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)``, thresholds decreasing from ``+inf``; point i accepts ``score >= thresholds[i]``."""
+    s, y = _scores_labels(scores, labels)
+    fps, tps, thresholds = _roc(s, y)
+    return fps / fps[-1], tps / tps[-1], thresholds
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve: P(same pair outscores different pair), ties 1/2 (Mann-Whitney U / (P N))."""
+    s, y = _scores_labels(scores, labels)
+    neg = np.sort(s[~y])
+    pos = s[y]
+    # Twice U, in integers: each different pair below a same pair counts 2, each tie 1.
+    u2 = int(np.searchsorted(neg, pos, side="left").sum()) + int(np.searchsorted(neg, pos, side="right").sum())
+    return u2 / (2 * pos.size * neg.size)
+
+
+def eer(scores, labels) -> tuple[float, float]:
+    """``(equal error rate, its threshold)``, interpolated where FAR and FRR cross (module docstring)."""
+    s, y = _scores_labels(scores, labels)
+    fps, tps, thresholds = _roc(s, y)
+    far, frr = fps / fps[-1], 1.0 - tps / tps[-1]
+    gap = far - frr  # -1 at +inf (accept nothing), +1 at the lowest score (accept all)
+    i = int(np.argmax(gap >= 0))
+    lam = -gap[i - 1] / (gap[i] - gap[i - 1])
+    rate = far[i - 1] + lam * (far[i] - far[i - 1])
+    hi, lo = thresholds[i - 1], thresholds[i]
+    threshold = lo if math.isinf(hi) else hi + lam * (lo - hi)
+    return float(rate), float(threshold)
+
+
+def threshold_at_far(scores, labels, far: float) -> float:
+    """The lowest threshold (one of the scores, or ``+inf`` if none qualifies) with false-accept rate <= ``far``."""
+    if not 0.0 <= far <= 1.0:
+        raise InputError(f"far is {far}; expected a false-accept rate in [0, 1]")
+    s, y = _scores_labels(scores, labels, need_both=False)
+    if y.all():
+        raise InputError(f"all {y.size} labels are same (1): a false-accept rate needs different (0) pairs")
+    fps, _, thresholds = _roc(s, y)
+    ok = fps / fps[-1] <= far  # true up to some point: FAR only grows as the threshold falls
+    return float(thresholds[np.flatnonzero(ok)[-1]])
+
+
+def accuracy_at(scores, labels, threshold: float) -> float:
+    """Fraction of pairs with ``(score >= threshold) == label``."""
+    s, y = _scores_labels(scores, labels, need_both=False)
+    return float(((s >= threshold) == y).mean())
+
+
+def verification_report(scores, labels, threshold: float | None = None) -> dict:
+    """``{"roc_auc", "eer", "eer_threshold", "threshold", "accuracy"}``; accuracy at ``threshold``.
+
+    ``threshold=None`` uses the EER threshold of these very scores: an optimistic accuracy. For an
+    honest one, pass a threshold chosen on other pairs (e.g. ``evaluate.best_threshold`` on validation).
+    """
+    rate, t_eer = eer(scores, labels)
+    t = t_eer if threshold is None else float(threshold)
+    return {
+        "roc_auc": roc_auc(scores, labels),
+        "eer": rate,
+        "eer_threshold": t_eer,
+        "threshold": t,
+        "accuracy": accuracy_at(scores, labels, t),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval from a ranking.
+
+
+def _labels(labels, name: str) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.size == 0:
+        raise InputError(f"{name} has shape {y.shape}; expected a non-empty 1-D array, one class per item")
+    return y
+
+
+def _retrieval(ranking, labels, gallery_labels):
+    """Per query: ``(valid, hit, pos, R)``: entries other than the query itself, those of its class,
+    their 1-based rank among the valid ones, and R (gallery items of its class)."""
+    q_labels = _labels(labels, "labels")
+    loo = gallery_labels is None
+    g_labels = q_labels if loo else _labels(gallery_labels, "gallery_labels")
+    n_q, n_g = q_labels.size, g_labels.size
+    r = np.asarray(ranking)
+    if r.ndim != 2 or r.shape[0] != n_q or r.shape[1] == 0:
+        raise InputError(
+            f"ranking has shape {r.shape}; expected ({n_q}, k): a row of gallery indices, best first, for each query"
+        )
+    if not np.issubdtype(r.dtype, np.integer):
+        raise InputError(f"ranking has dtype {r.dtype}; expected integer gallery indices")
+    if r.min() < 0 or r.max() >= n_g:
+        raise InputError(f"ranking holds indices in [{r.min()}, {r.max()}]; expected gallery indices in [0, {n_g})")
+    srt = np.sort(r, axis=1)
+    dup = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+    if dup.size:
+        raise InputError(f"ranking repeats a gallery index in row {int(dup[0])} ({dup.size} rows in all)")
+    _, codes = np.unique(np.concatenate([q_labels, g_labels]), return_inverse=True)
+    q_code, g_code = codes[:n_q], codes[n_q:]
+    valid = r != np.arange(n_q)[:, None] if loo else np.ones(r.shape, bool)
+    hit = valid & (g_code[r] == q_code[:, None])
+    pos = np.cumsum(valid, axis=1)
+    big_r = np.bincount(g_code, minlength=codes.max() + 1)[q_code] - int(loo)
+    return valid, hit, pos, big_r
+
+
+def _scored(big_r: np.ndarray) -> np.ndarray:
+    keep = big_r > 0
+    if not keep.any():
+        raise InputError(
+            "no query has an item of its class in the gallery (besides itself): retrieval metrics are "
+            "undefined; use classes with at least two items"
+        )
+    return keep
+
+
+def _need(valid: np.ndarray, keep: np.ndarray, depth: np.ndarray, what: str) -> None:
+    short = keep & (valid.sum(axis=1) < depth)
+    if short.any():
+        i = int(np.flatnonzero(short)[0])
+        raise InputError(
+            f"{what} needs the top {int(depth[i])} neighbours of query {i}, but its ranking row holds "
+            f"{int(valid[i].sum())} (besides the query itself); rank more neighbours (a larger k)"
+        )
+
+
+def _recall(valid, hit, pos, big_r, k: int) -> float:
+    keep = _scored(big_r)
+    _need(valid, keep, np.full(big_r.shape, k), f"recall@{k}")
+    return float((hit & (pos <= k)).any(axis=1)[keep].mean())
+
+
+def _map_at_r(valid, hit, pos, big_r) -> float:
+    keep = _scored(big_r)
+    _need(valid, keep, big_r, "MAP@R")
+    precision = np.cumsum(hit, axis=1) / np.maximum(pos, 1)
+    ap = (precision * (hit & (pos <= big_r[:, None]))).sum(axis=1) / np.maximum(big_r, 1)
+    return float(ap[keep].mean())
+
+
+def precision_at_1(ranking, labels, *, gallery_labels=None) -> float:
+    """Fraction of queries whose nearest neighbour (the first in their row, besides themselves) is of their class."""
+    return _recall(*_retrieval(ranking, labels, gallery_labels), 1)
+
+
+def recall_at_k(ranking, labels, k: int, *, gallery_labels=None) -> float:
+    """Fraction of queries with at least one item of their class among their ``k`` nearest (module docstring)."""
+    if int(k) != k or k < 1:
+        raise InputError(f"k is {k}; expected a whole number >= 1")
+    return _recall(*_retrieval(ranking, labels, gallery_labels), int(k))
+
+
+def map_at_r(ranking, labels, *, gallery_labels=None) -> float:
+    """MAP@R of Musgrave et al. 2020 (module docstring); rows must hold at least R neighbours each."""
+    return _map_at_r(*_retrieval(ranking, labels, gallery_labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# k-NN in blocks.
+
+
+def _embeddings(x, name: str) -> jax.Array:
+    if np.ndim(x) != 2:
+        raise InputError(f"{name} has shape {np.shape(x)}; expected (N, D) embeddings")
+    if 0 in np.shape(x):
+        raise InputError(f"{name} has shape {np.shape(x)}; expected at least one embedding of at least one value")
+    x = jnp.asarray(x, jnp.float32)
+    if not bool(jnp.isfinite(x).all()):
+        raise InputError(f"{name} holds NaN or infinite values; expected finite embeddings")
+    return x
+
+
+def _check_head(energy: str, head, dim: int):
+    if energy not in energies.ENERGIES:
+        raise InputError(f"energy is {energy!r}; expected one of {energies.ENERGIES}")
+    if head is None:
+        if energy == "weighted_l1":
+            raise InputError("weighted_l1 ranks by its head's logit: pass head=params.weights['head']")
+        return None
+    shapes = energies.head_shapes(energy, dim)
+    if not isinstance(head, Mapping) or set(head) != set(shapes):
+        keys = sorted(head) if isinstance(head, Mapping) else type(head).__name__
+        raise InputError(f"head has {keys}; expected the {energy} head {shapes} (params.weights['head'])")
+    for name, shape in shapes.items():
+        if tuple(np.shape(head[name])) != shape:
+            raise InputError(f"head[{name!r}] has shape {np.shape(head[name])}; expected {shape} for D = {dim}")
+    return {name: jnp.asarray(v) for name, v in head.items()}
+
+
+def auto_gallery_chunk(energy: str, dim: int, chunk: int) -> int:
+    """The default ``gallery_chunk``: a block's largest intermediate at most ``BLOCK_ELEMENTS`` values."""
+    per_item = chunk * (dim if energy == "weighted_l1" else 1)
+    return max(1, BLOCK_ELEMENTS // per_item)
+
+
+def knn_block_bytes(energy: str, dim: int, k: int, chunk: int, gallery_chunk: int, dtype=jnp.float32) -> int:
+    """Bytes of one block's intermediates (``knn``'s peak beyond its inputs, their padded copies and the results):
+    ``c g`` scores (4 bytes), ``c (k + g)`` merge candidates (value and index: 8 bytes) and, for weighted_l1,
+    the ``c g D`` absolute differences in ``dtype``."""
+    c, g = chunk, gallery_chunk
+    total = 4 * c * g + 8 * c * (k + g)
+    if energy == "weighted_l1":
+        total += c * g * dim * jnp.dtype(dtype).itemsize
+    return total
+
+
+def _unit(e):
+    # as siamax.energies' cosine: a zero vector stays (near) zero rather than NaN
+    return e * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(e), axis=-1, keepdims=True), 1e-12))
+
+
+def _block_scores(energy: str, head, q, g, dtype):
+    """(c, D), (g, D) -> (c, g) logits (or -distance without a head)."""
+    if energy == "weighted_l1":
+        return energies.logit(energy, head, q[:, None, :], g[None, :, :], dtype)
+    if energy == "cosine":
+        q, g = _unit(q), _unit(g)
+    gram = jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST)
+    if energy == "cosine":
+        d = jnp.maximum(1.0 - gram, 0.0)
+    else:
+        sq_q, sq_g = jnp.sum(jnp.square(q), axis=1), jnp.sum(jnp.square(g), axis=1)
+        d = jnp.sqrt(jnp.maximum(sq_q[:, None] + sq_g[None, :] - 2.0 * gram, 0.0))
+    return -d if head is None else energies.logit_from_distance(head, d)
+
+
+@functools.partial(jax.jit, static_argnames=("energy", "k", "chunk", "gallery_chunk", "leave_one_out", "dtype"))
+def _knn(queries, gallery, head, *, energy, k, chunk, gallery_chunk, leave_one_out, dtype):
+    (n_q, dim), n_g = queries.shape, gallery.shape[0]
+    c, gc = chunk, gallery_chunk
+    nqb, ngb = -(-n_q // c), -(-n_g // gc)
+    qb = jnp.pad(queries, ((0, nqb * c - n_q), (0, 0))).reshape(nqb, c, dim)
+    gb = jnp.pad(gallery, ((0, ngb * gc - n_g), (0, 0))).reshape(ngb, gc, dim)
+
+    def query_block(_, xs):
+        i, q = xs
+        q_index = i * c + jnp.arange(c)
+
+        def gallery_block(best, ys):
+            j, g = ys
+            g_index = j * gc + jnp.arange(gc)
+            s = _block_scores(energy, head, q, g, dtype)
+            out = g_index[None, :] >= n_g  # padding
+            if leave_one_out:
+                out = out | (g_index[None, :] == q_index[:, None])
+            s = jnp.where(out, -jnp.inf, s)
+            # The running best come first and hold lower indices: top_k's ties go to the lower index.
+            vals = jnp.concatenate([best[0], s], axis=1)
+            idx = jnp.concatenate([best[1], jnp.broadcast_to(g_index, s.shape)], axis=1)
+            top, where = jax.lax.top_k(vals, k)
+            return (top, jnp.take_along_axis(idx, where, axis=1)), None
+
+        start = (jnp.full((c, k), -jnp.inf, jnp.float32), jnp.full((c, k), -1, jnp.int32))
+        best, _ = jax.lax.scan(gallery_block, start, (jnp.arange(ngb), gb))
+        return None, best
+
+    _, (vals, idx) = jax.lax.scan(query_block, None, (jnp.arange(nqb), qb))
+    return idx.reshape(-1, k)[:n_q], vals.reshape(-1, k)[:n_q]
+
+
+def knn(
+    queries,
+    gallery,
+    k: int,
+    *,
+    energy: str,
+    head: Mapping | None = None,
+    chunk: int = 256,
+    gallery_chunk: int | None = None,
+    leave_one_out: bool = False,
+    dtype=jnp.float32,
+) -> tuple[jax.Array, jax.Array]:
+    """The ``k`` nearest gallery items of each query: ``(indices (Q, k) int32, scores (Q, k) float32)``, best first.
+
+    Args:
+      queries, gallery: embeddings (Q, D), (G, D) (e.g. from ``siamax.embed``).
+      k: neighbours per query, at most G (G - 1 with ``leave_one_out``).
+      energy: one of ``siamax.energies.ENERGIES``; ``head``: the model's head parameters
+        (``params.weights["head"]``). Scores are the energy's logits (higher = nearer). Required for
+        weighted_l1; for euclidean / cosine ``None`` ranks by ``-distance`` (the same order).
+      chunk: queries per block; gallery_chunk: gallery items per block (``None``:
+        ``auto_gallery_chunk``, a largest intermediate of at most ``BLOCK_ELEMENTS`` values).
+      leave_one_out: queries are the gallery (Q == G): query i never gets gallery item i.
+      dtype: the model's compute dtype (``params.spec.dtype``), used by weighted_l1 as the model does.
+
+    Memory: ``knn_block_bytes(energy, D, k, chunk, gallery_chunk)`` on top of the inputs, their
+    padded copies (to whole blocks) and the (Q, k) results: with c = chunk, g = gallery_chunk,
+    ``4 c g + 8 c (k + g)`` bytes, plus ``4 c g D`` (float32) for weighted_l1's pair differences.
+    Defaults: c = 256, g = 65536 for euclidean / cosine (about 200 MiB), g = 2^16 / D for weighted_l1.
+    All blocks run in one compiled loop on the device (one compilation per set of shapes).
+    """
+    q, g = _embeddings(queries, "queries"), _embeddings(gallery, "gallery")
+    if q.shape[1] != g.shape[1]:
+        raise InputError(f"queries have {q.shape[1]} dimensions and the gallery {g.shape[1]}; expected the same D")
+    if leave_one_out and q.shape[0] != g.shape[0]:
+        raise InputError(
+            f"leave_one_out needs the queries to be the gallery, got {q.shape[0]} queries and {g.shape[0]} items"
+        )
+    most = g.shape[0] - int(leave_one_out)
+    if int(k) != k or not 1 <= k <= most:
+        raise InputError(
+            f"k is {k}; expected 1 <= k <= {most} (the gallery's {g.shape[0]} items"
+            f"{', less the query itself' if leave_one_out else ''})"
+        )
+    for name, v in (("chunk", chunk), ("gallery_chunk", gallery_chunk)):
+        if v is not None and (int(v) != v or v < 1):
+            raise InputError(f"{name} is {v}; expected a whole number >= 1")
+    dim = int(q.shape[1])
+    head = _check_head(energy, head, dim)
+    c = min(int(chunk), q.shape[0])
+    gc = min(int(gallery_chunk or auto_gallery_chunk(energy, dim, c)), g.shape[0])
+    return _knn(
+        q,
+        g,
+        head,
+        energy=energy,
+        k=int(k),
+        chunk=c,
+        gallery_chunk=gc,
+        leave_one_out=bool(leave_one_out),
+        dtype=jnp.dtype(dtype).name,
+    )
+
+
+def retrieval_report(
+    embeddings,
+    labels,
+    energy: str,
+    head: Mapping | None = None,
+    k: int = 5,
+    *,
+    gallery=None,
+    gallery_labels=None,
+    chunk: int = 256,
+    gallery_chunk: int | None = None,
+    dtype=jnp.float32,
+) -> dict:
+    """``{"precision_at_1", "recall_at_{k}", "map_at_r", "queries"}`` by ``knn`` with the model's energy.
+
+    Leave-one-out by default: every embedding a query against all the others. With ``gallery`` and
+    ``gallery_labels``, ``embeddings`` are the queries and ``gallery`` the searched set. "queries" is
+    the number scored (those with R > 0, module docstring). ``knn`` ranks max(k, largest R)
+    neighbours per query, as MAP@R needs; memory as ``knn``'s.
+    """
+    q_labels = _labels(labels, "labels")
+    if np.shape(embeddings)[:1] != q_labels.shape:
+        raise InputError(f"embeddings have shape {np.shape(embeddings)} for {q_labels.size} labels; expected one each")
+    loo = gallery is None
+    if loo != (gallery_labels is None):
+        raise InputError("gallery and gallery_labels go together: pass both or neither")
+    g_labels = q_labels if loo else _labels(gallery_labels, "gallery_labels")
+    if not loo and np.shape(gallery)[:1] != g_labels.shape:
+        raise InputError(f"gallery has shape {np.shape(gallery)} for {g_labels.size} gallery labels; expected one each")
+    _, codes = np.unique(np.concatenate([q_labels, g_labels]), return_inverse=True)
+    counts = np.bincount(codes[q_labels.size :], minlength=codes.max() + 1)
+    # R <= G (- 1), so a depth beyond the gallery is k's, and knn refuses it.
+    depth = max(int(k), int((counts[codes[: q_labels.size]] - int(loo)).max()))
+    idx, _ = knn(
+        embeddings,
+        embeddings if loo else gallery,
+        depth,
+        energy=energy,
+        head=head,
+        chunk=chunk,
+        gallery_chunk=gallery_chunk,
+        leave_one_out=loo,
+        dtype=dtype,
+    )
+    parts = _retrieval(np.asarray(idx), q_labels, None if loo else g_labels)
+    return {
+        "precision_at_1": _recall(*parts, 1),
+        f"recall_at_{int(k)}": _recall(*parts, int(k)),
+        "map_at_r": _map_at_r(*parts),
+        "queries": int(_scored(parts[3]).sum()),
+    }
