@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODELS",
+    "Index",
     "ModelSpec",
     "Params",
     "embed",
@@ -26,10 +27,29 @@ __all__ = [
 ]
 
 # Submodules with heavier imports (TFDS for data) load on first use: `siamax.data.load_omniglot()`.
-_LAZY = ("augment", "data", "evaluate", "experiment", "report", "sharding", "train", "optim", "config")
+_LAZY = (
+    "augment",
+    "commands",
+    "config",
+    "data",
+    "energies",
+    "evaluate",
+    "experiment",
+    "metrics",
+    "miners",
+    "optim",
+    "report",
+    "rng",
+    "sharding",
+    "train",
+)
 
 
 def __getattr__(name):
+    if name == "Index":  # the gallery index: siamax.Index
+        from siamax.index import Index
+
+        return Index
     if name in _LAZY:
         return importlib.import_module(f"siamax.{name}")
     raise AttributeError(f"module 'siamax' has no attribute {name!r}")

@@ -220,8 +220,17 @@ def export(params: Params, path: str | Path, metadata: dict | None = None) -> Pa
     return path
 
 
-def load(path: str | Path) -> Params:
-    """Read an exported model: a work directory, or the path of its ``model.msgpack``."""
+def read_metadata(path: str | Path) -> dict:
+    """The metadata an exported model was saved with (``export(..., metadata=)``): preset, config,
+    and, where the training chose them, the same/different ``threshold`` and the images' ``ink``."""
+    payload = _read_export(_export_path(path))
+    try:
+        return json.loads(payload.get("metadata") or "{}")
+    except ValueError as e:
+        raise ModelError(f"{path}: the model's metadata is not readable JSON ({e})") from e
+
+
+def _export_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / EXPORT_NAME
@@ -229,6 +238,10 @@ def load(path: str | Path) -> Params:
         raise DataError(
             f"no exported siamax model at {path} (expected a work directory holding {EXPORT_NAME}, or the file itself)"
         )
+    return path
+
+
+def _read_export(path: Path) -> dict:
     try:
         payload = flax.serialization.msgpack_restore(path.read_bytes())
     except Exception as e:  # msgpack raises several types for corrupt files
@@ -236,7 +249,17 @@ def load(path: str | Path) -> Params:
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else None
         raise ModelError(f"{path} is not a siamax model file (format {found!r})")
-    spec = ModelSpec.from_dict(json.loads(payload["spec"]))
+    return payload
+
+
+def load(path: str | Path) -> Params:
+    """Read an exported model: a work directory, or the path of its ``model.msgpack``."""
+    path = _export_path(path)
+    payload = _read_export(path)
+    try:
+        spec = ModelSpec.from_dict(json.loads(payload["spec"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"{path}: the model's architecture is not readable ({e})") from e
     weights = jax.tree.map(jax.numpy.asarray, payload["weights"])
     expected = jax.eval_shape(lambda: init(jax.random.key(0), spec).weights)
     if jax.tree.structure(expected) != jax.tree.structure(weights) or any(

@@ -83,12 +83,25 @@ class ModelConfig:
         choices=("float32", "bfloat16"),
     )
 
+    image_size: int = _f(
+        0,
+        "side of the square input images, in pixels (0 = the model preset's own: 105 for paper, 35 for small and "
+        "reduced35); the tower's layers adapt, the embedding grows with it",
+    )
+
     def __post_init__(self):
         _check_choices(self)
+        if self.image_size < 0:
+            raise ConfigError(f"image_size must be >= 0 (0: the model's own), got {self.image_size}")
+        try:
+            _ = self.spec
+        except ValueError as e:  # e.g. an input too small for the model's kernels and pools
+            raise ConfigError(f"model {self.model!r} at image_size {self.image_size}: {e}") from None
 
     @property
     def spec(self):
-        return MODELS[self.model].replace(dtype=self.dtype, energy=self.energy)
+        base = MODELS[self.model]
+        return base.replace(dtype=self.dtype, energy=self.energy, input_size=self.image_size or base.input_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,6 +462,9 @@ PRESETS: dict[str, Config] = {
     ),
     "mnist_paper": BASE.override(model="reduced35", layer_l2=""),
 }
+# `siamax train` on one's own folders: quick's network, objective and schedule, without the
+# rotations-as-classes (a turned face or product photo is not another class) and Omniglot's drawers.
+PRESETS["folder"] = PRESETS["quick"].override(rotations=False, train_drawers=12)
 
 
 def preset_names() -> Sequence[str]:

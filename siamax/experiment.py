@@ -67,10 +67,11 @@ def command_line(
     return args, preset, config.from_args(args, preset)
 
 
-def claim_workdir(workdir: Path, cfg: config.Config, preset: str) -> None:
-    """Create ``workdir`` or check that it holds a run of exactly this config (never mix runs)."""
+def claim_workdir(workdir: Path, cfg: config.Config, preset: str, extra: dict | None = None) -> None:
+    """Create ``workdir`` or check that it holds a run of exactly this config (and ``extra``: e.g. the data
+    folder of ``siamax train``) (never mix runs)."""
     path = workdir / "config.json"
-    mine = {"preset": preset, **cfg.flat()}
+    mine = {"preset": preset, **cfg.flat(), **(extra or {})}
     if path.exists():
         try:
             theirs = json.loads(path.read_text())
@@ -100,54 +101,33 @@ def validation_trials(cfg: config.Config, table, splits) -> list:
     return sd.validation_tasks(table, val.alphabets, val.drawers, trials=cfg.eval.val_trials, seed=seed)
 
 
-def run(
+def train_on(
     cfg: config.Config,
-    workdir: str | Path,
+    workdir: Path,
+    train_table,
+    val_tasks: list,
     *,
-    preset: str = "custom",
     progress: bool = True,
-    report_plots: bool = True,
-    test: bool = True,
-) -> dict:
-    """Train (or resume) in ``workdir``, then evaluate the best checkpoint and write the report.
+    max_seconds: float | None = None,
+):
+    """Train (or resume) a model on ``train_table`` (a ``LabelledImages``) in ``workdir``, choosing the
+    checkpoint by one-shot accuracy on ``val_tasks`` (validation data only).
 
-    ``test=False`` stops after training and returns the validation summary (``best_val_accuracy``,
-    ``best_epoch``, ``epochs``, ``train_seconds``) without touching the test alphabets or Lake's
-    runs (they are not even resolved): what model selection (``experiments.validation_sweep``) may
-    look at.
+    What the main job and ``siamax train`` share. Returns ``(state, summary, sampler)``; the best
+    checkpoint is in ``workdir`` (``train.restore_best``).
     """
-    t_start = time.perf_counter()
-    workdir = Path(workdir)
-    sd.require(["omniglot", "lake_runs"] if test else ["omniglot"])
-    claim_workdir(workdir, cfg, preset)
     spec = cfg.spec
     mesh = sharding.make_mesh(cfg.devices or None)
-    streams = rng.train_streams(cfg.seed)
     candidates_seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]
-
-    t0 = time.perf_counter()
-    table = sd.omniglot_table(sd.load_omniglot(), spec)  # the dataset model: model format, on the device
-    splits = sd.paper_splits(cfg.data.split_seed, train_drawers=cfg.data.train_drawers)
-    if sharding.is_primary():
-        splits.save(workdir / "splits.json")
     sampler = samplers.make_sampler(
         cfg.data,
         cfg.objective.batch,
-        table.take(splits.train.flat_indices(), name="omniglot/train"),
+        train_table,
         cfg.seed,
         cfg.schedule.steps_per_epoch,
         shard=sharding.shard_of_process(),
     )
-    val_tasks = validation_trials(cfg, table, splits)
-    data_seconds = time.perf_counter() - t0
-    if sharding.is_primary():
-        print(
-            f"data ready in {data_seconds:.1f}s: {len(splits.train.char_ids)} training characters x "
-            f"{len(splits.train.drawers)} drawers, {sampler.steps_per_epoch} steps/epoch, "
-            f"{len(val_tasks)} validation tasks ({sum(len(t.query) for t in val_tasks)} trials)"
-        )
-
-    params = api.init(streams["init"], spec)
+    params = api.init(rng.train_streams(cfg.seed)["init"], spec)
     tx, lr_of = optim.make_optimizer(cfg.optim, spec.layer_names, sampler.steps_per_epoch)
     objective = train.Objective(
         kind=cfg.objective.kind,
@@ -173,7 +153,47 @@ def run(
         place_batch=lambda b: sharding.shard_batch(b, mesh),
         lr_of=lr_of,
         progress=progress,
+        max_seconds=max_seconds,
     )
+    return state, summary, sampler
+
+
+def run(
+    cfg: config.Config,
+    workdir: str | Path,
+    *,
+    preset: str = "custom",
+    progress: bool = True,
+    report_plots: bool = True,
+    test: bool = True,
+) -> dict:
+    """Train (or resume) in ``workdir``, then evaluate the best checkpoint and write the report.
+
+    ``test=False`` stops after training and returns the validation summary (``best_val_accuracy``,
+    ``best_epoch``, ``epochs``, ``train_seconds``) without touching the test alphabets or Lake's
+    runs (they are not even resolved): what model selection (``experiments.validation_sweep``) may
+    look at.
+    """
+    t_start = time.perf_counter()
+    workdir = Path(workdir)
+    sd.require(["omniglot", "lake_runs"] if test else ["omniglot"])
+    claim_workdir(workdir, cfg, preset)
+
+    t0 = time.perf_counter()
+    table = sd.omniglot_table(sd.load_omniglot(), cfg.spec)  # the dataset model: model format, on the device
+    splits = sd.paper_splits(cfg.data.split_seed, train_drawers=cfg.data.train_drawers)
+    if sharding.is_primary():
+        splits.save(workdir / "splits.json")
+    train_table = table.take(splits.train.flat_indices(), name="omniglot/train")
+    val_tasks = validation_trials(cfg, table, splits)
+    data_seconds = time.perf_counter() - t0
+    if sharding.is_primary():
+        print(
+            f"data ready in {data_seconds:.1f}s: {len(splits.train.char_ids)} training characters x "
+            f"{len(splits.train.drawers)} drawers, {len(val_tasks)} validation tasks "
+            f"({sum(len(t.query) for t in val_tasks)} trials)"
+        )
+    state, summary, sampler = train_on(cfg, workdir, train_table, val_tasks, progress=progress)
     if not test:
         return {
             "best_val_accuracy": summary["best_accuracy"],
@@ -186,10 +206,9 @@ def run(
     best = sharding.local_copy(train.restore_best(state, workdir))
     if not sharding.is_primary():
         return {}
-    checkpoint.export(
-        best, workdir, metadata={"preset": preset, "config": cfg.to_dict(), "best_epoch": summary["best_epoch"] + 1}
-    )
-    return report.evaluate_and_report(
+    metadata = {"preset": preset, "config": cfg.to_dict(), "best_epoch": summary["best_epoch"] + 1, "ink": "dark"}
+    checkpoint.export(best, workdir, metadata=metadata)
+    results = report.evaluate_and_report(
         best,
         cfg,
         preset=preset,
@@ -201,6 +220,9 @@ def run(
         plots=report_plots,
         wall_seconds_so_far=time.perf_counter() - t_start,
     )
+    # The threshold chosen on the validation pairs goes with the model (siamax verify uses it).
+    checkpoint.export(best, workdir, metadata={**metadata, "threshold": results["verification"]["threshold"]})
+    return results
 
 
 def mnist_transfer(params: api.Params, workdir: str | Path, *, eval_seed: int = 0, trials: int = 400) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from siamax import conv, evaluate, rng
+from siamax import conv, evaluate, metrics, rng
 from siamax import data as sd
 
 # Koch et al. (2015), tables 2-4 (see ../shared/koch2015.md).
@@ -179,7 +179,11 @@ def evaluate_and_report(
         "config": cfg.to_dict(),
         "lake20": evaluate.one_shot_accuracy(params, lake, seed=shuffle),
         "within_alphabet": nway[20],
-        "verification": evaluate.verification_accuracy(val_p, val_pairs.label, test_p, test_pairs.label),
+        "verification": {
+            **evaluate.verification_accuracy(val_p, val_pairs.label, test_p, test_pairs.label),
+            "roc_auc": metrics.roc_auc(test_p, test_pairs.label),
+            "eer": metrics.eer(test_p, test_pairs.label)[0],
+        },
         "one_nn": evaluate.nearest_neighbour(lake, "euclidean", seed=shuffle),
         "one_nn_cosine": evaluate.nearest_neighbour(lake, "cosine", seed=shuffle),
         "one_nn_within_alphabet": evaluate.nearest_neighbour(within, "euclidean", seed=shuffle),
@@ -233,6 +237,11 @@ def table(results: dict, verification_key: str | None = None) -> str:
     for label, key, paper in rows:
         if key in results:
             lines.append(f"{label:44s} {_fmt(results[key]):32s} {paper:>10s}")
+    v = results.get("verification")
+    if v and "roc_auc" in v:
+        lines.append(
+            f"{'verification ROC AUC / EER, test pairs':44s} {100 * v['roc_auc']:5.2f}% / {100 * v['eer']:.2f}%"
+        )
     t = results.get("training")
     if t:
         lines.append(
@@ -329,4 +338,77 @@ def save_trial_grid(params, tasks, path: Path, n_rows: int = 6, seed: int = 0) -
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_evaluation_plots(results: dict, plot: dict, table, index, out: Path, n_queries: int = 6, k: int = 5) -> None:
+    """``siamax evaluate``'s figures in ``out``: ROC curves (model vs raw pixels), same/different score
+    histograms, a retrieval grid (queries and their top-k, leave-one-out), a 2-D map of the embeddings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from siamax import metrics
+
+    labels = np.asarray(plot["labels"]) > 0
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, scores in (("siamax", plot["scores"]), ("raw pixels", plot["pixel_scores"])):
+        fpr, tpr, _ = metrics.roc_curve(scores, labels)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {metrics.roc_auc(scores, labels):.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="gray")
+    ax.set(xlabel="false accept rate", ylabel="true accept rate", title=f"verification, {table.name}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    scores = np.asarray(plot["scores"])
+    bins = np.linspace(0, 1, 41)
+    ax.hist(scores[labels], bins=bins, alpha=0.6, label="same class")
+    ax.hist(scores[~labels], bins=bins, alpha=0.6, label="different classes")
+    ax.axvline(results["verification"]["threshold"], color="black", ls="--", label="threshold")
+    ax.set(xlabel="p(same)", ylabel="pairs", title="scores of the verification pairs")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "score_histograms.png", dpi=120)
+    plt.close(fig)
+
+    emb = np.asarray(plot["embeddings"])
+    gen = np.random.default_rng(0)
+    queries = gen.choice(table.n_images, min(n_queries, table.n_images), replace=False)
+    scores, ids = index.search(emb[queries], min(k + 1, table.n_images))
+    images = np.asarray(table.images)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * 1.1, len(queries) * 1.2), squeeze=False)
+    for row, (q, s_row, i_row) in enumerate(zip(queries, np.asarray(scores), np.asarray(ids))):
+        hits = [(s, i) for s, i in zip(s_row, i_row) if i != q][:k]
+        cells = [(images[q], "query", None)] + [
+            (images[i], f"{s:.2f}", "green" if table.labels[i] == table.labels[q] else "red") for s, i in hits
+        ]
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(cells):
+                ax.axis("off")
+                continue
+            img, title, color = cells[col]
+            ax.imshow(img, cmap="gray_r", vmin=0, vmax=255)
+            ax.set_title(title, fontsize=6)
+            for spine in ax.spines.values():
+                spine.set_color(color or "black")
+                spine.set_linewidth(2 if color else 0.5)
+    fig.suptitle(f"retrieval: query, then its top {k} (green: same class)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "retrieval_grid.png", dpi=120)
+    plt.close(fig)
+
+    centred = emb - emb.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(xy[:, 0], xy[:, 1], c=table.labels, cmap="tab20" if table.n_classes <= 20 else "nipy_spectral", s=6)
+    ax.set(title=f"embeddings, first two principal components ({table.n_classes} classes)", xticks=[], yticks=[])
+    fig.tight_layout()
+    fig.savefig(out / "embedding_map.png", dpi=120)
     plt.close(fig)

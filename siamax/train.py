@@ -204,9 +204,14 @@ def fit(
     place_batch: Callable = lambda b: b,
     lr_of: Callable | None = None,
     progress: bool = True,
+    max_seconds: float | None = None,
 ) -> tuple[TrainState, dict]:
     """Train for up to ``epochs`` epochs of ``sampler.steps_per_epoch`` steps, early-stopping on
     ``validate(params)`` (higher is better; validation data only) with ``patience`` epochs.
+
+    ``max_seconds``: a time budget for this call; an epoch is not started when the last one's
+    duration says it would end past the budget, so the run stops cleanly on an epoch boundary,
+    with its checkpoints, and a rerun with a new budget carries on.
 
     Resumes from ``workdir``'s latest checkpoint when there is one: batches and step keys depend
     only on (seed, step), so the result equals an uninterrupted run. Each epoch appends a line to
@@ -241,7 +246,12 @@ def fit(
     say = bar.write if primary else lambda _: None
     epoch = meta["epoch"]
     stopped = lambda: patience and meta["bad_epochs"] >= patience  # noqa: E731 (0 = never stop early)
+    started, last_epoch_seconds = time.perf_counter(), 0.0
     while epoch < epochs and not stopped():
+        if max_seconds is not None and time.perf_counter() - started + last_epoch_seconds > max_seconds:
+            say(f"time budget: stopping after epoch {epoch} (another epoch would pass {max_seconds / 60:.1f} minutes)")
+            meta = {**meta, "stopped_by_time": True}
+            break
         t0 = time.perf_counter()
         sums, finite = None, jnp.asarray(True)
         for i in range(spe):
@@ -273,6 +283,7 @@ def fit(
             )
         seconds = time.perf_counter() - t0
         val = float(validate(state.params))
+        last_epoch_seconds = time.perf_counter() - t0
         improved = val > meta["best_accuracy"]
         means = {k: float(v) / spe for k, v in sums.items() if k != "finite"}
         meta = {

@@ -9,7 +9,7 @@ verified (downloading what is missing) before it starts. See ``docs/data.md``.
 
 from siamax.data._paths import DATASETS
 from siamax.data.class_splits import ClassSplits, class_splits, load_class_splits
-from siamax.data.folder import FolderReport, image_folder
+from siamax.data.folder import FolderReport, image_files, image_folder
 from siamax.data.labelled import LabelledImages, model_format, to_model
 from siamax.data.lake import LAKE_ALPHABETS, LAKE_RUNS, lake_runs
 from siamax.data.mnist import Mnist, load_mnist, mnist_builder, mnist_table
@@ -65,6 +65,7 @@ __all__ = [
     "class_index",
     "class_splits",
     "episodes",
+    "image_files",
     "image_folder",
     "lake_runs",
     "load_class_splits",

@@ -473,3 +473,37 @@ def _to_model(spec, size: int, images: list[np.ndarray], ink: str) -> tuple[jax.
     for index in by_shape.values():
         out[index] = np.asarray(model_format(spec, np.stack([images[i] for i in index]), ink))
     return jax.device_put(out), len(by_shape)
+
+
+def image_files(
+    paths: Sequence[str | os.PathLike], *, size, ink: str = "auto", fallback: str | None = None
+) -> tuple[jax.Array, str]:
+    """Single image files (the images to verify, the queries to identify) in model format, by the same
+    route as :func:`image_folder`: ``(uint8 (N, S, S) on the device, the ink used)``.
+
+    ``ink``: "auto" tells the polarity from these images' borders (their median, as for a folder);
+    where the borders cannot tell, ``fallback`` (e.g. the polarity the model was trained with, which
+    ``siamax train`` stores with it) is used if given. A file that is missing raises DataError; one
+    that is not a readable image, InputError naming it.
+    """
+    spec, s = _spec_and_size(size)
+    if ink not in INKS:
+        raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
+    paths = [Path(p).expanduser() for p in paths]
+    if not paths:
+        raise InputError("no image files given")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"image file(s) not found: {_some(missing)}")
+    decoded = [_decode(p, s) for p in paths]
+    bad = [f"{p} ({why})" for p, (x, why, _) in zip(paths, decoded) if x is None]
+    if bad:
+        raise InputError(f"not readable as images: {_some(bad)}; siamax reads {', '.join(IMAGE_SUFFIXES)}")
+    try:
+        ink, _ = _decided_ink(ink, [paper for _, paper, _ in decoded], paths[0].parent)
+    except InputError:
+        if ink != "auto" or fallback not in ("dark", "light"):
+            raise
+        ink = fallback
+    images, _ = _to_model(spec, s, [x for x, _, _ in decoded], ink)
+    return images, ink

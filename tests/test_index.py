@@ -1,0 +1,353 @@
+"""siamax.Index: exact top-k equal to a brute-force score_embeddings ranking for every energy (over
+several chunks, a last chunk that does not divide the gallery, query blocks), add / remove, save /
+load, refusal of another model's index and of files that are not indexes, the argument checks, no
+recompilation on repeated searches, and the faiss backend equal to the exact one."""
+
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import siamax
+from siamax import checkpoint, energies
+from siamax import index as index_lib
+from siamax.errors import ConfigError, DataError, InputError, InputTypeError, ModelError, UserError
+from siamax.index import Index, Match
+from siamax.model import ModelSpec
+
+SPEC = ModelSpec(
+    input_size=16, filters=(4,), kernels=(3,), pools=(True,), padding="SAME", fc_units=24, init="lecun", conv_impl="xla"
+)
+D = SPEC.embedding_dim
+G = 1000  # a capacity of 1024 rows: the last 24 are padding
+
+
+@pytest.fixture(scope="module", params=energies.ENERGIES)
+def energy(request):
+    return request.param
+
+
+def _params(energy, seed=0):
+    p = siamax.init(jax.random.key(seed), SPEC.replace(energy=energy))
+    if energy != "weighted_l1":  # a head that is not the initial one, slope softplus(-0.4)
+        p = p.replace(weights={**p.weights, "head": {"scale": np.float32(-0.4), "bias": np.float32(0.7)}})
+    return p
+
+
+def _data(n=G, q=5, seed=0):
+    rng = np.random.default_rng(seed)
+    # ReLU-like (non-negative) features, as the towers give
+    gallery = np.maximum(rng.normal(size=(n, D)), 0).astype(np.float32)
+    queries = np.maximum(rng.normal(size=(q, D)), 0).astype(np.float32)
+    labels = [f"class{i % 37}" for i in range(n)]
+    return gallery, queries, labels
+
+
+def _brute_force(params, gallery, queries):
+    """(Q, G) probabilities from siamax.score_embeddings, pair by pair."""
+    nq, n = len(queries), len(gallery)
+    e1 = np.repeat(queries, n, axis=0)
+    e2 = np.tile(gallery, (nq, 1))
+    return np.asarray(siamax.score_embeddings(params, e1, e2)).reshape(nq, n)
+
+
+def _assert_ranking(scores, ids, reference, atol=1e-6):
+    """``ids`` are a best-first top-k of ``reference`` (Q, G) up to float ties, and ``scores`` are its values."""
+    k = ids.shape[1]
+    expected = -np.sort(-reference, axis=1)[:, :k]
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=atol)
+    np.testing.assert_allclose(np.take_along_axis(reference, ids, 1), scores, rtol=0, atol=atol)
+    assert all(len(set(row)) == k for row in ids.tolist()), "an item was returned twice"
+
+
+@pytest.mark.parametrize("small_chunks", [False, True], ids=["one_chunk", "chunks_query_blocks_top_k_blocks"])
+def test_search_equals_brute_force(energy, small_chunks, monkeypatch):
+    if small_chunks:
+        # 1000 rows in chunks of 384 (weighted_l1: 64): the third chunk is shifted back to [640, 1024)
+        # and masked below 768 and from 1000 on; 5 queries in blocks of 4 (weighted_l1: 1), the last
+        # one unpadded; each chunk's top-k by its best blocks of 16 rows.
+        monkeypatch.setattr(index_lib, "_BUDGET", 2048)
+        monkeypatch.setattr(index_lib, "_MAX_CHUNK", 384)
+        monkeypatch.setattr(index_lib, "_QUERY_BLOCK", 4)
+        monkeypatch.setattr(index_lib, "_BLOCK", 16)
+    params = _params(energy)
+    gallery, queries, labels = _data()
+    index = Index.build(params, gallery, labels)
+    reference = _brute_force(params, gallery, queries)
+    scores, ids = index.search(queries, k=7)
+    assert scores.shape == ids.shape == (5, 7) and scores.dtype == np.float32 and ids.dtype == np.int64
+    _assert_ranking(scores, ids, reference)
+    # one query, and k = the whole gallery (k > chunk: the running merge keeps more than a chunk)
+    s1, i1 = index.search(queries[:1], k=1)
+    _assert_ranking(s1, i1, reference[:1])
+    if small_chunks:
+        s_all, i_all = index.search(queries[:2], k=G)
+        _assert_ranking(s_all, i_all, reference[:2])
+        assert sorted(i_all[0].tolist()) == list(range(G))
+
+
+def test_top_k_by_blocks_equals_lax_top_k():
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 50, size=(6, 1024)).astype(np.float32)  # many ties
+    keys[1] = -np.inf
+    keys[1, [5, 700, 1000]] = [3.0, 2.0, 3.0]  # fewer finite keys than k
+    keys[2, :900] = -np.inf
+    for k in (1, 4, 10):
+        want, _ = jax.lax.top_k(keys, k)
+        got, cols = index_lib._top_k(jax.numpy.asarray(keys), k)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.take_along_axis(keys, np.asarray(cols), 1), want)
+        assert all(len(set(row)) == k for row in np.asarray(cols).tolist())
+
+
+def _certain(index, queries, k):
+    """Whether the bfloat16 pre-pass of each single query settles its top-k."""
+    out = []
+    for q in queries:
+        q = jax.numpy.asarray(q[None])
+        q = energies._normalise(q) if index.energy == "cosine" else q
+        args = (index._gallery, index._aux, index._gallery16, index._norms, index._n, q)
+        out.append(bool(index_lib._candidates(index.energy, k, *args)[1]))
+    return out
+
+
+@pytest.mark.parametrize("energy_", ["euclidean", "cosine"])
+def test_single_queries_by_bfloat16_pass_are_exact(energy_, monkeypatch):
+    params = _params(energy_)
+    gallery, queries, labels = _data()
+    index = Index.build(params, gallery, labels)
+    reference = _brute_force(params, gallery, queries)
+    for k in (1, 7):
+        assert all(_certain(index, queries, k))  # well-separated items: settled by the pre-pass
+        for i in range(len(queries)):
+            _assert_ranking(*index.search(queries[i : i + 1], k), reference[i : i + 1])
+
+    # Near-duplicates (300 noisy copies of one vector) are closer together than bfloat16 can tell
+    # apart: the pre-pass cannot settle them, and the float32 pass (here in chunks) answers.
+    monkeypatch.setattr(index_lib, "_BUDGET", 256)
+    monkeypatch.setattr(index_lib, "_MAX_CHUNK", 128)
+    rng = np.random.default_rng(1)
+    base = np.abs(rng.normal(size=D)).astype(np.float32) + 0.5
+    close = (base + 0.05 * rng.normal(size=(300, D))).astype(np.float32)
+    near = (base + 0.05 * rng.normal(size=(3, D))).astype(np.float32)
+    index = Index.build(params, close, labels[:300])
+    assert not any(_certain(index, near, 5))
+    reference = _brute_force(params, close, near)
+    for i in range(3):
+        _assert_ranking(*index.search(near[i : i + 1], 5), reference[i : i + 1])
+
+
+def test_weighted_l1_chunks_stay_small_for_the_paper_model():
+    dim = siamax.MODELS["paper"].embedding_dim
+    block = index_lib._query_block("weighted_l1", dim)
+    for q in (1, block):
+        chunk = index_lib._chunk("weighted_l1", q, dim, capacity=100 * 1024)
+        assert q * chunk * dim <= index_lib._BUDGET and chunk >= index_lib._MIN_L1_CHUNK
+
+
+def test_matches_lookup_and_paths():
+    params = _params("cosine")
+    gallery, queries, labels = _data(n=50)
+    paths = [f"/gallery/{i}.png" for i in range(50)]
+    index = Index.build(params, gallery, labels, paths)
+    scores, ids = index.search(queries, k=3)
+    found = index.matches(queries, k=3)
+    assert [[m.id for m in row] for row in found] == ids.tolist()
+    first = found[0][0]
+    assert isinstance(first, Match) and first.label == labels[ids[0, 0]] and first.path == paths[ids[0, 0]]
+    assert first.score == pytest.approx(float(scores[0, 0]))
+    assert index.lookup(ids).tolist() == [[labels[i] for i in row] for row in ids.tolist()]
+    assert index.paths == paths and index.labels == labels and len(index) == 50
+
+
+def test_repeated_searches_do_not_recompile():
+    params = _params("euclidean")
+    gallery, queries, labels = _data(n=300)
+    index = Index.build(params, gallery[:200], labels[:200])
+    index.search(queries, k=3)
+    compiled = index_lib._search._cache_size()
+    index.search(queries + 0.5, k=3)
+    index.search(queries[:3], k=3)  # 5 queries pad to 8, 3 to 4: one more program
+    index.search(queries[:4] * 2, k=3)
+    assert index_lib._search._cache_size() == compiled + 1
+    index.add(gallery[200:], labels[200:])  # still within the first 1024-row block
+    index.search(queries, k=3)
+    assert index_lib._search._cache_size() == compiled + 1
+
+
+def test_add_and_remove(energy):
+    params = _params(energy)
+    gallery, queries, labels = _data(n=600)
+    index = Index.build(params, gallery[:250], labels[:250])
+    assert index.add(gallery[250:], labels[250:]).tolist() == list(range(250, 600))
+    whole = Index.build(params, gallery, labels)
+    for got, want in zip(index.search(queries, 5), whole.search(queries, 5)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(index.embeddings), gallery)
+
+    # by label: every item of the class goes, the others keep their order (and get new ids)
+    assert index.remove("class3") == sum(label == "class3" for label in labels)
+    keep = np.array([label != "class3" for label in labels])
+    rest = Index.build(params, gallery[keep], [x for x, k in zip(labels, keep) if k])
+    assert index.labels == rest.labels
+    scores, ids = index.search(queries, 5)
+    _assert_ranking(scores, ids, _brute_force(params, gallery[keep], queries))
+    assert "class3" not in index.lookup(ids)
+
+    # by id, several at once and from a NumPy array
+    n = len(index)
+    assert index.remove(np.array([0, n - 1, 5])) == 3 and len(index) == n - 3
+    assert index.remove(7) == 1
+    assert index.remove(["class1", "class2"]) > 0
+    _assert_ranking(*index.search(queries, 5), _brute_force(params, np.asarray(index.embeddings), queries))
+
+    with pytest.raises(InputError, match=r"not in the index: \['class3'\]"):
+        index.remove("class3")
+    with pytest.raises(InputError, match="out of range"):
+        index.remove([len(index)])
+    with pytest.raises(InputTypeError, match="not a mix"):
+        index.remove(["class4", 0])
+
+
+def test_bad_arguments_raise_helpfully():
+    params = _params("euclidean")
+    gallery, queries, labels = _data(n=20)
+    empty = Index(params)
+    with pytest.raises(InputError, match="the index is empty"):
+        empty.search(queries, 1)
+    index = Index.build(params, gallery, labels)
+    with pytest.raises(InputError, match="k=21 is larger than the index, which holds 20 items"):
+        index.search(queries, 21)
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="k must be a positive int"):
+            index.search(queries, k)
+    with pytest.raises(InputError, match=r"expected \(B, 24\) embeddings"):
+        index.search(queries[:, :10], 1)
+    with pytest.raises(InputError, match="NaN"):
+        index.search(np.full((1, D), np.nan, np.float32), 1)
+    with pytest.raises(InputError, match="labels has 3 entries for 20 embeddings"):
+        Index.build(params, gallery, labels[:3])
+    with pytest.raises(InputTypeError, match="labels must be str"):
+        Index.build(params, gallery, list(range(20)))
+    with pytest.raises(InputError, match="paths has 1 entries"):
+        Index.build(params, gallery, labels, paths=["a.png"])
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        Index(params, backend="annoy")
+    with pytest.raises(InputTypeError, match="siamax.Params"):
+        Index(params.weights)
+    assert len(index) == 20  # a failed call changes nothing
+
+
+def test_save_load_round_trip(energy, tmp_path):
+    params = _params(energy)
+    gallery, queries, labels = _data(n=300)
+    paths = [None if i % 3 else f"img/{i}.png" for i in range(300)]
+    index = Index.build(params, gallery, labels, paths)
+    path = index.save(tmp_path / "gallery.npz")
+    assert path == tmp_path / "gallery.npz" and not list(tmp_path.glob("*.tmp"))
+    for loaded in (Index.load(path, params), Index.load(path)):  # without params: the file's head
+        assert loaded.labels == labels and loaded.paths == paths and loaded.energy == energy
+        assert loaded.fingerprint == index.fingerprint == index_lib.fingerprint(params)
+        for got, want in zip(loaded.search(queries, 4), index.search(queries, 4)):
+            np.testing.assert_array_equal(got, want)
+    assert index.save(tmp_path / "run").name == "index.npz"  # a directory gets DIR/index.npz
+    assert len(Index.load(tmp_path / "run", params)) == 300
+
+
+def test_fingerprint_is_the_model():
+    a, b = _params("cosine", seed=0), _params("cosine", seed=1)
+    assert index_lib.fingerprint(a) == index_lib.fingerprint(jax.tree.map(np.array, a))
+    assert index_lib.fingerprint(a) != index_lib.fingerprint(b)
+    assert index_lib.fingerprint(a) != index_lib.fingerprint(a.replace(spec=a.spec.replace(dtype="bfloat16")))
+    # the conv implementation computes the same maths: the same model
+    assert index_lib.fingerprint(a) == index_lib.fingerprint(a.replace(spec=a.spec.replace(conv_impl="direct")))
+
+
+def test_load_refuses_another_models_index(tmp_path):
+    params, other = _params("cosine", seed=0), _params("cosine", seed=1)
+    gallery, _, labels = _data(n=30)
+    path = Index.build(params, gallery, labels).save(tmp_path / "g.npz")
+    with pytest.raises(ModelError, match="built with another model") as err:
+        Index.load(path, other)
+    assert index_lib.fingerprint(params) in str(err.value) and index_lib.fingerprint(other) in str(err.value)
+    with pytest.raises(ModelError, match="another model"):
+        Index.load(path, _params("euclidean"))
+
+
+def test_load_refuses_files_that_are_not_indexes(tmp_path):
+    params = _params("cosine")
+    text = tmp_path / "notes.npz"
+    text.write_text("not an index")
+    model = checkpoint.export(params, tmp_path / "model.msgpack")
+    arrays = tmp_path / "arrays.npz"
+    np.savez(arrays, embeddings=np.zeros((2, D), np.float32))
+    single = tmp_path / "one.npy"
+    np.save(single, np.zeros(3))
+    pickled = tmp_path / "objects.npz"
+    np.savez(pickled, meta=np.array([{"format": "siamax-index/1"}], dtype=object))
+    for path in (text, model, arrays, single, pickled):
+        with pytest.raises(ModelError, match="is not a siamax index file"):
+            Index.load(path, params)
+    with pytest.raises(DataError, match="no siamax index at"):
+        Index.load(tmp_path / "missing.npz")
+
+
+def test_load_refuses_a_damaged_index(tmp_path):
+    params = _params("euclidean")
+    gallery, _, labels = _data(n=30)
+    path = Index.build(params, gallery, labels).save(tmp_path / "g.npz")
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["embeddings"] = arrays["embeddings"][:20]
+    np.savez(tmp_path / "cut.npz", **arrays)
+    with pytest.raises(ModelError, match="damaged index"):
+        Index.load(tmp_path / "cut.npz", params)
+
+
+# ---- faiss
+
+
+@pytest.fixture(scope="module")
+def faiss():
+    try:
+        import faiss
+    except ImportError:
+        message = "faiss-cpu is not installed: pip install 'siamax[faiss]' to test Index(backend='faiss')"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs the extra: a missing faiss is a broken setup, not a skip
+        pytest.skip(message)
+    return faiss
+
+
+@pytest.mark.parametrize("energy_", ["euclidean", "cosine"])
+def test_faiss_backend_equals_exact(faiss, energy_, tmp_path):
+    params = _params(energy_)
+    gallery, queries, labels = _data(n=700, q=25)  # 25 queries: faiss's BLAS path (it switches at 20)
+    exact = Index.build(params, gallery[:500], labels[:500])
+    flat = Index.build(params, gallery[:500], labels[:500], backend="faiss")
+    assert flat.backend == "faiss" and isinstance(flat.embeddings, np.ndarray)
+    for idx in (exact, flat):
+        idx.add(gallery[500:], labels[500:])
+        idx.remove(["class0", "class5"])
+    reference = _brute_force(params, np.asarray(exact.embeddings), queries)
+    for q in (queries, queries[:3]):  # and faiss's direct path for few queries
+        got, want = flat.search(q, 6), exact.search(q, 6)
+        _assert_ranking(*got, reference[: len(q)])
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(got[1], want[1])  # random data: no ties
+    loaded = Index.load(flat.save(tmp_path / "f.npz"), params, backend="faiss")
+    np.testing.assert_array_equal(loaded.search(queries, 6)[1], exact.search(queries, 6)[1])
+
+
+def test_faiss_backend_refuses_weighted_l1():
+    with pytest.raises(ConfigError, match="weighted_l1.*is not a faiss metric.*backend='jax'"):
+        Index(_params("weighted_l1"), backend="faiss")
+
+
+def test_missing_faiss_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'siamax\[faiss\]'") as err:
+        Index(_params("cosine"), backend="faiss")
+    assert isinstance(err.value, UserError)
