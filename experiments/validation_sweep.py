@@ -19,7 +19,9 @@ import statistics
 import sys
 from pathlib import Path
 
+import siamax
 from siamax import config, errors, experiment, report, runtime
+from siamax import data as sd
 from siamax.errors import ConfigError
 
 
@@ -52,6 +54,12 @@ def _add_arguments(parser):
     parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds; each variant runs per seed")
     parser.add_argument("--workdir", default="runs/validation_sweep", help="one sub-folder per variant and seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    parser.add_argument(
+        "--transfer-validation",
+        action="store_true",
+        help="also score each run's chosen model 10-way one-shot on MNIST's training set (never its test set), "
+        "next to 1-NN: the validation of the transfer experiment",
+    )
 
 
 @errors.guard
@@ -77,6 +85,8 @@ def main(argv=None):
             raise ConfigError(f"variant {name!r}: bad flags {flags}: {e}") from None
         cfgs[name] = common.override(**given)
 
+    if args.transfer_validation:
+        sd.require(["mnist"])  # before the first run, not after it
     base = config.PRESETS[preset].flat()
     workdir = Path(args.workdir)
     out = {"preset": preset, "seeds": args.seeds, "command": sys.argv, **report.provenance(), "runs": []}
@@ -87,6 +97,10 @@ def main(argv=None):
             run_dir = workdir / f"{name}_seed{seed}"
             summary = experiment.run(run_cfg, run_dir, preset=preset, progress=not args.no_progress, test=False)
             history = [json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").open()]
+            if args.transfer_validation:
+                summary["transfer_validation"] = experiment.transfer_validation(
+                    siamax.load(run_dir), eval_seed=run_cfg.eval.eval_seed
+                )
             out["runs"].append(
                 {
                     "variant": name,
@@ -97,14 +111,18 @@ def main(argv=None):
                 }
             )
             (workdir / "sweep.json").write_text(json.dumps(out, indent=1))
-    print(f"\n{'variant':<16} {'best val (mean)':>16} {'per seed':>24} {'train s':>8}")
+    extra = " transfer val (mean)" if args.transfer_validation else ""
+    print(f"\n{'variant':<30} {'best val (mean)':>16} {'per seed':>24} {'train s':>8}{extra}")
     for name in cfgs:
         runs = [r for r in out["runs"] if r["variant"] == name]
         accs = [r["best_val_accuracy"] for r in runs]
-        print(
-            f"{name:<16} {statistics.mean(accs):>16.2%} {' '.join(f'{a:.1%}' for a in accs):>24} "
+        line = (
+            f"{name:<30} {statistics.mean(accs):>16.2%} {' '.join(f'{a:.1%}' for a in accs):>24} "
             f"{statistics.mean(r['train_seconds'] for r in runs):>8.0f}"
         )
+        if args.transfer_validation:
+            line += f" {statistics.mean(r['transfer_validation']['accuracy'] for r in runs):>19.2%}"
+        print(line)
     print(f"(validation alphabets only; {workdir / 'sweep.json'})")
 
 

@@ -390,8 +390,36 @@ def _raw_layout(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return b, h, w, c
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _raw_to_model(size: int, ink: str, layout: tuple[int, int, int, int], images):
+def _frame_ink(y, size: int, fill: float):
+    """(B, H, W) ink images -> (B, S, S), the ink's bounding box centred, its longer side ``fill * S``.
+
+    The box is that of the pixels with ink > 0.25; an image without any keeps its whole frame. One
+    antialiased bilinear resampling (``jax.image.scale_and_translate``) straight from the input.
+    """
+    h, w = y.shape[1:]
+
+    def one(img):
+        rows, cols = jnp.any(img > 0.25, axis=1), jnp.any(img > 0.25, axis=0)
+        empty = ~jnp.any(rows)
+        r = jnp.arange(h)
+        c = jnp.arange(w)
+        top, bottom = jnp.min(jnp.where(rows, r, h)), jnp.max(jnp.where(rows, r, -1)) + 1
+        left, right = jnp.min(jnp.where(cols, c, w)), jnp.max(jnp.where(cols, c, -1)) + 1
+        top, left = jnp.where(empty, 0, top), jnp.where(empty, 0, left)
+        bottom, right = jnp.where(empty, h, bottom), jnp.where(empty, w, right)
+        side = jnp.maximum(bottom - top, right - left).astype(jnp.float32)
+        scale = jnp.where(empty, size / max(h, w), fill * size / side)
+        centre = jnp.stack([(top + bottom) / 2.0, (left + right) / 2.0])
+        translation = size / 2.0 - scale * centre
+        return jax.image.scale_and_translate(
+            img, (size, size), (0, 1), jnp.stack([scale, scale]), translation, method="linear", antialias=True
+        )
+
+    return jax.vmap(one)(y)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4))
+def _raw_to_model(size: int, ink: str, layout: tuple[int, int, int, int], images, ink_frame: float = 0.0):
     x = _to_float(images.reshape(layout))
     c = layout[-1]
     # BT.601 luma with integer weights: white stays exactly 1.0 (paper exactly 0 after inversion).
@@ -401,6 +429,8 @@ def _raw_to_model(size: int, ink: str, layout: tuple[int, int, int, int], images
     if c == 4:
         y = y * x[..., 3]  # composited over the paper: transparent pixels carry no ink
     b, h, w = y.shape
+    if ink_frame:
+        return jnp.clip(_frame_ink(y, size, ink_frame), 0.0, 1.0)
     if h != w:
         d = abs(h - w)
         pad = ((0, 0), (0, 0), (d // 2, d - d // 2)) if h > w else ((0, 0), (d // 2, d - d // 2), (0, 0))
@@ -419,7 +449,9 @@ def preprocess(params_or_spec, images, ink: str = "dark") -> jax.Array:
     dark strokes on light paper (Omniglot's PNGs; its bool arrays are True = paper); ``"light"``:
     light strokes on dark (MNIST). Colour becomes gray by BT.601 luma; RGBA is composited over the
     paper first. Non-square images are padded with paper to a square (keeping the aspect ratio)
-    before an antialiased bilinear resize to S x S.
+    before an antialiased bilinear resize to S x S. A model whose spec has ``ink_frame`` > 0 instead
+    centres each image's ink and scales its bounding box to that fraction of the frame (every
+    domain alike: Omniglot's characters, MNIST's digits, a user's scans).
     """
     spec = _spec_of(params_or_spec)
     if ink not in ("dark", "light"):
@@ -428,4 +460,4 @@ def preprocess(params_or_spec, images, ink: str = "dark") -> jax.Array:
     _check_dtype(images, "images", uint16=True)
     layout = _raw_layout(tuple(images.shape))
     _check_image_values(images, "images", uint16=True)
-    return _raw_to_model(spec.input_size, ink, layout, images)
+    return _raw_to_model(spec.input_size, ink, layout, images, spec.ink_frame)

@@ -83,6 +83,11 @@ class ModelConfig:
         choices=("float32", "bfloat16"),
     )
 
+    ink_frame: float = _f(
+        0.0,
+        "0 = each image resized whole to the input size (the paper); f in (0, 1] = its ink centred and its bounding "
+        "box scaled to f of the frame, in training, evaluation and transfer alike (siamax.preprocess)",
+    )
     image_size: int = _f(
         0,
         "side of the square input images, in pixels (0 = the model preset's own: 105 for paper, 35 for small and "
@@ -101,7 +106,12 @@ class ModelConfig:
     @property
     def spec(self):
         base = MODELS[self.model]
-        return base.replace(dtype=self.dtype, energy=self.energy, input_size=self.image_size or base.input_size)
+        return base.replace(
+            dtype=self.dtype,
+            energy=self.energy,
+            ink_frame=self.ink_frame,
+            input_size=self.image_size or base.input_size,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +145,11 @@ class DataConfig:
         1, "alphabets a batch's characters come from (1 = within-alphabet batches, like the test's trials)"
     )
     augment: bool = _f(False, "distort every image on the fly with the paper's affine ranges")
+    thicken: float = _f(
+        0.0,
+        "probability that a training image's strokes are thickened by one pixel (a 3x3 max filter), so that the "
+        "network sees thin and thick strokes alike",
+    )
     rotations: bool = _f(
         False,
         "turn each character of a batch by a random multiple of 90 degrees and treat every (character, turn) "
@@ -147,6 +162,8 @@ class DataConfig:
             raise ConfigError(f"train_drawers must be in 1..20, got {self.train_drawers}")
         _check_at_least(self, 1, ("batch_size", "episode_chars", "episode_drawers", "episode_alphabets"))
         _check_at_least(self, 0, ("n_pairs", "distortions"))
+        if not 0.0 <= self.thicken <= 1.0:
+            raise ConfigError(f"thicken is a probability, got {self.thicken}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +269,7 @@ APPLIES_WHEN: dict[str, tuple[str, tuple]] = {
     **{name: ("objective", PAIR_OBJECTIVES) for name in ("n_pairs", "distortions", "different", "batch_size")},
     **{
         name: ("objective", CLASS_OBJECTIVES)
-        for name in ("episode_chars", "episode_drawers", "episode_alphabets", "augment", "rotations")
+        for name in ("episode_chars", "episode_drawers", "episode_alphabets", "augment", "rotations", "thicken")
     },
     "margin": ("objective", ("contrastive", "triplet")),
     "miner": ("objective", ("triplet",)),

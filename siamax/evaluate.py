@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import chex
 import jax
@@ -171,8 +171,12 @@ def one_shot_accuracy(
     shots: str = "max",
     batch_size: int = 256,
     pair_chunk: int = 4096,
+    by: Callable | None = None,
 ) -> dict:
     """Accuracy over all trials (queries) of ``tasks``: ``{"accuracy", "ci95": [lo, hi], "trials"}``.
+
+    ``by``: a function of a task (e.g. ``lambda t: t.alphabet``); then the result also holds
+    ``"by": {key: {"accuracy", "ci95", "trials"}}``, the same trials grouped by that key.
 
     Args:
       model: a ``siamax.Params`` (embedding reuse; task images go through ``siamax.preprocess`` with
@@ -195,8 +199,14 @@ def one_shot_accuracy(
         scores = _score_matrices_callable(model, tasks, rng)
     else:
         raise TypeError(f"model must be siamax Params or a callable score_fn(x1, x2), got {type(model).__name__}")
-    credit = np.concatenate([_trial_credit(s, t, rng, ties, shots) for s, t in zip(scores, tasks)])
-    return _result(credit)
+    credits = [_trial_credit(s, t, rng, ties, shots) for s, t in zip(scores, tasks)]
+    result = _result(np.concatenate(credits))
+    if by is not None:
+        groups: dict = {}
+        for t, c in zip(tasks, credits):
+            groups.setdefault(str(by(t)), []).append(c)
+        result["by"] = {k: _result(np.concatenate(v)) for k, v in sorted(groups.items())}
+    return result
 
 
 def ink_vectors(images: np.ndarray, ink: str) -> np.ndarray:

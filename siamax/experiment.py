@@ -109,6 +109,7 @@ def train_on(
     *,
     progress: bool = True,
     max_seconds: float | None = None,
+    on_epoch=None,
 ):
     """Train (or resume) a model on ``train_table`` (a ``LabelledImages``) in ``workdir``, choosing the
     checkpoint by one-shot accuracy on ``val_tasks`` (validation data only).
@@ -154,6 +155,7 @@ def train_on(
         lr_of=lr_of,
         progress=progress,
         max_seconds=max_seconds,
+        on_epoch=on_epoch,
     )
     return state, summary, sampler
 
@@ -166,13 +168,14 @@ def run(
     progress: bool = True,
     report_plots: bool = True,
     test: bool = True,
+    on_epoch=None,
 ) -> dict:
     """Train (or resume) in ``workdir``, then evaluate the best checkpoint and write the report.
 
     ``test=False`` stops after training and returns the validation summary (``best_val_accuracy``,
     ``best_epoch``, ``epochs``, ``train_seconds``) without touching the test alphabets or Lake's
-    runs (they are not even resolved): what model selection (``experiments.validation_sweep``) may
-    look at.
+    runs (they are not even resolved): what model selection (``experiments.validation_sweep``,
+    ``experiments.search``) may look at. ``on_epoch(epoch, val_accuracy)``: see ``train.fit``.
     """
     t_start = time.perf_counter()
     workdir = Path(workdir)
@@ -193,8 +196,11 @@ def run(
             f"{len(splits.train.drawers)} drawers, {len(val_tasks)} validation tasks "
             f"({sum(len(t.query) for t in val_tasks)} trials)"
         )
-    state, summary, sampler = train_on(cfg, workdir, train_table, val_tasks, progress=progress)
+    state, summary, sampler = train_on(cfg, workdir, train_table, val_tasks, progress=progress, on_epoch=on_epoch)
     if not test:
+        if sharding.is_primary():  # the chosen model, for validation on other domains (no test data here)
+            best = sharding.local_copy(train.restore_best(state, workdir))
+            checkpoint.export(best, workdir, metadata={"preset": preset, "config": cfg.to_dict(), "ink": "dark"})
         return {
             "best_val_accuracy": summary["best_accuracy"],
             "best_epoch": summary["best_epoch"] + 1,
@@ -223,6 +229,17 @@ def run(
     # The threshold chosen on the validation pairs goes with the model (siamax verify uses it).
     checkpoint.export(best, workdir, metadata={**metadata, "threshold": results["verification"]["threshold"]})
     return results
+
+
+def transfer_validation(params: api.Params, *, eval_seed: int = 0, trials: int = 400) -> dict:
+    """10-way one-shot on MNIST's *training* set (never its test set), next to 1-NN on the same trials:
+    how settings for the transfer experiment are chosen. ``{"accuracy", "ci95", "trials", "one_nn"}``."""
+    seeds = rng.eval_seeds(eval_seed)
+    digits = sd.mnist_table(sd.load_mnist(), params.spec, "train")
+    tasks = sd.mnist_tasks(digits, n_trials=trials, seed=seeds["transfer_validation"])
+    result = evaluate.one_shot_accuracy(params, tasks, seed=seeds["validation_candidates"])
+    result["one_nn"] = evaluate.nearest_neighbour(tasks, "euclidean", seed=seeds["validation_candidates"])
+    return result
 
 
 def mnist_transfer(params: api.Params, workdir: str | Path, *, eval_seed: int = 0, trials: int = 400) -> dict:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -216,11 +217,24 @@ def _search(energy: str, dtype: str, k: int, chunk: int, gallery, aux, n, head, 
     return _score_rows(energy, dtype, head, queries, gallery[ids], ids)
 
 
+def _block_rows(queries: int, k: int, chunk: int) -> int:
+    """Rows per block of :func:`_search_ids`: ``_BLOCK``, less where the k blocks' keys kept per
+    query would pass the budget (a large k), and a divisor of ``chunk``."""
+    return math.gcd(min(_BLOCK, _pow2_at_most(max(1, _BUDGET // (queries * k)))), chunk)
+
+
 def _search_ids(energy: str, k: int, chunk: int, gallery, aux, n, head, q):
-    """The float32 pass: ids (Qp, k) of the best rows, chunk by chunk with a running top-k."""
+    """The float32 pass: ids (Qp, k) of the best rows of the gallery for prepared queries ``q``.
+
+    Chunk by chunk it keeps the k blocks of rows with the highest maxima seen so far, and their
+    keys: the k best rows lie in those blocks (a block holding none of them has a maximum below the
+    k-th best key). A chunk then costs one top-k over k + chunk / block maxima instead of one over
+    all its keys (on CPU, at 1024 queries and 100k rows, the top-k's share fell from ~40% to ~20%)."""
     nq, capacity = q.shape[0], gallery.shape[0]
+    b = _block_rows(nq, k, chunk)
 
     def body(i, best):
+        maxima, first, kept = best
         lo = i * chunk
         # The last chunk is shifted back to end at the buffer's end; the rows it shares with the
         # chunk before are masked, as are the rows past n.
@@ -228,17 +242,29 @@ def _search_ids(energy: str, k: int, chunk: int, gallery, aux, n, head, q):
         g = jax.lax.dynamic_slice_in_dim(gallery, start, chunk)
         ids = start + jnp.arange(chunk, dtype=jnp.int32)
         keys = _rank_keys(energy, head, q, g, jax.lax.dynamic_slice_in_dim(aux, start, chunk))
-        keys = jnp.where((ids >= lo) & (ids < n), keys, -jnp.inf)
-        top, pos = _top_k(keys, min(k, chunk))
-        top, pos2 = jax.lax.top_k(jnp.concatenate([best[0], top], axis=1), k)
-        return top, jnp.take_along_axis(jnp.concatenate([best[1], start + pos], axis=1), pos2, 1)
+        keys = jnp.where((ids >= lo) & (ids < n), keys, -jnp.inf).reshape(nq, chunk // b, b)
+        maxima, pos = jax.lax.top_k(jnp.concatenate([maxima, keys.max(axis=2)], axis=1), k)
+        old = pos < k  # a block kept from before, or one of this chunk's
+        pos_old, pos_new = jnp.where(old, pos, 0), jnp.where(old, 0, pos - k)
+        first = jnp.where(old, jnp.take_along_axis(first, pos_old, 1), start + pos_new * b)
+        kept = jnp.where(
+            old[:, :, None],
+            jnp.take_along_axis(kept, pos_old[:, :, None], 1),
+            jnp.take_along_axis(keys, pos_new[:, :, None], 1),
+        )
+        return maxima, first, kept
 
-    init = (jnp.full((nq, k), -jnp.inf, jnp.float32), jnp.full((nq, k), 0, jnp.int32))
+    init = (
+        jnp.full((nq, k), -jnp.inf, jnp.float32),
+        jnp.zeros((nq, k), jnp.int32),
+        jnp.full((nq, k, b), -jnp.inf, jnp.float32),
+    )
     if chunk == capacity:  # one chunk (n >= 1): no loop to run
-        _, ids = body(0, init)
+        _, first, kept = body(0, init)
     else:
-        _, ids = jax.lax.fori_loop(0, (n + chunk - 1) // chunk, body, init)
-    return ids
+        _, first, kept = jax.lax.fori_loop(0, (n + chunk - 1) // chunk, body, init)
+    _, pos = jax.lax.top_k(kept.reshape(nq, k * b), k)
+    return jnp.take_along_axis(first, pos // b, 1) + pos % b
 
 
 @jax.jit

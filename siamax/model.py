@@ -51,6 +51,9 @@ class ModelSpec:
     conv_impl: str | tuple[str, ...] = "auto"
     # How the head compares two embeddings (siamax.energies): Koch's weighted L1, euclidean or cosine.
     energy: str = "weighted_l1"
+    # Input convention: 0 = the whole image resized to S x S (the paper); f > 0 = each image's ink
+    # centred and its bounding box scaled to f of the frame (siamax.preprocess), for every domain alike.
+    ink_frame: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
@@ -75,6 +78,8 @@ class ModelSpec:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= self.ink_frame <= 1.0:
+            raise ValueError(f"ink_frame must be in [0, 1] (0: off), got {self.ink_frame}")
         if self.fc_units < 0 or self.input_size < 1:
             raise ValueError("fc_units must be >= 0 (0: no fc layer) and input_size positive")
         _ = self.feature_shape  # fails early if the image shrinks to nothing

@@ -124,6 +124,7 @@ def test_sets(cfg, omniglot, splits) -> dict:
     n_pairs = cfg.eval.verification_pairs
     val_table = omniglot.take(splits.validation.flat_indices(), name="omniglot/validation")
     test_table = omniglot.take(splits.test.flat_indices(), name="omniglot/test")
+    all_drawers = omniglot.of_classes(splits.test.chars, name="omniglot/test, all 20 drawers")
     return {
         "lake20": sd.lake_runs(),
         "within_alphabet": {
@@ -135,11 +136,33 @@ def test_sets(cfg, omniglot, splits) -> dict:
         # The threshold is chosen on validation pairs (model selection), accuracy measured on test pairs.
         "verification_validation": sd.make_pairs(val_table, n_pairs, seed=seeds["verification_validation"]),
         "verification_test": sd.make_pairs(test_table, n_pairs, seed=seeds["verification_test"]),
+        # Vinyals-style: classes drawn across the 10 test alphabets, from all 20 drawers of their characters
+        # (the test alphabets never enter training, so their other drawers are test data too); 400 trials each.
+        **{
+            f"random_{n}way_{k}shot": sd.episodes(
+                all_drawers, n_way=n, k_shot=k, n_query=1, n_episodes=400 // n, seed=[seeds["random_tasks"], n, k]
+            )
+            for n, k in ((20, 1), (5, 1), (20, 5))
+        },
         "validation_table": val_table,
         "test_table": test_table,
         "candidates_seed": seeds["test_candidates"],
         "report_seed": seeds["report"],
     }
+
+
+def _alphabet(task) -> str:
+    return task.alphabet
+
+
+def _name(task) -> str:
+    return task.name
+
+
+def _lake_task(task) -> str:
+    """ "run07: Gurmukhi, drawers 5->2" (support drawer -> query drawer, from the data README)."""
+    alphabet, a, b = sd.LAKE_RUNS[int(task.name[3:]) - 1]
+    return f"{task.name}: {alphabet}, drawers {a}->{b}"
 
 
 def evaluate_and_report(
@@ -177,8 +200,19 @@ def evaluate_and_report(
         "seed": cfg.seed,
         "eval_seed": cfg.eval.eval_seed,
         "config": cfg.to_dict(),
-        "lake20": evaluate.one_shot_accuracy(params, lake, seed=shuffle),
-        "within_alphabet": nway[20],
+        "lake20": evaluate.one_shot_accuracy(params, lake, seed=shuffle, by=_alphabet),
+        "within_alphabet": evaluate.one_shot_accuracy(params, sets["within_alphabet"][20], seed=shuffle, by=_alphabet),
+        **{
+            name: evaluate.one_shot_accuracy(params, sets[name], seed=shuffle)
+            for name in ("random_20way_1shot", "random_5way_1shot", "random_20way_5shot")
+        },
+        # The two 20-way within-alphabet protocols task by task: alphabet and which drawers are support / query.
+        "by_task": {
+            "lake20": evaluate.one_shot_accuracy(params, lake, seed=shuffle, by=_lake_task)["by"],
+            "within_alphabet": evaluate.one_shot_accuracy(params, sets["within_alphabet"][20], seed=shuffle, by=_name)[
+                "by"
+            ],
+        },
         "verification": {
             **evaluate.verification_accuracy(val_p, val_pairs.label, test_p, test_pairs.label),
             "roc_auc": metrics.roc_auc(test_p, test_pairs.label),
@@ -227,6 +261,9 @@ def table(results: dict, verification_key: str | None = None) -> str:
     rows = [
         ("Lake's 20 runs, 20-way within-alphabet", "lake20", f"{p['lake20']:.1f}%"),
         ("400 within-alphabet trials, test alphabets", "within_alphabet", f"{p['within_alphabet']:.1f}%"),
+        ("random 20-way 1-shot, across test alphabets", "random_20way_1shot", "-"),
+        ("random 5-way 1-shot, across test alphabets", "random_5way_1shot", "-"),
+        ("random 20-way 5-shot, across test alphabets", "random_20way_5shot", "-"),
         ("verification, test pairs", "verification", v_paper),
         ("1-NN pixels (Euclidean), Lake's runs", "one_nn", f"{p['one_nn']:.1f}%"),
         ("1-NN pixels (cosine), Lake's runs", "one_nn_cosine", "-"),

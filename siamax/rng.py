@@ -26,6 +26,10 @@ EVAL_STREAMS = (
     "test_candidates",  # candidate shuffles of every test evaluation
     "transfer_tasks",  # MNIST (and other) transfer trials
     "report",  # figures only (which trials a plot shows)
+    # Appended, never inserted: split(key, n)'s first keys do not depend on n, so the streams above keep
+    # their keys when one is added here.
+    "random_tasks",  # Vinyals-style N-way K-shot episodes across the test alphabets
+    "transfer_validation",  # MNIST-train 10-way trials: choosing transfer settings without MNIST's test set
 )
 DATA_STREAMS = ("pairs", "distortions", "order", "batches")
 

@@ -205,6 +205,7 @@ def fit(
     lr_of: Callable | None = None,
     progress: bool = True,
     max_seconds: float | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[TrainState, dict]:
     """Train for up to ``epochs`` epochs of ``sampler.steps_per_epoch`` steps, early-stopping on
     ``validate(params)`` (higher is better; validation data only) with ``patience`` epochs.
@@ -212,6 +213,8 @@ def fit(
     ``max_seconds``: a time budget for this call; an epoch is not started when the last one's
     duration says it would end past the budget, so the run stops cleanly on an epoch boundary,
     with its checkpoints, and a rerun with a new budget carries on.
+    ``on_epoch(epoch, val)``: called after each epoch's checkpoint (1-based epoch); an exception it
+    raises (e.g. a hyper-parameter search pruning the run) ends training with everything saved.
 
     Resumes from ``workdir``'s latest checkpoint when there is one: batches and step keys depend
     only on (seed, step), so the result equals an uninterrupted run. Each epoch appends a line to
@@ -316,6 +319,8 @@ def fit(
             f"{'  (best)' if improved else ''}  {record['pairs_per_s']:,.0f} pairs/s"
         )
         epoch += 1
+        if on_epoch is not None:
+            on_epoch(epoch, val)
         if stopped():
             say(f"early stopping: no validation improvement for {patience} epochs")
             break

@@ -208,7 +208,7 @@ def episodes(
     n_query: int = 1,
     n_episodes: int,
     within_groups: bool = False,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     name: str = "episode",
 ) -> list[Task]:
     """General N-way K-shot episodes over a table.

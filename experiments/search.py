@@ -1,0 +1,46 @@
+"""Hyper-parameter search with optuna (TPE, median pruning on per-epoch validation accuracy), on the
+validation alphabets only: Lake's runs and the test alphabets are never loaded. The study is stored
+in --workdir (study.db): rerun the same command to carry on. Writes --workdir/trials.json (every
+trial's settings, config and curve) and prints the best trials.
+
+    python -m experiments.search --preset quick --space quick --trials 24 --val-trials 1000 \\
+        --workdir runs/search_quick
+
+Needs optuna (pip install 'siamax[search]').
+"""
+
+import sys
+
+from siamax import config, errors, experiment, runtime, tuning
+
+
+def _add_arguments(parser):
+    parser.add_argument(
+        "--space", default="quick", choices=sorted(tuning.SPACES), help="what is searched (default quick)"
+    )
+    parser.add_argument("--trials", type=config.positive_int, default=20, help="finished trials to reach (default 20)")
+    parser.add_argument("--search-seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    parser.add_argument(
+        "--workdir", default="runs/search", help="the study (study.db), trials.json and one folder per trial"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+
+@errors.guard
+def main(argv=None):
+    runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
+    args, preset, base = experiment.command_line(
+        "python -m experiments.search", __doc__, argv, default_preset=lambda: "quick", add_arguments=_add_arguments
+    )
+    study = tuning.search(
+        base, preset, args.space, args.workdir, trials=args.trials, seed=args.search_seed, progress=not args.no_progress
+    )
+    done = sorted((t for t in study.trials if t.value is not None), key=lambda t: -t.value)
+    print(f"\n{'trial':>5} {'state':>9} {'best val':>9}  settings")
+    for t in done[:10]:
+        print(f"{t.number:>5} {t.state.name:>9} {t.value:>9.2%}  {t.params}")
+    print(f"(validation alphabets only; {len(study.trials)} trials in {args.workdir}/study.db, trials.json)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""experiments.search: optuna over validation alphabets only, resumable, every trial recorded."""
+
+import json
+
+import pytest
+
+from siamax import data as sd
+from siamax import report
+
+optuna = pytest.importorskip("optuna", reason="optuna is a test dependency (pip install -e '.[test]')")
+
+TINY = ["--preset", "quick", "--model", "tiny", "--epochs", "2", "--steps-per-epoch", "2", "--episode-chars", "8"]
+TINY += ["--episode-drawers", "2", "--val-trials", "40", "--devices", "1", "--no-progress"]
+
+
+def test_search_never_touches_the_test_set_and_resumes(omniglot, monkeypatch, siamax_tfds_dir, tmp_path, capsys):
+    from experiments import search
+
+    monkeypatch.setenv("SIAMAX_TFDS_DIR", str(siamax_tfds_dir))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the search touched the test data")
+
+    monkeypatch.setattr(sd, "lake_runs", forbidden)
+    monkeypatch.setattr(sd, "within_alphabet_tasks", forbidden)
+    monkeypatch.setattr(report, "evaluate_and_report", forbidden)
+    args = [*TINY, "--trials", "2", "--workdir", str(tmp_path)]
+    assert search.main(args) == 0
+    out = json.loads((tmp_path / "trials.json").read_text())
+    assert len(out["trials"]) == 2 and out["git_commit"] and out["best"]["value"] is not None
+    for t in out["trials"]:
+        assert t["state"] == "COMPLETE" and len(t["val_accuracy_per_epoch"]) == 2
+        assert t["config"]["model"] == "tiny" and set(t["params"]) >= {"objective", "energy", "learning_rate"}
+    assert "validation alphabets only" in capsys.readouterr().out
+    # The same command again: the study is complete, nothing trains.
+    assert search.main(args) == 0
+    study = optuna.load_study(study_name="quick-quick", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(study.trials) == 2
+    # A trial left RUNNING by a dead process is run again with the same settings.
+    study.ask(fixed_distributions=study.trials[0].distributions)
+    assert search.main([*TINY, "--trials", "3", "--workdir", str(tmp_path)]) == 0
+    study = optuna.load_study(study_name="quick-quick", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") == 3
