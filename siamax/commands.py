@@ -239,7 +239,7 @@ def verify(model: Model, image_a: str | Path, image_b: str | Path) -> dict:
     return {"probability": p, "same": p >= model.threshold, "threshold": model.threshold}
 
 
-def gallery_index(model: Model, gallery: str | Path, *, ink: str = "auto", progress: bool = True) -> Index:
+def gallery_index(model: Model, gallery: str | Path, *, ink: str = "auto", progress: bool | None = None) -> Index:
     """The index of a class-folder gallery (one image per class is enough)."""
     table, folder = sd.image_folder(gallery, size=model.params.spec, ink=ink, min_images=1, progress=progress)
     if folder.skipped:

@@ -7,16 +7,24 @@ returns, for each query, the ``k`` best items and their same-class probabilities
 
 How the search runs (``backend="jax"``, the default): the gallery lives on the device in a buffer
 of a whole number of 1024-row blocks; queries go in blocks of at most 1024, padded to a power of
-two; the gallery is scanned in fixed-size chunks with a running top-k merge, in one jitted loop
-whose trip count is an argument. Repeated searches with the same ``k`` and query bucket therefore
-compile once, and an ``add`` recompiles only when the gallery crosses a 1024-row boundary. Each
-chunk costs
+two; the gallery is scanned in fixed-size chunks (one chunk where the scores of all of it fit in
+16 MB) in one jitted loop whose trip count is an argument. Repeated searches with the same ``k`` and
+query bucket therefore compile once, and an ``add`` recompiles only when the gallery crosses a
+1024-row boundary. Each chunk's keys (larger = higher logit) cost
 
 * ``euclidean`` / ``cosine``: one matrix product (``2 q.g - |g|^2``, or ``q.g / |g|`` with unit
   ``q``), which orders the gallery as the distance does, so as the calibrated logit does;
 * ``weighted_l1`` (Koch's ``alpha . |q - g| + b``): no matrix identity exists, so the chunk is
   sized for the ``(queries, chunk, D)`` differences to stay under 16 MB (and fewer queries go per
-  block), never the whole ``Q x G x D``.
+  block), never the whole ``Q x G x D``;
+
+and the running top-k keeps the k blocks of 128 rows with the highest maxima seen so far (the k
+best rows lie in them), one small top-k per chunk. A single query (``siamax identify``) is bound by
+memory speed rather than arithmetic: it first reads a bfloat16 copy of the gallery (half the
+bytes), whose keys are within a proven bound of the float32 ones, and then the float32 rows of only
+the 32 candidates that bound cannot rule out; where the bound cannot settle the top-k (near-equal
+items) the float32 pass runs instead. The answer is the same either way; the copy costs half the
+gallery's memory again (euclidean and cosine, below 4096 dimensions: see ``_WIDE``).
 
 The ``k`` winners are then scored again exactly as ``siamax.score_embeddings`` scores them and
 sorted by that score, so the probabilities returned are the model's.
@@ -65,8 +73,13 @@ _QUERY_BLOCK = 1024  # most queries per jitted call (matrix-product energies)
 _BUDGET = 1 << 22  # most elements of one chunk's scores (Q x C) or weighted-L1 differences (Q x C x D): 16 MB
 _MAX_CHUNK = 8192  # rows per chunk when the gallery needs several: longer ones gained nothing on CPU
 _MIN_L1_CHUNK = 64
-_BLOCK = 128  # the top-k of a chunk first picks the k blocks of this many rows with the highest maxima
+_BLOCK = 128  # rows per block of the running top-k (_search_ids)
 _CANDIDATES = 32  # rows a single query's bfloat16 pre-pass keeps (at least 2k); 0: no pre-pass
+# From a contraction of 4096 on, XLA's CPU compiler (jax 0.10) copies the gallery transposed before
+# a (Q, D) x (D, C) product (18x slower for one query at D = 4096, 1.6x at 32 queries), and has no
+# fast bfloat16 one: there the product is written gallery-major and the pre-pass is off (in so
+# many dimensions distances also crowd together, and its bound would seldom settle the top-k).
+_WIDE = 4096
 _META = "meta"
 _EMBEDDINGS = "embeddings"
 _HEAD = "head/"
@@ -125,16 +138,31 @@ def _chunk(energy: str, queries: int, dim: int, capacity: int) -> int:
     return min(capacity, _MAX_CHUNK, max(_MIN_L1_CHUNK, _pow2_at_most(_BUDGET // per_row)))
 
 
-def _top_k(keys, k: int):
-    """``lax.top_k`` of (Q, C) keys, in two steps where C allows: the k blocks of ``_BLOCK`` columns
+class _Plan(NamedTuple):
+    """The static choices of one search program (so part of its compilation cache's key)."""
+
+    chunk: int  # gallery rows per step
+    block: int  # rows per block of the running top-k
+    wide: bool  # gallery-major products (see _WIDE)
+    candidates: int  # rows kept by a single query's bfloat16 pre-pass; 0: none
+
+
+def _plan(energy: str, queries: int, k: int, dim: int, capacity: int, prepass: bool) -> _Plan:
+    chunk = _chunk(energy, queries, dim, capacity)
+    block = math.gcd(min(_BLOCK, _pow2_at_most(max(1, _BUDGET // (queries * k)))), chunk)
+    candidates = min(capacity, max(_CANDIDATES, 2 * k)) if prepass and queries == 1 else 0
+    return _Plan(chunk, block, dim >= _WIDE, candidates)
+
+
+def _top_k(keys, k: int, block: int):
+    """``lax.top_k`` of (Q, C) keys, in two steps where C allows: the k blocks of ``block`` columns
     with the highest maxima hold the k highest keys (a block without one has a maximum below the
-    k-th), so one top-k over C / _BLOCK maxima and one over k * _BLOCK keys replace one over C
-    (4x faster on CPU at Q = 1024, C = 100k)."""
+    k-th), so one top-k over C / block maxima and one over k * block keys replace one over C."""
     nq, c = keys.shape
-    if c % _BLOCK or c // _BLOCK < 2 * k:
+    if c % block or c // block < 2 * k:
         return jax.lax.top_k(keys, k)
-    _, blocks = jax.lax.top_k(keys.reshape(nq, c // _BLOCK, _BLOCK).max(axis=2), k)
-    cols = (blocks[:, :, None] * _BLOCK + jnp.arange(_BLOCK, dtype=blocks.dtype)).reshape(nq, k * _BLOCK)
+    _, blocks = jax.lax.top_k(keys.reshape(nq, c // block, block).max(axis=2), k)
+    cols = (blocks[:, :, None] * block + jnp.arange(block, dtype=blocks.dtype)).reshape(nq, k * block)
     top, pos = jax.lax.top_k(jnp.take_along_axis(keys, cols, 1), k)
     return top, jnp.take_along_axis(cols, pos, 1)
 
@@ -149,13 +177,16 @@ def _aux(energy: str, gallery: jax.Array) -> jax.Array:
     return jnp.zeros_like(sq)
 
 
-def _rank_keys(energy: str, head, q, g, aux):
+def _rank_keys(energy: str, head, q, g, aux, wide: bool = False):
     """(Q, D) prepared queries x (C, D) gallery rows -> (Q, C): larger = higher logit."""
     if energy == "weighted_l1":
         alpha = head["kernel"][:, 0].astype(jnp.float32)
         return jnp.sum(jnp.abs(q[:, None, :] - g[None, :, :]) * alpha, axis=-1)
     # HIGHEST: a reduced-precision product (TF32 on GPUs) would swamp small differences of distance.
-    qg = jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST)
+    if wide:
+        qg = jnp.matmul(g, q.T, precision=jax.lax.Precision.HIGHEST).T
+    else:
+        qg = jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST)
     return 2.0 * qg - aux[None, :] if energy == "euclidean" else qg * aux[None, :]
 
 
@@ -181,7 +212,7 @@ def _bf16_error(dim: int) -> float:
     return 1.01 * (2 * u + u * u + 3 * gamma)
 
 
-def _candidates(energy: str, k: int, gallery, aux, gallery16, norms, n, q):
+def _candidates(energy: str, k: int, plan: _Plan, gallery, aux, gallery16, norms, n, q):
     """The ``k`` best rows for one prepared query (1, D) from a bfloat16 pass: (ids (1, k), certain).
 
     The pass reads half the bytes of the float32 one (a single query is bound by memory speed). Each
@@ -190,48 +221,45 @@ def _candidates(energy: str, k: int, gallery, aux, gallery16, norms, n, q):
     those m candidates reaches that far, the top-k is certain. Otherwise (near-equal items, e.g.
     duplicates) ``certain`` is False and the caller runs the float32 pass."""
     capacity, dim = gallery.shape
-    m = min(capacity, max(_CANDIDATES, 2 * k))
     qg = jnp.matmul(q.astype(jnp.bfloat16), gallery16.T, preferred_element_type=jnp.float32)
     # An absolute 1e-30 covers bfloat16's flushed subnormals (of absurdly small embeddings).
     bound = _bf16_error(dim) * jnp.sqrt(jnp.sum(jnp.square(q))) * norms + 1e-30
-    key16, bound = (2.0 * qg - aux, 2.0 * bound) if energy == "euclidean" else (qg * aux, bound * aux)
+    if energy == "euclidean":  # and the float32 rounding of subtracting |g|^2, in either pass
+        key16, bound = 2.0 * qg - aux, 2.0 * bound + 2.0**-21 * aux
+    else:
+        key16, bound = qg * aux, bound * aux
     ids = jnp.arange(capacity, dtype=jnp.int32)
-    upper, cand = _top_k(jnp.where(ids < n, key16 + bound, -jnp.inf), m)
+    upper, cand = _top_k(jnp.where(ids < n, key16 + bound, -jnp.inf), plan.candidates, plan.block)
     exact = _rank_keys(energy, None, q, gallery[cand[0]], aux[cand[0]])
     top, pos = jax.lax.top_k(jnp.where(cand < n, exact, -jnp.inf), k)
-    return jnp.take_along_axis(cand, pos, 1), top[0, -1] >= upper[0, -1]
+    # min, not [-1]: XLA turns a top-k whose last value alone is read into a sort of the whole row.
+    return jnp.take_along_axis(cand, pos, 1), jnp.min(top) >= jnp.min(upper)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _search(energy: str, dtype: str, k: int, chunk: int, gallery, aux, n, head, queries, gallery16=None, norms=None):
+def _search(energy: str, dtype: str, k: int, plan: _Plan, gallery, aux, n, head, queries, gallery16=None, norms=None):
     """Exact top-k of ``queries`` (Qp, D) over the first ``n`` rows of ``gallery`` (capacity, D);
     for a single query, by way of ``gallery16`` (bfloat16) and ``norms`` (|g|) where given."""
     nq = queries.shape[0]
     q = energies._normalise(queries) if energy == "cosine" else queries
-    if gallery16 is not None and nq == 1 and energy != "weighted_l1":
-        ids, certain = _candidates(energy, k, gallery, aux, gallery16, norms, n, q)
-        exact = functools.partial(_search_ids, energy, k, chunk, gallery, aux, n, head, q)
+    if plan.candidates and nq == 1:
+        ids, certain = _candidates(energy, k, plan, gallery, aux, gallery16, norms, n, q)
+        exact = functools.partial(_search_ids, energy, k, plan, gallery, aux, n, head, q)
         ids = jax.lax.cond(certain, lambda: ids, exact)
     else:
-        ids = _search_ids(energy, k, chunk, gallery, aux, n, head, q)
+        ids = _search_ids(energy, k, plan, gallery, aux, n, head, q)
     return _score_rows(energy, dtype, head, queries, gallery[ids], ids)
 
 
-def _block_rows(queries: int, k: int, chunk: int) -> int:
-    """Rows per block of :func:`_search_ids`: ``_BLOCK``, less where the k blocks' keys kept per
-    query would pass the budget (a large k), and a divisor of ``chunk``."""
-    return math.gcd(min(_BLOCK, _pow2_at_most(max(1, _BUDGET // (queries * k)))), chunk)
-
-
-def _search_ids(energy: str, k: int, chunk: int, gallery, aux, n, head, q):
+def _search_ids(energy: str, k: int, plan: _Plan, gallery, aux, n, head, q):
     """The float32 pass: ids (Qp, k) of the best rows of the gallery for prepared queries ``q``.
 
     Chunk by chunk it keeps the k blocks of rows with the highest maxima seen so far, and their
     keys: the k best rows lie in those blocks (a block holding none of them has a maximum below the
     k-th best key). A chunk then costs one top-k over k + chunk / block maxima instead of one over
-    all its keys (on CPU, at 1024 queries and 100k rows, the top-k's share fell from ~40% to ~20%)."""
+    all its keys (on CPU, 1024 queries over 100k rows: 383 ms instead of 460 ms)."""
     nq, capacity = q.shape[0], gallery.shape[0]
-    b = _block_rows(nq, k, chunk)
+    chunk, b = plan.chunk, plan.block  # b: _BLOCK, less for a large k (kept keys within budget)
 
     def body(i, best):
         maxima, first, kept = best
@@ -241,7 +269,7 @@ def _search_ids(energy: str, k: int, chunk: int, gallery, aux, n, head, q):
         start = jnp.minimum(lo, capacity - chunk)
         g = jax.lax.dynamic_slice_in_dim(gallery, start, chunk)
         ids = start + jnp.arange(chunk, dtype=jnp.int32)
-        keys = _rank_keys(energy, head, q, g, jax.lax.dynamic_slice_in_dim(aux, start, chunk))
+        keys = _rank_keys(energy, head, q, g, jax.lax.dynamic_slice_in_dim(aux, start, chunk), plan.wide)
         keys = jnp.where((ids >= lo) & (ids < n), keys, -jnp.inf).reshape(nq, chunk // b, b)
         maxima, pos = jax.lax.top_k(jnp.concatenate([maxima, keys.max(axis=2)], axis=1), k)
         old = pos < k  # a block kept from before, or one of this chunk's
@@ -383,7 +411,7 @@ class Index:
         self._gallery, self._aux = _stored(self.energy, capacity, jnp.asarray(rows, jnp.float32))
         self._n = jnp.asarray(rows.shape[0], jnp.int32)  # on the device once, not at every search
         self._gallery16 = self._norms = None
-        if _CANDIDATES and self.energy != "weighted_l1":  # for single queries: see _candidates
+        if _CANDIDATES and self.energy != "weighted_l1" and self.spec.embedding_dim < _WIDE:  # see _candidates
             self._gallery16, self._norms = _halved(self._gallery)
 
     def add(self, embeddings, labels: Sequence[str], paths: Sequence[str] | None = None) -> np.ndarray:
@@ -479,9 +507,10 @@ class Index:
     def _search_block(self, q, k: int):
         dtype = self.spec.dtype
         if self.backend == "jax":
-            chunk = _chunk(self.energy, q.shape[0], self.spec.embedding_dim, self._gallery.shape[0])
+            prepass = self._gallery16 is not None
+            plan = _plan(self.energy, q.shape[0], k, self.spec.embedding_dim, self._gallery.shape[0], prepass)
             args = (self._gallery, self._aux, self._n, self._head, q, self._gallery16, self._norms)
-            return _search(self.energy, dtype, k, chunk, *args)
+            return _search(self.energy, dtype, k, plan, *args)
         qh = np.ascontiguousarray(np.asarray(q, np.float32))
         if self.energy == "cosine":
             qh = np.ascontiguousarray(np.asarray(energies._normalise(jnp.asarray(qh))))

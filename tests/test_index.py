@@ -62,8 +62,11 @@ def _assert_ranking(scores, ids, reference, atol=1e-6):
     assert all(len(set(row)) == k for row in ids.tolist()), "an item was returned twice"
 
 
-@pytest.mark.parametrize("small_chunks", [False, True], ids=["one_chunk", "chunks_query_blocks_top_k_blocks"])
-def test_search_equals_brute_force(energy, small_chunks, monkeypatch):
+@pytest.mark.parametrize("layout", ["one_chunk", "chunks_query_blocks_top_k_blocks", "wide"])
+def test_search_equals_brute_force(energy, layout, monkeypatch):
+    if layout == "wide":  # the gallery-major product of embeddings of >= _WIDE dimensions, no pre-pass
+        monkeypatch.setattr(index_lib, "_WIDE", D)
+    small_chunks = layout == "chunks_query_blocks_top_k_blocks"
     if small_chunks:
         # 1000 rows in chunks of 384 (weighted_l1: 64): the third chunk is shifted back to [640, 1024)
         # and masked below 768 and from 1000 on; 5 queries in blocks of 4 (weighted_l1: 1), the last
@@ -75,6 +78,7 @@ def test_search_equals_brute_force(energy, small_chunks, monkeypatch):
     params = _params(energy)
     gallery, queries, labels = _data()
     index = Index.build(params, gallery, labels)
+    assert (index._gallery16 is None) == (layout == "wide" or energy == "weighted_l1")
     reference = _brute_force(params, gallery, queries)
     scores, ids = index.search(queries, k=7)
     assert scores.shape == ids.shape == (5, 7) and scores.dtype == np.float32 and ids.dtype == np.int64
@@ -96,7 +100,7 @@ def test_top_k_by_blocks_equals_lax_top_k():
     keys[2, :900] = -np.inf
     for k in (1, 4, 10):
         want, _ = jax.lax.top_k(keys, k)
-        got, cols = index_lib._top_k(jax.numpy.asarray(keys), k)
+        got, cols = index_lib._top_k(jax.numpy.asarray(keys), k, 128)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(np.take_along_axis(keys, np.asarray(cols), 1), want)
         assert all(len(set(row)) == k for row in np.asarray(cols).tolist())
@@ -108,8 +112,9 @@ def _certain(index, queries, k):
     for q in queries:
         q = jax.numpy.asarray(q[None])
         q = energies._normalise(q) if index.energy == "cosine" else q
+        plan = index_lib._plan(index.energy, 1, k, D, index._gallery.shape[0], prepass=True)
         args = (index._gallery, index._aux, index._gallery16, index._norms, index._n, q)
-        out.append(bool(index_lib._candidates(index.energy, k, *args)[1]))
+        out.append(bool(index_lib._candidates(index.energy, k, plan, *args)[1]))
     return out
 
 
