@@ -23,7 +23,8 @@ from siamax.errors import ConfigError
 
 def _quick(trial) -> dict:
     """Around the quick preset: objective and energy (the measured table's best rows), optimiser,
-    regularisation and augmentation; the network, batch shape and schedule stay (the CPU budget)."""
+    regularisation, augmentation and the ink framing; the network, batch shape and schedule stay
+    (the CPU budget)."""
     objective = trial.suggest_categorical("objective", ["episodic", "contrastive"])
     out = {
         "objective": objective,
@@ -33,6 +34,9 @@ def _quick(trial) -> dict:
         "l2": trial.suggest_float("l2", 1e-8, 1e-3, log=True),
         "rotations": trial.suggest_categorical("rotations", [True, False]),
         "augment": trial.suggest_categorical("augment", [False, True]),
+        # What carried Omniglot to MNIST (README, "Transfer"): framed ink and thickened strokes.
+        "ink_frame": trial.suggest_categorical("ink_frame", [0.0, 0.8]),
+        "thicken": trial.suggest_categorical("thicken", [0.0, 0.5]),
     }
     if objective == "contrastive":
         out["margin"] = trial.suggest_float("margin", 0.1, 1.0)
