@@ -28,10 +28,12 @@ BEFORE = {
         steps_per_epoch=250,
         patience=0,
     ),  # fmt: skip
+    # Changed on purpose (issue 17, chosen on MNIST-train transfer validation): contrastive on the cosine
+    # energy, framed ink, thickened strokes.
     "mnist_quick": dict(
         model="reduced35",
         train_drawers=20,
-        objective="episodic",
+        objective="contrastive",
         episode_chars=20,
         episode_drawers=4,
         optimizer="adam",
@@ -40,10 +42,14 @@ BEFORE = {
         epochs=6,
         steps_per_epoch=250,
         patience=6,
-    ),  # fmt: skip
+        energy="cosine",
+        ink_frame=0.8,
+        thicken=0.5,
+    ),
     "mnist_paper": dict(model="reduced35"),
 }
 OLD_DEFAULTS = dict(
+    energy="weighted_l1", ink_frame=0.0, image_size=0, thicken=0.0, margin=0.0, miner="batch_hard",
     model="paper", dtype="float32", split_seed=0, train_drawers=12, objective="pairs", n_pairs=150_000,
     distortions=8, different="any", episode_chars=20, episode_drawers=4, episode_alphabets=1, augment=False,
     rotations=False, batch_size=128, optimizer="sgd", learning_rate=0.01, layer_learning_rates="", momentum=0.9,
