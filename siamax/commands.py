@@ -166,11 +166,22 @@ def train_folder(
     data = Path(data).expanduser().resolve()
     table, folder = sd.image_folder(data, size=cfg.spec, layout=layout, ink=ink, progress=progress)
     print(folder.summary())
+    train_t, val_t, test_t = sd.class_splits(table, fractions, seed=cfg.data.split_seed).parts()
+    seeds = rng.eval_seeds(cfg.eval.eval_seed)
+    # Before any training: the validation classes choose the checkpoint, the test classes are the report.
+    for part, what in (
+        (val_t, "the validation classes (choosing the checkpoint)"),
+        (test_t, "the test classes (the report)"),
+    ):
+        if part.n_classes < 2:
+            raise InputError(
+                f"{what} would be {part.n_classes} class(es) of {table.n_classes}: {what} need 2 at least; give "
+                "more classes or other --fractions (train,validation,test)"
+            )
     experiment.claim_workdir(workdir, cfg, preset, extra={"data": str(data), "fractions": list(fractions)})
+    # The manifest: written on the first run, and a rerun on a changed folder is refused.
     splits = sd.class_splits(table, fractions, seed=cfg.data.split_seed, manifest=workdir / "splits.json")
     train_t, val_t, test_t = splits.parts()
-    seeds = rng.eval_seeds(cfg.eval.eval_seed)
-    sd.require_classes(val_t, 2, "validation (choosing the checkpoint)", per_class=2)
     n_way = min(20, val_t.n_classes)
     val_tasks = sd.episodes(
         val_t,

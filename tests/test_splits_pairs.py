@@ -178,6 +178,11 @@ def test_class_batches_on_uneven_classes():
             if counts[c] >= 3:
                 assert len(set(got.tolist())) == len(got) or len(got) > 3  # distinct unless the class repeats
         assert len({t.groups[c] for c in y}) == 2  # two groups per batch
+    # More classes asked than a group holds: classes repeat, the batch keeps its size (it used to shrink).
+    wide = D.make_sampler(config.DataConfig(episode_chars=10, episode_drawers=2), "classes", t, 0, steps_per_epoch=5)
+    for step in range(5):
+        b = wide.batch(step)
+        assert b["x"].shape == (20, 4, 4) and len(set(np.asarray(b["labels"]).tolist())) <= 3
 
 
 # ---- pairs ---------------------------------------------------------------------------------------

@@ -180,9 +180,11 @@ def _class_batch_indices(key, index: ClassIndex, n_groups: int, classes_per_grou
     k_g, k_c, k_i = jax.random.split(key, 3)
     groups = jax.random.choice(k_g, index.n_groups, (n_groups,), replace=False)
 
+    # At least as long as the draw: a group with fewer classes than asked repeats some (never a smaller batch).
+    m = max(index.max_group_count, classes_per_group)
+
     def classes_of(kk, g):
         start, count = index.group_start[g], index.group_count[g]
-        m = index.max_group_count
         rank = jnp.argsort(jax.random.uniform(kk, (m,)) + (jnp.arange(m) >= count))
         pick = rank[:classes_per_group]
         return index.classes[start + jnp.where(pick < count, pick, pick % count)]
