@@ -140,7 +140,7 @@ def test_non_finite_loss_stops_and_keeps_last_good(omniglot, tmp_path):
     assert all(bool(np.all(np.isfinite(np.asarray(w)))) for w in jax.tree.leaves(tree["weights"]))
 
 
-def test_end_to_end_run_report_export_and_refusal(omniglot, tfds_env, tmp_path):
+def test_end_to_end_run_report_export_and_refusal(omniglot, tfds_env, tmp_path, capsys):
     cfg = config.Config.from_flat(TINY)
     results = experiment.run(cfg, tmp_path, preset="tiny-test", progress=False)
     for key in ("lake20", "within_alphabet", "verification", "one_nn"):
@@ -152,6 +152,24 @@ def test_end_to_end_run_report_export_and_refusal(omniglot, tfds_env, tmp_path):
     assert saved["config"] == cfg.to_dict() and saved["preset"] == "tiny-test" and "versions" in saved
     for name in ("learning_curves.png", "accuracy_vs_nway.png", "oneshot_trials.png", "splits.json"):
         assert (tmp_path / name).stat().st_size > 0
+    # Both protocols side by side, and the breakdown that explains their gap.
+    for name in ("random_20way_1shot", "random_5way_1shot", "random_20way_5shot"):
+        assert saved[name]["trials"] == 400 and 0.0 <= saved[name]["accuracy"] <= 1.0
+    assert len(saved["lake20"]["by"]) == 10 and sum(r["trials"] for r in saved["lake20"]["by"].values()) == 400
+    assert len(saved["by_task"]["lake20"]) == 20 and len(saved["by_task"]["within_alphabet"]) == 20
+    assert 0.0 <= saved["verification"]["roc_auc"] <= 1.0 and 0.0 <= saved["verification"]["eer"] <= 1.0
+    from experiments import breakdown
+
+    capsys.readouterr()
+    assert breakdown.main([str(tmp_path / "results.json")]) == 0
+    table = capsys.readouterr().out
+    assert all(a in table for a in saved["lake20"]["by"]) and f"{saved['lake20']['accuracy']:.1%}" in table
+    old = {k: v for k, v in saved.items() if k != "by_task"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert breakdown.main([str(tmp_path / "old.json")]) == 2
+    assert "no per-alphabet breakdown" in capsys.readouterr().err
+    meta = checkpoint.read_metadata(tmp_path)
+    assert meta["ink"] == "dark" and meta["threshold"] == saved["verification"]["threshold"]
     # The exported model: siamax.load + preprocess + score on new images.
     params = siamax.load(tmp_path)
     assert params.spec == cfg.spec
