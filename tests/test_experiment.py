@@ -158,15 +158,18 @@ def test_end_to_end_run_report_export_and_refusal(omniglot, tfds_env, tmp_path, 
     assert len(saved["lake20"]["by"]) == 10 and sum(r["trials"] for r in saved["lake20"]["by"].values()) == 400
     assert len(saved["by_task"]["lake20"]) == 20 and len(saved["by_task"]["within_alphabet"]) == 20
     assert 0.0 <= saved["verification"]["roc_auc"] <= 1.0 and 0.0 <= saved["verification"]["eer"] <= 1.0
-    from experiments import breakdown
+    from experiments import summary
 
     capsys.readouterr()
-    assert breakdown.main([str(tmp_path / "results.json")]) == 0
+    assert summary.main([str(tmp_path / "results.json"), "--by-alphabet", "--out", str(tmp_path / "s.json")]) == 0
     table = capsys.readouterr().out
     assert all(a in table for a in saved["lake20"]["by"]) and f"{saved['lake20']['accuracy']:.1%}" in table
+    assert json.loads((tmp_path / "s.json").read_text())["random_5way_1shot"]["values"] == [
+        saved["random_5way_1shot"]["accuracy"]
+    ]
     old = {k: v for k, v in saved.items() if k != "by_task"}
     (tmp_path / "old.json").write_text(json.dumps(old))
-    assert breakdown.main([str(tmp_path / "old.json")]) == 2
+    assert summary.main([str(tmp_path / "old.json"), "--by-alphabet"]) == 2
     assert "no per-alphabet breakdown" in capsys.readouterr().err
     meta = checkpoint.read_metadata(tmp_path)
     assert meta["ink"] == "dark" and meta["threshold"] == saved["verification"]["threshold"]
@@ -242,3 +245,23 @@ def test_validation_sweep_ranks_variants_without_touching_the_test_set(
     assert validation_sweep.main(args[:-4] + ["--variant", "a", "--variant", "a"]) == 2
     assert validation_sweep.main(args[:-4] + ["--variant", "bad=--no-such-flag 1"]) == 2
     assert "error: variant 'bad'" in capsys.readouterr().err
+
+
+def test_summary_means_over_seeds_and_refuses_different_trials(tmp_path, capsys):
+    from experiments import summary
+
+    def run(seed, lake, eval_seed=0):
+        acc = {"accuracy": lake, "ci95": [0, 1], "trials": 400}
+        result = {"seed": seed, "eval_seed": eval_seed, "lake20": acc, "within_alphabet": acc, "wall_seconds": 60.0}
+        path = tmp_path / f"{seed}-{eval_seed}.json"
+        path.write_text(json.dumps({**result, "training": {"best_val_accuracy": 0.5}}))
+        return str(path)
+
+    out = tmp_path / "summary.json"
+    assert summary.main([run(0, 0.80), run(1, 0.90), run(2, 0.85), "--out", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert s["seeds"] == [0, 1, 2] and s["lake20"]["mean"] == pytest.approx(0.85)
+    assert s["lake20"]["std"] == pytest.approx(0.05) and "mnist10" not in s
+    assert "**85.0%** ± 5.0%" in capsys.readouterr().out
+    assert summary.main([run(0, 0.8), run(1, 0.9, eval_seed=1)]) == 2
+    assert "different trials" in capsys.readouterr().err
