@@ -130,7 +130,9 @@ BEFORE = {
     "same_alphabet": {0: "d16d8a4030f77e8a", 1: "e5200c8f3d83b416", 7: "f956e563cdf36b72", 26: "d58b225597b05f20"},
 }
 CASES = {
-    "quick": ("quick", {}),
+    # quick as it was then (its preset has changed since, on purpose: issue 17's search); batches
+    # depend only on the data settings, which are the same.
+    "quick": ("quick", {"objective": "episodic", "energy": "weighted_l1", "ink_frame": 0.0}),
     # mnist_quick as it was then (its preset has changed since, on purpose: issue 17).
     "mnist_quick": (
         "mnist_quick",
