@@ -52,6 +52,24 @@ BEFORE = {
         thicken=0.5,
     ),
     "mnist_paper": dict(model="reduced35"),
+    "best": dict(
+        model="small",
+        ink_frame=0.8,
+        train_drawers=20,
+        objective="contrastive",
+        energy="cosine",
+        margin=0.28,
+        episode_chars=40,
+        episode_drawers=2,
+        rotations=True,
+        optimizer="adam",
+        learning_rate=0.0046,
+        lr_decay=0.985,
+        l2=2.2e-7,
+        epochs=60,
+        steps_per_epoch=250,
+        patience=0,
+    ),  # fmt: skip
     # quick before issue 17's search, less the rotations and with 12 drawers: what the README's
     # own-images run measured.
     "folder": dict(

@@ -265,3 +265,17 @@ def test_summary_means_over_seeds_and_refuses_different_trials(tmp_path, capsys)
     assert "**85.0%** ± 5.0%" in capsys.readouterr().out
     assert summary.main([run(0, 0.8), run(1, 0.9, eval_seed=1)]) == 2
     assert "different trials" in capsys.readouterr().err
+
+
+def test_transfer_validation_reads_only_mnists_training_split(mnist, tfds_env, monkeypatch):
+    splits = []
+    real = sd.mnist_table
+
+    def recording(data, spec, split="test"):
+        splits.append(split)
+        return real(data, spec, split)
+
+    monkeypatch.setattr(sd, "mnist_table", recording)
+    monkeypatch.setattr(sd, "load_mnist", lambda *a, **k: mnist)
+    result = experiment.transfer_validation(siamax.init(jax.random.key(0), "tiny"), trials=20)
+    assert splits == ["train"] and result["trials"] == 20 and 0.0 <= result["one_nn"]["accuracy"] <= 1.0
