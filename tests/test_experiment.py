@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import siamax
-from siamax import checkpoint, config, errors, experiment, optim, train
+from siamax import checkpoint, config, errors, experiment, optim, report, train
 from siamax import data as sd
 
 TINY = dict(
@@ -279,3 +279,34 @@ def test_transfer_validation_reads_only_mnists_training_split(mnist, tfds_env, m
     monkeypatch.setattr(sd, "load_mnist", lambda *a, **k: mnist)
     result = experiment.transfer_validation(siamax.init(jax.random.key(0), "tiny"), trials=20)
     assert splits == ["train"] and result["trials"] == 20 and 0.0 <= result["one_nn"]["accuracy"] <= 1.0
+
+
+def test_drawer_groups_pool_trials_by_drawer():
+    per_task = {
+        "A#0:drawers1->2": {"accuracy": 1.0, "trials": 20},
+        "A#1:drawers2->10": {"accuracy": 0.5, "trials": 20},
+        "B#0:drawers10->15": {"accuracy": 0.0, "trials": 10},
+    }
+    g = report.drawer_groups(per_task, lake_drawers=range(1, 9), split_drawers=[2, 10, 15, 16])
+    assert g["support"] == {"1": {"accuracy": 1.0, "trials": 20}, "2": {"accuracy": 0.5, "trials": 20},
+                            "10": {"accuracy": 0.0, "trials": 10}}  # fmt: skip
+    assert g["query"]["10"] == {"accuracy": 0.5, "trials": 20}
+    assert g["both"]["Lake's drawers"] == {"accuracy": 1.0, "trials": 20}
+    assert g["both"]["the split's test drawers"] == {"accuracy": 0.5 * 20 / 30, "trials": 30}
+
+
+def test_lake_variants_rebuild_lakes_runs_from_the_table(omniglot):
+    spec = siamax.init(jax.random.key(0), "tiny").spec
+    table = sd.omniglot_table(omniglot, spec)
+    variants = report.lake_variants(omniglot, table, draws=2, seed=0)
+    assert {k: len(v) for k, v in variants.items()} == {
+        "Lake's": 20, "random characters": 40, "random drawers": 40, "random characters and drawers": 40
+    }  # fmt: skip
+    for rebuilt, run in zip(variants["Lake's"], sd.lake_runs()):
+        assert (rebuilt.answers == run.answers).all() and rebuilt.alphabet == run.alphabet
+        # The same images through the table's route (uint8) and the raw route (float): half a level apart.
+        for mine, theirs in ((rebuilt.support, run.support), (rebuilt.query, run.query)):
+            raw = np.asarray(siamax.preprocess(spec, theirs, ink="dark"))
+            assert np.abs(np.asarray(mine) / 255.0 - raw).max() <= 0.5 / 255 + 1e-6
+    random_chars = variants["random characters"][0]
+    assert random_chars.support.shape == variants["Lake's"][0].support.shape
