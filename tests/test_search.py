@@ -42,3 +42,31 @@ def test_search_never_touches_the_test_set_and_resumes(omniglot, monkeypatch, si
     study = optuna.load_study(study_name="quick-quick", storage=f"sqlite:///{tmp_path / 'study.db'}")
     states = [t.state.name for t in study.trials]
     assert states.count("FAIL") == 1 and states.count("COMPLETE") == 3
+
+
+def test_transfer_search_reads_only_mnists_training_split(omniglot, mnist, monkeypatch, siamax_tfds_dir, tmp_path):
+    from experiments import search
+
+    monkeypatch.setenv("SIAMAX_TFDS_DIR", str(siamax_tfds_dir))
+    real = sd.mnist_table
+    splits = []
+
+    def train_only(data, spec, split="test"):
+        splits.append(split)
+        if split != "train":
+            raise AssertionError("the transfer search read MNIST's test set")
+        return real(data, spec, split)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the search touched the test data")
+
+    monkeypatch.setattr(sd, "mnist_table", train_only)
+    monkeypatch.setattr(sd, "lake_runs", forbidden)
+    monkeypatch.setattr(report, "evaluate_and_report", forbidden)
+    flags = ["--preset", "mnist_quick", *TINY[2:], "--space", "mnist", "--trials", "2", "--workdir", str(tmp_path)]
+    assert search.main(flags) == 0
+    out = json.loads((tmp_path / "trials.json").read_text())
+    assert splits == ["train", "train"] and [t["state"] for t in out["trials"]] == ["COMPLETE", "COMPLETE"]
+    for t in out["trials"]:
+        assert t["value"] == t["summary"]["transfer_validation"]["accuracy"] and t["config"]["model"] == "tiny"
+        assert {"ink_frame", "thicken"} <= set(t["params"])
