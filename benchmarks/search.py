@@ -45,11 +45,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from throughput import Timer, cpu_model_name  # noqa: E402  (one timer for every benchmark)
 
 SUITES = ("siamax", "faiss", "numpy")
 NUMPY_BLOCK = 128  # queries per NumPy product: bounds its (block, G) score matrix
@@ -73,40 +74,6 @@ def parse_args(argv=None):
     if args.gallery < args.k or args.k < 1 or args.min_time <= 0 or args.repeats < 0:
         p.error("--k must be >= 1 and <= --gallery, --min-time > 0, --repeats >= 0")
     return args
-
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-class Timer:
-    """Times a callable: calibrates calls per repeat, then keeps seconds per call for each repeat."""
-
-    def __init__(self, fn, min_time: float):
-        self.fn, self.min_time, self.inner, self.times = fn, min_time, 1, []
-
-    def warm(self):
-        self.fn()
-        t = time.perf_counter()
-        self.fn()
-        self.call_s = time.perf_counter() - t
-        self.inner = max(1, int(self.min_time / max(self.call_s, 1e-9)))
-
-    def repeats_for(self, seconds: float) -> int:
-        return min(30, max(3, math.ceil(seconds / max(self.inner * self.call_s, 1e-9))))
-
-    def repeat(self):
-        t = time.perf_counter()
-        for _ in range(self.inner):
-            self.fn()
-        self.times.append((time.perf_counter() - t) / self.inner)
 
 
 def numpy_search(energy, gallery, aux, q, k):
@@ -243,7 +210,7 @@ def measure(args, faiss, index, fi, energy, gallery, aux, q, skip) -> dict:
     ties = top1_ties(energy, gallery, q, {name: np.asarray(fn()) for name, fn in ops.items()})
     timers = {name: Timer(fn, args.min_time) for name, fn in ops.items()}
     for t in timers.values():
-        t.warm()
+        t.warm(1)
     repeats = args.repeats or max(t.repeats_for(args.measure_time) for t in timers.values())
     for _ in range(repeats):  # interleaved: each suite once per repeat
         for t in timers.values():
