@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import chex
 import jax
@@ -171,12 +171,13 @@ def one_shot_accuracy(
     shots: str = "max",
     batch_size: int = 256,
     pair_chunk: int = 4096,
-    by: Callable | None = None,
+    by: Callable | Mapping[str, Callable] | None = None,
 ) -> dict:
     """Accuracy over all trials (queries) of ``tasks``: ``{"accuracy", "ci95": [lo, hi], "trials"}``.
 
     ``by``: a function of a task (e.g. ``lambda t: t.alphabet``); then the result also holds
-    ``"by": {key: {"accuracy", "ci95", "trials"}}``, the same trials grouped by that key.
+    ``"by": {key: {"accuracy", "ci95", "trials"}}``, the same trials grouped by that key. A mapping
+    ``{name: function}`` groups the same scores several ways: ``"by": {name: {key: ...}}``.
 
     Args:
       model: a ``siamax.Params`` (embedding reuse; task images go through ``siamax.preprocess`` with
@@ -202,10 +203,14 @@ def one_shot_accuracy(
     credits = [_trial_credit(s, t, rng, ties, shots) for s, t in zip(scores, tasks)]
     result = _result(np.concatenate(credits))
     if by is not None:
-        groups: dict = {}
-        for t, c in zip(tasks, credits):
-            groups.setdefault(str(by(t)), []).append(c)
-        result["by"] = {k: _result(np.concatenate(v)) for k, v in sorted(groups.items())}
+        ways = by if isinstance(by, Mapping) else {None: by}
+        grouped = {}
+        for name, key_of in ways.items():
+            groups: dict = {}
+            for t, c in zip(tasks, credits):
+                groups.setdefault(str(key_of(t)), []).append(c)
+            grouped[name] = {k: _result(np.concatenate(v)) for k, v in sorted(groups.items())}
+        result["by"] = grouped if isinstance(by, Mapping) else grouped[None]
     return result
 
 

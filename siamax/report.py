@@ -216,6 +216,11 @@ def lake_variants(omniglot: sd.Omniglot, table, *, draws: int = 10, seed: int = 
     return out
 
 
+def _overall(result: dict) -> dict:
+    """A one-shot result without its groupings."""
+    return {k: v for k, v in result.items() if k != "by"}
+
+
 def _alphabet(task) -> str:
     return task.alphabet
 
@@ -256,7 +261,13 @@ def evaluate_and_report(
     val_images, test_images = (np.asarray(sets[f"{s}_table"].images) for s in ("validation", "test"))
     val_p = evaluate.pair_probabilities(params, val_images, val_pairs.i1, val_pairs.i2, ink="light")
     test_p = evaluate.pair_probabilities(params, test_images, test_pairs.i1, test_pairs.i2, ink="light")
-    nway = {n: evaluate.one_shot_accuracy(params, tasks, seed=shuffle) for n, tasks in sets["within_alphabet"].items()}
+    # Lake's runs and the 20-way within-alphabet tasks are scored once each, grouped by alphabet and by task.
+    lake_r = evaluate.one_shot_accuracy(params, lake, seed=shuffle, by={"alphabet": _alphabet, "task": _lake_task})
+    within_r = evaluate.one_shot_accuracy(params, within, seed=shuffle, by={"alphabet": _alphabet, "task": _name})
+    nway = {
+        n: _overall(within_r) if n == 20 else evaluate.one_shot_accuracy(params, tasks, seed=shuffle)
+        for n, tasks in sets["within_alphabet"].items()
+    }
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_seconds = summary["train_seconds"]
     steps = summary["epoch"] * sampler.steps_per_epoch
@@ -265,19 +276,14 @@ def evaluate_and_report(
         "seed": cfg.seed,
         "eval_seed": cfg.eval.eval_seed,
         "config": cfg.to_dict(),
-        "lake20": evaluate.one_shot_accuracy(params, lake, seed=shuffle, by=_alphabet),
-        "within_alphabet": evaluate.one_shot_accuracy(params, sets["within_alphabet"][20], seed=shuffle, by=_alphabet),
+        "lake20": {**_overall(lake_r), "by": lake_r["by"]["alphabet"]},
+        "within_alphabet": {**_overall(within_r), "by": within_r["by"]["alphabet"]},
         **{
             name: evaluate.one_shot_accuracy(params, sets[name], seed=shuffle)
             for name in ("random_20way_1shot", "random_5way_1shot", "random_20way_5shot")
         },
         # The two 20-way within-alphabet protocols task by task: alphabet and which drawers are support / query.
-        "by_task": {
-            "lake20": evaluate.one_shot_accuracy(params, lake, seed=shuffle, by=_lake_task)["by"],
-            "within_alphabet": evaluate.one_shot_accuracy(params, sets["within_alphabet"][20], seed=shuffle, by=_name)[
-                "by"
-            ],
-        },
+        "by_task": {"lake20": lake_r["by"]["task"], "within_alphabet": within_r["by"]["task"]},
         "verification": {
             **evaluate.verification_accuracy(val_p, val_pairs.label, test_p, test_pairs.label),
             "roc_auc": metrics.roc_auc(test_p, test_pairs.label),

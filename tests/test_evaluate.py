@@ -1,5 +1,7 @@
 """Honest one-shot scoring (chance for collapsed models, no position leak), 1-NN, verification."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -47,6 +49,23 @@ def test_position_carries_no_information():
         return (row % 20 == row // 20).astype(float)  # pairs arrive trial-major, 20 candidates each
 
     assert E.one_shot_accuracy(cheat, tasks)["accuracy"] < 0.15
+
+
+def test_grouped_results_are_the_trials_of_each_group():
+    """``by`` groups the same scored trials one way (a function) or several (a mapping), and the
+    groups add up to the whole; ties="random" makes the grouped counts depend on one draw only."""
+    tasks = [dataclasses.replace(t, alphabet="ab"[i % 2]) for i, t in enumerate(_toy_tasks(6))]
+    noisy = lambda x1, x2: (x1 == x2).reshape(len(x1), -1).mean(1)  # noqa: E731
+    one = E.one_shot_accuracy(noisy, tasks, ties="random", by=lambda t: t.alphabet)
+    both = E.one_shot_accuracy(
+        noisy, tasks, ties="random", by={"alphabet": lambda t: t.alphabet, "task": lambda t: t.name}
+    )
+    assert one["by"] == both["by"]["alphabet"] and set(both["by"]["task"]) == {f"t{i}" for i in range(6)}
+    assert {k: v for k, v in both.items() if k != "by"} == {k: v for k, v in one.items() if k != "by"}
+    for grouping in both["by"].values():
+        assert sum(g["trials"] for g in grouping.values()) == one["trials"] == 120
+        correct = sum(g["accuracy"] * g["trials"] for g in grouping.values())
+        assert correct == pytest.approx(one["accuracy"] * one["trials"])
 
 
 def test_oracle_scores_100():
