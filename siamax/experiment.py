@@ -197,10 +197,14 @@ def run(
             f"({sum(len(t.query) for t in val_tasks)} trials)"
         )
     state, summary, sampler = train_on(cfg, workdir, train_table, val_tasks, progress=progress, on_epoch=on_epoch)
+    # Every process restores the chosen checkpoint, as with every other multi-process Orbax call here;
+    # process 0 exports it at once (the model survives a failing report), also when no test follows:
+    # validation on other domains (the transfer) loads it.
+    best = sharding.local_copy(train.restore_best(state, workdir))
+    metadata = {"preset": preset, "config": cfg.to_dict(), "best_epoch": summary["best_epoch"] + 1, "ink": "dark"}
+    if sharding.is_primary():
+        checkpoint.export(best, workdir, metadata=metadata)
     if not test:
-        if sharding.is_primary():  # the chosen model, for validation on other domains (no test data here)
-            best = sharding.local_copy(train.restore_best(state, workdir))
-            checkpoint.export(best, workdir, metadata={"preset": preset, "config": cfg.to_dict(), "ink": "dark"})
         return {
             "best_val_accuracy": summary["best_accuracy"],
             "best_epoch": summary["best_epoch"] + 1,
@@ -209,11 +213,8 @@ def run(
             "data_seconds": data_seconds,
             "wall_seconds": time.perf_counter() - t_start,
         }
-    best = sharding.local_copy(train.restore_best(state, workdir))
     if not sharding.is_primary():
         return {}
-    metadata = {"preset": preset, "config": cfg.to_dict(), "best_epoch": summary["best_epoch"] + 1, "ink": "dark"}
-    checkpoint.export(best, workdir, metadata=metadata)
     results = report.evaluate_and_report(
         best,
         cfg,
