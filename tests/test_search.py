@@ -2,12 +2,10 @@
 
 import json
 
-import pytest
+import optuna  # a test dependency (pip install -e '.[test]'): missing, the suite fails
 
 from siamax import data as sd
 from siamax import report
-
-optuna = pytest.importorskip("optuna", reason="optuna is a test dependency (pip install -e '.[test]')")
 
 TINY = ["--preset", "quick", "--model", "tiny", "--epochs", "2", "--steps-per-epoch", "2", "--episode-chars", "8"]
 TINY += ["--episode-drawers", "2", "--val-trials", "40", "--devices", "1", "--no-progress"]
