@@ -10,38 +10,37 @@ there is downloaded first when the machine is online, and checked against its sh
 """
 
 import sys
-
-import jax
+from pathlib import Path
 
 import siamax
-from siamax import config, data, errors, experiment, runtime, sharding
-
-
-def _default_preset() -> str:
-    return "mnist_quick" if jax.default_backend() == "cpu" else "mnist_paper"
+from siamax import data, errors, experiment, flags, report, runtime
+from siamax.data import adapters
 
 
 @errors.guard
 def main(argv=None):
     runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
-    args, preset, cfg = experiment.command_line(
+    args, preset, cfg = flags.command_line(
         "python -m experiments.mnist_transfer",
         __doc__,
         argv,
-        default_preset=_default_preset,
+        task="mnist",
         add_arguments=_add_arguments,
     )
     workdir = args.workdir or args.reuse or f"runs/mnist_{preset}_seed{cfg.seed}"
     if args.reuse:
         data.require(["mnist"])
         params = siamax.load(args.reuse)
-    else:
-        data.require(["omniglot", "lake_runs", "mnist"])  # all of it before the first step
-        experiment.run(cfg, workdir, preset=preset, progress=not args.no_progress)
-        if not sharding.is_primary():
-            return  # process 0 evaluates and writes the results
-        params = siamax.load(workdir)
-    experiment.mnist_transfer(params, workdir, eval_seed=cfg.eval.eval_seed, trials=args.trials)
+        tests = adapters.mnist_tests(params.spec, cfg.eval.eval_seed, args.trials)
+        results = experiment.evaluate_model(
+            params, tests, workdir, progress=not args.no_progress, extra={"mnist10_eval_seed": cfg.eval.eval_seed}
+        )
+        results.update(experiment.legacy_keys(results, {"mnist10_one_nn": ("pixels", "mnist10")}))
+        report.write_json(Path(workdir) / "results.json", results)
+        print(report.table(results))
+        return
+    dataset = adapters.MnistTransfer(trials=args.trials)
+    experiment.train_and_evaluate(cfg, workdir, dataset, preset=preset, progress=not args.no_progress)
 
 
 def _add_arguments(parser):
@@ -54,7 +53,7 @@ def _add_arguments(parser):
         metavar="MODEL",
         help="skip training: evaluate this exported model (a work directory or model.msgpack)",
     )
-    parser.add_argument("--trials", type=config.positive_int, default=400, help="MNIST 10-way one-shot trials")
+    parser.add_argument("--trials", type=flags.positive_int, default=400, help="MNIST 10-way one-shot trials")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
 

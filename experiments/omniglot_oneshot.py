@@ -14,21 +14,22 @@ Several hosts: start one process per host with the same flags plus --coordinator
 
 import sys
 
-from siamax import errors, experiment, runtime
+from siamax import errors, experiment, flags, runtime
+from siamax.data import adapters
 
 
 @errors.guard
 def main(argv=None):
     runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
-    args, preset, cfg = experiment.command_line(
+    args, preset, cfg = flags.command_line(
         "python -m experiments.omniglot_oneshot",
         __doc__,
         argv,
-        default_preset=experiment.default_preset,
+        task="omniglot",
         add_arguments=_add_arguments,
     )
     workdir = args.workdir or f"runs/omniglot_{preset}_seed{cfg.seed}"
-    experiment.run(cfg, workdir, preset=preset, progress=not args.no_progress)
+    experiment.train_and_evaluate(cfg, workdir, adapters.Omniglot(), preset=preset, progress=not args.no_progress)
 
 
 def _add_arguments(parser):

@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 import siamax
-from siamax import config, errors, experiment, report, runtime
+from siamax import config, errors, experiment, flags, presets, provenance, runtime
 from siamax import data as sd
+from siamax.data import adapters
 from siamax.errors import ConfigError
 
 
@@ -65,37 +66,35 @@ def _add_arguments(parser):
 @errors.guard
 def main(argv=None):
     runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime
-    args, preset, common = experiment.command_line(
-        "python -m experiments.validation_sweep",
-        __doc__,
-        argv,
-        default_preset=lambda: "quick",
-        add_arguments=_add_arguments,
+    args, preset, common = flags.command_line(
+        "python -m experiments.validation_sweep", __doc__, argv, task="tuning", add_arguments=_add_arguments
     )
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
         raise ConfigError(f"variant names must be unique, got {names}")
     flag_parser = argparse.ArgumentParser(prog="variant flags", allow_abbrev=False, add_help=False, exit_on_error=False)
-    config.add_arguments(flag_parser, preset)
+    flags.add_arguments(flag_parser, preset)
     cfgs = {}
-    for name, flags in args.variant:
+    for name, variant_flags in args.variant:
         try:
-            given = {k: v for k, v in vars(flag_parser.parse_args(flags)).items() if v is not None}
+            given = {k: v for k, v in vars(flag_parser.parse_args(variant_flags)).items() if v is not None}
         except (argparse.ArgumentError, SystemExit) as e:
-            raise ConfigError(f"variant {name!r}: bad flags {flags}: {e}") from None
+            raise ConfigError(f"variant {name!r}: bad flags {variant_flags}: {e}") from None
         cfgs[name] = common.override(**given)
 
     if args.transfer_validation:
         sd.require(["mnist"])  # before the first run, not after it
-    base = config.PRESETS[preset].flat()
+    base = presets.PRESETS[preset].flat()
     workdir = Path(args.workdir)
-    out = {"preset": preset, "seeds": args.seeds, "command": sys.argv, **report.provenance(), "runs": []}
+    out = {"preset": preset, "seeds": args.seeds, "command": sys.argv, **provenance.provenance(), "runs": []}
     for name, cfg in cfgs.items():
         for seed in args.seeds:
             run_cfg = cfg.override(seed=seed)
             print(f"== {name} seed {seed}: {config.diff(base, run_cfg.flat()) or 'preset as is'}", flush=True)
             run_dir = workdir / f"{name}_seed{seed}"
-            summary = experiment.run(run_cfg, run_dir, preset=preset, progress=not args.no_progress, test=False)
+            summary = experiment.train_and_evaluate(
+                run_cfg, run_dir, adapters.Omniglot(), preset=preset, progress=not args.no_progress, test=False
+            )
             history = [json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").open()]
             if args.transfer_validation:
                 summary["transfer_validation"] = experiment.transfer_validation(

@@ -33,7 +33,7 @@ _LAZY = (
     "config",
     "data",
     "energies",
-    "evaluate",
+    "evaluators",
     "experiment",
     "metrics",
     "miners",

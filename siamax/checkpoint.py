@@ -5,6 +5,11 @@ the one that validation chose. :func:`resume` restores the newest one that can b
 damaged ones aside (never deletes them), so a run whose files were damaged (disk full, an
 interrupted copy) carries on from the checkpoint before.
 
+Interrupts: a Ctrl-C while a checkpoint is written takes effect when the write is complete; a
+process killed mid-write leaves orbax's ``<step>.orbax-checkpoint-tmp`` folder, which orbax never
+lists as a step (the step's folder appears only by the rename that completes it) and removes when
+it saves that step again. So a half-written checkpoint is never resumed from.
+
 The export is one msgpack file (``model.msgpack``): the spec as plain data and the weights as
 arrays. Loading it cannot run code (no pickle).
 """
@@ -24,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from siamax.api import Params, init
-from siamax.errors import CheckpointError, DataError, ModelError, one_line
+from siamax.errors import CheckpointError, DataError, ModelError, deferred_interrupt, one_line
 from siamax.model import ModelSpec
 
 EXPORT_NAME = "model.msgpack"
@@ -45,8 +50,12 @@ def managers(workdir: Path) -> tuple[ocp.CheckpointManager, ocp.CheckpointManage
 
 
 def save(manager: ocp.CheckpointManager, step: int, tree: Any, meta: dict) -> None:
-    saved = manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
+    """Write the checkpoint of ``step`` and wait until it is complete. A Ctrl-C meanwhile takes effect
+    once it is (``errors.deferred_interrupt``): orbax's writer threads are never cut off mid-write."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+    with deferred_interrupt():
+        saved = manager.save(step, args=args)
+        manager.wait_until_finished()
     if not saved:  # orbax skips, silently, a step not newer than the newest it holds
         raise RuntimeError(
             f"orbax did not save step {step} in {manager.directory}: it holds step {manager.latest_step()} already"
@@ -57,9 +66,10 @@ def restore(manager: ocp.CheckpointManager, like: Any, step: int | None = None) 
     """Restore the checkpoint at ``step`` (default: newest) into the structure of ``like``."""
     step = manager.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    out = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-    )
+    with deferred_interrupt():  # as for save: orbax's reader threads are not cut off mid-read
+        out = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
     return out["state"], out["meta"]
 
 

@@ -2,10 +2,10 @@
 
     siamax train DATA --workdir W [--preset folder] [--objective ...] [--energy ...] [--image-size S]
                  [--max-minutes M]
-    siamax evaluate MODEL DATA [--n-way N] [--shots K] [--json PATH]
+    siamax evaluate MODEL DATA [--n-way N] [--shots K] [--trials T] [--json PATH]
     siamax verify MODEL IMAGE_A IMAGE_B [--json]
     siamax identify MODEL GALLERY QUERY... [-k K] [--json]
-    siamax index build MODEL GALLERY INDEX
+    siamax index build MODEL GALLERY INDEX [--overwrite]
     siamax index search INDEX QUERY... [-k K] [--json]
 
 DATA and GALLERY are folders laid out DIR/<class>/<image> or DIR/<group>/<class>/<image>; MODEL is a
@@ -17,17 +17,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from siamax import commands, config, errors, experiment, runtime
+from siamax import commands, errors, flags, report, runtime
 
 PROG = "siamax"
+TRIALS = 400  # siamax evaluate's one-shot trials, rounded up to whole episodes
 
 
 def _positive(text: str) -> int:
-    return config.positive_int(text)
+    return flags.positive_int(text)
+
+
+def _at_least_two(text: str) -> int:
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected 2 or more (a one-shot trial chooses among N classes), got {text!r}")
+    return value
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+    return value
 
 
 def _fraction_triple(text: str) -> tuple[float, float, float]:
@@ -57,10 +77,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="where checkpoints, the model, results and plots go")
     parser.add_argument(
         "--max-minutes",
-        type=float,
+        type=_minutes,
         default=None,
-        help="time budget (minutes, data loading included): training stops cleanly at an epoch boundary before it; "
-        "rerun with a new budget to carry on",
+        help="time budget (a positive number of minutes, data loading included): training stops cleanly at an "
+        "epoch boundary before it; rerun with a new budget to carry on",
     )
     parser.add_argument(
         "--fractions",
@@ -78,17 +98,19 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train(argv: Sequence[str]) -> int:
-    args, preset, cfg = experiment.command_line(
+    args, preset, cfg = flags.command_line(
         f"{PROG} train",
         "Train a Siamese network on the classes of a folder of images: the classes are split into train, "
         "validation and test (by class, seeded, W/splits.json); the checkpoint is chosen by one-shot accuracy on "
-        "the validation classes; W/model.msgpack carries the same/different threshold chosen on them; the test "
-        "classes are scored at the end (W/results.json, plots). Rerun the same command to resume.",
+        "the validation classes (on a folder with too few classes for that: on held-out images of the training "
+        "classes, said so); W/model.msgpack carries the same/different threshold chosen on them (the EER point); "
+        "the test classes are scored at the end next to raw pixels (W/results.json, plots). Rerun the same "
+        "command to resume.",
         argv,
-        default_preset=lambda: "folder",
+        task="folder",
         add_arguments=_train_arguments,
     )
-    results = commands.train_folder(
+    commands.train_folder(
         cfg,
         args.data,
         args.workdir,
@@ -99,8 +121,6 @@ def train(argv: Sequence[str]) -> int:
         layout=args.layout,
         progress=not args.no_progress,
     )
-    print(_evaluation_table(results))
-    print(f"model, results and plots are in {args.workdir}")
     return 0
 
 
@@ -108,49 +128,65 @@ def train(argv: Sequence[str]) -> int:
 # evaluate, verify, identify, index
 
 
-def _evaluation_table(r: dict) -> str:
-    def pct(x):
-        return f"{100 * x:6.2f}%"
+def _trials(trials: int | None, n_way: int) -> int:
+    """--trials, a whole number of episodes of ``n_way`` queries (the default: TRIALS rounded up to one)."""
+    if trials is None:
+        return math.ceil(TRIALS / n_way) * n_way
+    if trials % n_way:
+        below, above = trials // n_way * n_way, math.ceil(trials / n_way) * n_way
+        raise errors.InputError(
+            f"--trials {trials} is not a multiple of --n-way {n_way}: each {n_way}-way episode asks one query of "
+            f"each of its {n_way} classes; use --trials {above}" + (f" or {below}" if below else "")
+        )
+    return trials
 
-    v, pv = r["verification"], r["pixel_baseline"]["verification"]
-    lines = [
-        f"{r['data']['name']}: {r['data']['images']} images, {r['data']['classes']} classes (all new to the model)"
-    ]
-    lines.append(f"{'':34s} {'siamax':>10s} {'raw pixels':>12s}")
-    lines.append(f"{'verification ROC AUC':34s} {pct(v['roc_auc']):>10s} {pct(pv['roc_auc']):>12s}")
-    lines.append(f"{'verification EER':34s} {pct(v['eer']):>10s} {pct(pv['eer']):>12s}")
-    lines.append(
-        f"{'verification accuracy':34s} {pct(v['accuracy']):>10s} {pct(pv['accuracy']):>12s}"
-        f"   (threshold {v['threshold']:.3f}, {v['threshold_from']})"
-    )
-    for way, o in r["oneshot"].items():
-        po = r["pixel_baseline"]["oneshot"][way]
-        name = f"one-shot {way} ({o['trials']} trials)"
-        lines.append(f"{name:34s} {pct(o['accuracy']):>10s} {pct(po['accuracy']):>12s}")
-    ret, pret = r["retrieval"], r["pixel_baseline"]["retrieval"]
-    for key, name in (
-        ("precision_at_1", "retrieval precision@1"),
-        ("recall_at_5", "retrieval recall@5"),
-        ("map_at_r", "retrieval MAP@R"),
-    ):
-        lines.append(f"{name:34s} {pct(ret[key]):>10s} {pct(pret[key]):>12s}")
-    return "\n".join(lines)
+
+def _writable(path: Path, flag: str, *, folder: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written: for a file, its folder must exist;
+    a folder may be created (its nearest existing parent must then be a writable folder)."""
+    if folder and path.exists() and not path.is_dir():
+        raise errors.InputError(f"{flag} {path} is a file: give a folder (it is created if need be)")
+    if not folder and path.is_dir():
+        raise errors.InputError(f"{flag} {path} is a folder: give a file path, e.g. {path / 'results.json'}")
+    if not folder and not path.parent.is_dir():
+        raise errors.InputError(
+            f"{flag} {path}: the folder {path.parent} does not exist; create it first or choose another path"
+        )
+    base = path if folder else path.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise errors.InputError(f"{flag} {path} cannot be created: {base} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as e:
+        raise errors.InputError(f"{flag} {path} cannot be written: {base}: {e.strerror or e}") from e
 
 
 def _evaluate(args) -> int:
-    from siamax import data as sd
-
-    model = commands.load_model(args.model)
-    table, folder = sd.image_folder(args.data, size=model.params.spec, ink=args.ink, progress=not args.no_progress)
-    results = commands.evaluate_table(
-        model, table, n_way=args.n_way, shots=args.shots, trials=args.trials, pairs=args.pairs, eval_seed=args.eval_seed
-    )
-    out = Path(args.out or f"siamax_eval_{table.name}")
-    results = commands.save_evaluation(results, model, table, out, plots=not args.no_plots)
+    trials = _trials(args.trials, args.n_way)
+    out = Path(args.out or f"siamax_eval_{Path(args.data).resolve().name}")
+    _writable(out, "--out", folder=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    print(_evaluation_table(results))
-    print(f"evaluation.json and plots are in {out}" + (f"; JSON also in {args.json}" if args.json else ""))
+        _writable(Path(args.json), "--json", folder=False)
+    model = commands.load_model(args.model)
+    results = commands.evaluate_folder(
+        model,
+        args.data,
+        out,
+        n_way=args.n_way,
+        shots=args.shots,
+        trials=trials,
+        pairs=args.pairs,
+        eval_seed=args.eval_seed,
+        ink=args.ink,
+        plots=not args.no_plots,
+        progress=not args.no_progress,
+        json_path=args.json,
+    )
+    print(report.table(results))
+    print(f"results.json and plots are in {out}" + (f"; JSON also in {args.json}" if args.json else ""))
     return 0
 
 
@@ -176,7 +212,7 @@ def _identify(args) -> int:
 
 
 def _index_build(args) -> int:
-    out = commands.build_index(commands.load_model(args.model), args.gallery, args.index)
+    out = commands.build_index(commands.load_model(args.model), args.gallery, args.index, overwrite=args.overwrite)
     print(f"index of {args.gallery} written to {out}")
     return 0
 
@@ -200,15 +236,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "data", metavar="DATA", help="folder of images: DATA/<class>/<image> or DATA/<group>/<class>/<image>"
     )
-    e.add_argument("--n-way", type=_positive, default=5, help="classes per one-shot trial (default 5)")
+    e.add_argument("--n-way", type=_at_least_two, default=5, help="classes per one-shot trial, 2 or more (default 5)")
     e.add_argument("--shots", type=_positive, default=1, help="support images per class (default 1)")
-    e.add_argument("--trials", type=_positive, default=400, help="one-shot trials (queries) (default 400)")
+    e.add_argument(
+        "--trials",
+        type=_positive,
+        default=None,
+        help=f"one-shot trials (queries): a multiple of --n-way, as each episode asks one query of each of its N "
+        f"classes (default {TRIALS}, rounded up to a multiple of --n-way)",
+    )
     e.add_argument("--pairs", type=_positive, default=10_000, help="verification pairs, half same (default 10000)")
     e.add_argument("--eval-seed", type=int, default=0, help="seed of every pair, trial and query drawn (default 0)")
     e.add_argument(
         "--out", default=None, help="folder for evaluation.json and the plots (default ./siamax_eval_<DATA name>)"
     )
-    e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
+    e.add_argument(
+        "--json", default=None, metavar="PATH", help="also write the results as JSON to PATH (its folder must exist)"
+    )
     e.add_argument(
         "--ink", choices=("auto", "dark", "light"), default="auto", help="stroke polarity (auto: from the borders)"
     )
@@ -237,6 +281,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("model", metavar="MODEL", help=model_help)
     b.add_argument("gallery", metavar="GALLERY", help="class-folder tree, one or more images per class")
     b.add_argument("index", metavar="INDEX", help="new folder for the index (and a copy of the model)")
+    b.add_argument(
+        "--overwrite", action="store_true", help="replace the index already in INDEX (without it, that is refused)"
+    )
     b.set_defaults(run=_index_build)
     s = xs.add_parser("search", help="the nearest classes in INDEX for each query (the answers of identify)")
     s.add_argument("index", metavar="INDEX", help="an index folder made by 'siamax index build'")
@@ -247,7 +294,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@errors.guard
+def _interrupted(argv: list[str]) -> str:
+    """What Ctrl-C says: training resumes; the other commands start again."""
+    return errors.RESUME if argv[:1] == ["train"] else errors.RESTART
+
+
+@errors.guard(interrupted=_interrupted)
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     runtime.keep_freed_memory()  # fast CPU steps: see siamax.runtime

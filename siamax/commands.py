@@ -19,18 +19,15 @@ Every image reaches the tower by the one route (``image_folder`` / ``image_files
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from siamax import api, checkpoint, config, evaluate, experiment, metrics, report, rng, sharding, train
+from siamax import api, checkpoint, config, evaluators, experiment
 from siamax import data as sd
+from siamax.data import adapters
 from siamax.errors import InputError, ModelError
 from siamax.index import INDEX_NAME, Index
 
@@ -65,86 +62,12 @@ def load_model(path: str | Path) -> Model:
     )
 
 
-def _embed_table(params: api.Params, table: sd.LabelledImages) -> jax.Array:
-    return evaluate.embed_images(params, np.asarray(table.images), ink="light")[: table.n_images]
-
-
-def _pair_scores(params, emb, i1, i2) -> np.ndarray:
-    return evaluate._score_index_pairs(params, emb, i1, i2, chunk=4096)
+def _embed_table(params: api.Params, table: sd.LabelledImages):
+    return evaluators.ModelEmbedder(params).embed(np.asarray(table.images), "light")
 
 
 # ---------------------------------------------------------------------------------------------
-# evaluate
-
-
-def evaluate_table(
-    model: Model,
-    table: sd.LabelledImages,
-    *,
-    n_way: int = 5,
-    shots: int = 1,
-    trials: int = 400,
-    pairs: int = 10_000,
-    eval_seed: int = 0,
-) -> dict:
-    """Score ``model`` on ``table``, whose classes it has never seen, next to raw pixels (Euclidean) on
-    exactly the same pairs, trials and queries. All draws come from ``eval_seed`` alone.
-
-    ``verification``: ``make_pairs`` over the table (half same, half different), ROC AUC, EER and
-    accuracy at the model's stored threshold (for pixels, which have none: at their EER threshold on
-    these very pairs, an optimistic figure). ``oneshot``: ``n_way``-way ``shots``-shot episodes with
-    one query per class, ``trials`` queries in all. ``retrieval``: every image a query against all
-    others (leave-one-out): precision@1, recall@5, MAP@R.
-    """
-    sd.require_classes(table, max(n_way, 2), f"a {n_way}-way {shots}-shot evaluation", per_class=shots + 1)
-    seeds = rng.eval_seeds(eval_seed)
-    params = model.params
-    emb = _embed_table(params, table)
-    p = sd.make_pairs(table, pairs, seed=seeds["verification_test"])
-    scores = _pair_scores(params, emb, p.i1, p.i2)
-    tasks = sd.episodes(
-        table, n_way=n_way, k_shot=shots, n_query=1, n_episodes=math.ceil(trials / n_way), seed=seeds["test_tasks"]
-    )
-    shuffle = seeds["test_candidates"]
-    pixels = np.asarray(table.images, np.float32).reshape(table.n_images, -1) / sd.labelled.INK
-    pixel_scores = -np.linalg.norm(pixels[p.i1] - pixels[p.i2], axis=1)
-    pixel_verification = metrics.verification_report(pixel_scores, p.label)
-    pixel_verification["threshold_from"] = "eer_on_these_pairs"
-    way = f"{n_way}way" + (f"_{shots}shot" if shots > 1 else "")
-    head = params.weights["head"]
-    return {
-        "data": {"name": table.name, "images": table.n_images, "classes": table.n_classes, "groups": table.n_groups},
-        "verification": {
-            **metrics.verification_report(scores, p.label, threshold=model.threshold),
-            "threshold_from": model.threshold_from,
-            "pairs": int(len(p.label)),
-        },
-        "oneshot": {way: evaluate.one_shot_accuracy(params, tasks, seed=shuffle)},
-        "retrieval": metrics.retrieval_report(np.asarray(emb), table.labels, params.spec.energy, head, k=5),
-        "pixel_baseline": {
-            "verification": pixel_verification,
-            "oneshot": {way: evaluate.nearest_neighbour(tasks, "euclidean", seed=shuffle)},
-            "retrieval": metrics.retrieval_report(pixels, table.labels, "euclidean", None, k=5),
-        },
-        "_plot": {"scores": scores, "labels": p.label, "pixel_scores": pixel_scores, "embeddings": np.asarray(emb)},
-    }
-
-
-def save_evaluation(results: dict, model: Model, table: sd.LabelledImages, out: Path, *, plots: bool = True) -> dict:
-    """Write ``out/evaluation.json`` (and the plots); returns the results without their plotting data."""
-    out.mkdir(parents=True, exist_ok=True)
-    plot = results.pop("_plot")
-    results = {**results, "model": str(model.path), **report.provenance()}
-    (out / "evaluation.json").write_text(json.dumps(results, indent=1))
-    if plots:
-        names = [table.class_names[c] for c in table.labels]
-        index = Index.build(model.params, plot["embeddings"], names, paths=table.paths)
-        report.save_evaluation_plots(results, plot, table, index, out)
-    return results
-
-
-# ---------------------------------------------------------------------------------------------
-# train
+# train and evaluate: the one pipeline (siamax.experiment)
 
 
 def train_folder(
@@ -160,83 +83,49 @@ def train_folder(
     progress: bool = True,
 ) -> dict:
     """Train on a folder's classes in ``workdir`` (resumable: the same command carries on), export the
-    model with its validation threshold and ink, and score the held-out test classes."""
-    t_start = time.perf_counter()
-    workdir = Path(workdir)
-    data = Path(data).expanduser().resolve()
-    table, folder = sd.image_folder(data, size=cfg.spec, layout=layout, ink=ink, progress=progress)
-    print(folder.summary())
-    train_t, val_t, test_t = sd.class_splits(table, fractions, seed=cfg.data.split_seed).parts()
-    seeds = rng.eval_seeds(cfg.eval.eval_seed)
-    # Before any training: the validation classes choose the checkpoint, the test classes are the report.
-    for part, what in (
-        (val_t, "the validation classes (choosing the checkpoint)"),
-        (test_t, "the test classes (the report)"),
-    ):
-        if part.n_classes < 2:
-            raise InputError(
-                f"{what} would be {part.n_classes} class(es) of {table.n_classes}: {what} need 2 at least; give "
-                "more classes or other --fractions (train,validation,test)"
-            )
-    experiment.claim_workdir(workdir, cfg, preset, extra={"data": str(data), "fractions": list(fractions)})
-    # The manifest: written on the first run, and a rerun on a changed folder is refused.
-    splits = sd.class_splits(table, fractions, seed=cfg.data.split_seed, manifest=workdir / "splits.json")
-    train_t, val_t, test_t = splits.parts()
-    n_way = min(20, val_t.n_classes)
-    val_tasks = sd.episodes(
-        val_t,
-        n_way=n_way,
-        n_query=1,
-        n_episodes=math.ceil(cfg.eval.val_trials / n_way),
-        seed=seeds["validation_tasks"],
-    )
-    print(
-        f"classes: {train_t.n_classes} train, {val_t.n_classes} validation, {test_t.n_classes} test "
-        f"(images {train_t.n_images} / {val_t.n_images} / {test_t.n_images}); validation: {len(val_tasks)} "
-        f"{n_way}-way one-shot tasks"
-    )
-    budget = None if max_minutes is None else max(0.0, 60 * max_minutes - (time.perf_counter() - t_start))
-    state, summary, sampler = experiment.train_on(
-        cfg, workdir, train_t, val_tasks, progress=progress, max_seconds=budget
-    )
-    best = sharding.local_copy(train.restore_best(state, workdir))
-    val_pairs = sd.make_pairs(val_t, cfg.eval.verification_pairs, seed=seeds["verification_validation"])
-    val_scores = _pair_scores(best, _embed_table(best, val_t), val_pairs.i1, val_pairs.i2)
-    threshold, val_accuracy = evaluate.best_threshold(val_scores, val_pairs.label)
-    checkpoint.export(
-        best,
+    model with its validation threshold and ink, and score the held-out test classes next to raw pixels."""
+    dataset = adapters.ImageFolder(data, fractions=tuple(fractions), ink=ink, layout=layout, progress=progress)
+    results = experiment.train_and_evaluate(
+        cfg,
         workdir,
-        metadata={
-            "preset": preset,
-            "config": cfg.to_dict(),
-            "best_epoch": summary["best_epoch"] + 1,
-            "threshold": threshold,
-            "threshold_validation_accuracy": val_accuracy,
-            "ink": folder.ink,
-            "data": str(data),
-        },
+        dataset,
+        preset=preset,
+        progress=progress,
+        max_seconds=None if max_minutes is None else 60 * max_minutes,
     )
-    model = load_model(workdir)
-    results = evaluate_table(model, test_t, n_way=min(5, test_t.n_classes), eval_seed=cfg.eval.eval_seed)
-    results["training"] = {
-        "epochs": summary["epoch"],
-        "best_epoch": summary["best_epoch"] + 1,
-        "best_val_accuracy": summary["best_accuracy"],
-        "stopped_by_time": bool(summary.get("stopped_by_time")),
-        "train_seconds": summary["train_seconds"],
-        "images_per_s": summary["epoch"]
-        * sampler.steps_per_epoch
-        * sampler.images_per_step
-        / max(summary["train_seconds"], 1e-9),
-        "threshold": threshold,
-        "threshold_validation_accuracy": val_accuracy,
-        "folder": dataclasses.asdict(folder),
-    }
-    results["preset"], results["config"] = preset, cfg.to_dict()
-    results["wall_seconds"] = time.perf_counter() - t_start
-    results = save_evaluation(results, model, test_t, workdir)
-    (workdir / "results.json").write_text((workdir / "evaluation.json").read_text())
     return results
+
+
+def evaluate_folder(
+    model: Model,
+    data: str | Path,
+    out: str | Path,
+    *,
+    n_way: int = 5,
+    shots: int = 1,
+    trials: int = 400,
+    pairs: int = 10_000,
+    eval_seed: int = 0,
+    ink: str = "auto",
+    plots: bool = True,
+    progress: bool = True,
+    json_path: str | Path | None = None,
+) -> dict:
+    """Score ``model`` on a folder whose classes it has never seen, next to raw pixels (Euclidean) on
+    exactly the same pairs, trials and queries (``adapters.folder_tests``; all draws from ``eval_seed``
+    alone): verification at the model's stored threshold (pixels, which have none, at the EER threshold
+    of these very pairs: an optimistic figure, flagged), ``n_way``-way ``shots``-shot one-shot episodes,
+    retrieval. Writes ``out/results.json`` and the plots."""
+    table, folder = sd.image_folder(data, size=model.params.spec, ink=ink, progress=progress)
+    tests = adapters.folder_tests(
+        table, eval_seed=eval_seed, n_way=n_way, shots=shots, trials=trials, pairs=pairs, threshold=model.threshold
+    )
+    info = {"name": table.name, "images": table.n_images, "classes": table.n_classes, "groups": table.n_groups,
+            "folder": dataclasses.asdict(folder)}  # fmt: skip
+    extra = {"model": str(model.path), "threshold_from": model.threshold_from, "eval_seed": eval_seed}
+    return experiment.evaluate_model(
+        model.params, tests, out, info=info, plots_=plots, progress=progress, extra=extra, json_path=json_path
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,12 +182,25 @@ def identify(model: Model, gallery: str | Path, queries: Sequence[str | Path], k
     return _top_classes(model, gallery_index(model, gallery), queries, k)
 
 
-def build_index(model: Model, gallery: str | Path, out: str | Path) -> Path:
-    """Embed ``gallery`` once into the index folder ``out``: ``index.msgpack`` and a copy of the model."""
+def build_index(model: Model, gallery: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Embed ``gallery`` once into the index folder ``out``: ``index.npz`` and a copy of the model.
+
+    ``out`` must be new or empty; an index folder already there (one that a build interrupted before
+    its end left included) is replaced only with ``overwrite``; anything else is refused."""
     out = Path(out)
-    if out.exists() and not (out / INDEX_NAME).exists():
-        if not out.is_dir() or any(out.iterdir()):
-            raise InputError(f"{out} exists and is not a siamax index folder: choose a new path")
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"{out} exists and is a file, not a siamax index folder: choose a new path")
+        ours = {INDEX_NAME, MODEL_NAME, INDEX_NAME + ".tmp"}  # what a build writes (Index.save's .tmp)
+        found = {p.name for p in out.iterdir()}
+        if INDEX_NAME not in found and not found <= ours:
+            raise InputError(
+                f"{out} exists and is not a siamax index folder (it holds {', '.join(sorted(found - ours)[:3])}): "
+                "choose a new path"
+            )
+        if found and not overwrite:
+            what = "a siamax index" if INDEX_NAME in found else "an unfinished siamax index (a build stopped early)"
+            raise InputError(f"{out} already holds {what}: pass --overwrite to replace it, or choose a new path")
     index = gallery_index(model, gallery)
     out.mkdir(parents=True, exist_ok=True)
     src = model.path / MODEL_NAME if model.path.is_dir() else model.path

@@ -8,15 +8,29 @@ traceback.
 
 Each subclass also derives from the built-in exception a caller would expect (``ValueError`` for a
 bad value, ``FileNotFoundError`` for a missing file), so library users can catch either.
+
+Ctrl-C (``KeyboardInterrupt``) is the guard's too: one ``interrupted: ...`` line saying how to carry
+on, exit status 130 (128 + SIGINT, what a shell reports for a process Ctrl-C stopped), and no
+traceback; a second Ctrl-C while the process winds down ends it at once. Checkpoint writes and reads
+run under :func:`deferred_interrupt`: a Ctrl-C then takes effect when the write is complete (a second
+one at once), so orbax's writer threads are never cut off mid-file (they would print pages of
+tracebacks); and should a process die mid-write anyway, orbax writes each checkpoint into a
+temporary folder that it renames into place when complete, which a resume never takes for a step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+RESUME = "stopped by Ctrl-C; rerun the same command to resume (training carries on from its last saved epoch)"
+RESTART = "stopped by Ctrl-C; rerun the same command to start it again"
 
 
 class UserError(Exception):
@@ -64,8 +78,17 @@ def one_line(message: str) -> str:
     return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
-def guard(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
-    """Wrap a command's ``main(argv)``: a :class:`UserError` becomes ``error: ...`` on stderr and exit 2."""
+def guard(
+    main: Callable[[Sequence[str] | None], int | None] | None = None,
+    *,
+    interrupted: str | Callable[[list[str]], str] = RESUME,
+):
+    """Wrap a command's ``main(argv)``: a :class:`UserError` becomes ``error: ...`` on stderr and exit 2;
+    Ctrl-C becomes ``interrupted: <interrupted>`` on stderr and exit 130 (``interrupted``: the line, or
+    a function of the arguments giving it; by default it says that rerunning the command resumes).
+    Any other exception keeps its traceback. ``@guard`` and ``@guard(interrupted=...)`` both work."""
+    if main is None:
+        return functools.partial(guard, interrupted=interrupted)
 
     @functools.wraps(main)
     def guarded(argv: Sequence[str] | None = None) -> int:
@@ -74,5 +97,55 @@ def guard(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Seque
         except UserError as e:
             print(f"error: {one_line(e)}", file=sys.stderr)
             return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            _second_interrupt_kills()
+            args = list(sys.argv[1:] if argv is None else argv)
+            hint = interrupted(args) if callable(interrupted) else interrupted
+            print(f"\ninterrupted: {one_line(hint)}", file=sys.stderr)  # after a half-drawn progress bar
+            return EXIT_INTERRUPTED
 
     return guarded
+
+
+def _second_interrupt_kills() -> None:
+    """While the interrupted process winds down (orbax finishing a write, JAX's exit hooks), a second
+    Ctrl-C ends it at once, without a traceback."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except ValueError:  # not the main thread: signals are not ours to set
+        pass
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block ends, then act on it as
+    the handler in place before would have (``KeyboardInterrupt`` by default). A second Ctrl-C inside
+    the block acts at once (a write that hangs can still be stopped). Outside the main thread, where
+    signals cannot be handled, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+
+    def hold(signum, frame):
+        if held:
+            signal.signal(signal.SIGINT, previous)
+            _act(previous, signum, frame)
+        held.append((signum, frame))
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is hold:
+            signal.signal(signal.SIGINT, previous)
+    if held:
+        _act(previous, *held[0])
+
+
+def _act(handler, signum, frame) -> None:
+    if callable(handler):
+        handler(signum, frame)  # signal.default_int_handler raises KeyboardInterrupt
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)
+    # SIG_IGN (or None: set outside Python): nothing to do

@@ -1,70 +1,32 @@
-"""The main job, as library functions: prepare data, train with early stopping, evaluate, report.
+"""The one pipeline: train on a dataset, choose the checkpoint on its validation data, export the model
+with its same/different threshold, and score the dataset's test sets with the evaluators.
 
-``run(cfg, workdir)`` is what ``python -m experiments.omniglot_oneshot`` calls. Model selection
-uses only the validation alphabets; Lake's 20 runs and the test alphabets are touched once, after
-training, by ``report``. Every file the run will read is resolved (and downloaded, where it can be)
-before the first step, so a missing archive fails in seconds, not after hours of training.
+``train_and_evaluate(cfg, workdir, dataset)`` is what the main job (``experiments/omniglot_oneshot``),
+the MNIST transfer and ``siamax train`` run; ``evaluate(params, tests)`` is its last stage, which
+``siamax evaluate`` runs alone. A dataset is an adapter of ``siamax.data.adapters``: it gives the
+training table, the validation tasks (the checkpoint) and pairs (the threshold), and its named test
+sets. Model selection reads validation data only; the test sets are built after training and scored
+once. Every archive the run will read is resolved (downloaded where it can be) before the first step.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import jax
+from tqdm.auto import tqdm
 
-from siamax import api, checkpoint, config, evaluate, optim, report, rng, sharding, train
-from siamax import data as sd
-from siamax.data import samplers
+from siamax import api, checkpoint, config, evaluators, metrics, optim, plots, provenance, report, rng, sharding, train
+from siamax.data import adapters, samplers
 from siamax.errors import WorkdirError
 
-
-def default_preset() -> str:
-    """``paper`` on an accelerator, ``quick`` on CPU."""
-    return "quick" if jax.default_backend() == "cpu" else "paper"
-
-
-def command_line(
-    prog: str,
-    doc: str,
-    argv: Sequence[str] | None,
-    *,
-    default_preset: Callable[[], str],
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-) -> tuple[argparse.Namespace, str, config.Config]:
-    """Parse an experiment's command line: ``(args, preset, config)``.
-
-    In this order, because each step needs the one before: the multi-process start-up (before
-    anything asks JAX about devices), then ``--preset`` (its default may depend on the backend),
-    then the full parser, whose ``--help`` shows that preset's values as the defaults.
-    """
-    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    early.add_argument("--preset", choices=config.preset_names(), default=None)
-    sharding.add_arguments(early)
-    known, _ = early.parse_known_args(argv)
-    sharding.initialize_from_args(known)
-    preset = known.preset or default_preset()
-
-    parser = argparse.ArgumentParser(
-        prog=prog, description=doc, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--preset",
-        choices=config.preset_names(),
-        default=None,
-        help=f"named config (default here: {default_preset()}); --preset NAME --help shows NAME's values",
-    )
-    if add_arguments:
-        add_arguments(parser)
-    sharding.add_arguments(parser)
-    config.add_arguments(parser, preset)
-    args = parser.parse_args(argv)
-    if known.preset is None and sharding.is_primary():
-        print(f"no --preset given: using {preset!r} on this {jax.default_backend()} machine")
-    return args, preset, config.from_args(args, preset)
+# The baselines a test set may name: other embedders run through the same evaluator on the same trials.
+BASELINES = {
+    "pixels": lambda: evaluators.PixelEmbedder("euclidean"),
+    "pixels_cosine": lambda: evaluators.PixelEmbedder("cosine"),
+}
 
 
 def claim_workdir(workdir: Path, cfg: config.Config, preset: str, extra: dict | None = None) -> None:
@@ -93,31 +55,12 @@ def claim_workdir(workdir: Path, cfg: config.Config, preset: str, extra: dict | 
     sharding.sync("claim_workdir")
 
 
-def validation_trials(cfg: config.Config, table, splits) -> list:
-    """The validation one-shot tasks that choose the checkpoint, from the Omniglot table
-    (``siamax.data.omniglot_table``) and ``cfg.eval.eval_seed`` alone."""
-    seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_tasks"]
-    val = splits.validation
-    return sd.validation_tasks(table, val.alphabets, val.drawers, trials=cfg.eval.val_trials, seed=seed)
-
-
-def train_on(
-    cfg: config.Config,
-    workdir: Path,
-    train_table,
-    val_tasks: list,
-    *,
-    progress: bool = True,
-    max_seconds: float | None = None,
-    on_epoch=None,
-):
+def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True, max_seconds=None, on_epoch=None):
     """Train (or resume) a model on ``train_table`` (a ``LabelledImages``) in ``workdir``, choosing the
     checkpoint by one-shot accuracy on ``val_tasks`` (validation data only).
 
-    What the main job and ``siamax train`` share. Returns ``(state, summary, sampler)``; the best
-    checkpoint is in ``workdir`` (``train.restore_best``).
+    Returns ``(state, summary, sampler)``; the best checkpoint is in ``workdir`` (``train.restore_best``).
     """
-    spec = cfg.spec
     mesh = sharding.make_mesh(cfg.devices or None)
     candidates_seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]
     sampler = samplers.make_sampler(
@@ -128,8 +71,8 @@ def train_on(
         cfg.schedule.steps_per_epoch,
         shard=sharding.shard_of_process(),
     )
-    params = api.init(rng.train_streams(cfg.seed)["init"], spec)
-    tx, lr_of = optim.make_optimizer(cfg.optim, spec.layer_names, sampler.steps_per_epoch)
+    params = api.init(rng.train_streams(cfg.seed)["init"], cfg.spec)
+    tx, lr_of = optim.make_optimizer(cfg.optim, cfg.spec.layer_names, sampler.steps_per_epoch)
     objective = train.Objective(
         kind=cfg.objective.kind,
         augment=cfg.data.augment,
@@ -138,10 +81,10 @@ def train_on(
         miner=cfg.objective.miner,
     )
     state = sharding.replicate(train.create_train_state(params, tx, objective), mesh)
+    validation = evaluators.OneShot(val_tasks, seed=candidates_seed)
 
     def validate(p):
-        local = sharding.local_copy(p)
-        return evaluate.one_shot_accuracy(local, val_tasks, seed=candidates_seed)["accuracy"]
+        return validation.run(sharding.local_copy(p))["accuracy"]
 
     state, summary = train.fit(
         state,
@@ -160,104 +103,240 @@ def train_on(
     return state, summary, sampler
 
 
-def run(
+def _threshold(params, prepared: adapters.Prepared) -> tuple[float, float]:
+    """The same/different threshold chosen on the dataset's validation pairs, and its accuracy there."""
+    p = prepared.threshold_pairs
+    scores = evaluators.score_pairs(evaluators.ModelEmbedder(params), prepared.threshold_images, p.i1, p.i2)
+    t = metrics.choose_threshold(scores, p.label, prepared.threshold_rule)
+    return t, metrics.accuracy_at(scores, p.label, t)
+
+
+def train_and_evaluate(
     cfg: config.Config,
     workdir: str | Path,
+    dataset,
     *,
     preset: str = "custom",
     progress: bool = True,
-    report_plots: bool = True,
+    plots_: bool = True,
     test: bool = True,
+    max_seconds: float | None = None,
     on_epoch=None,
 ) -> dict:
-    """Train (or resume) in ``workdir``, then evaluate the best checkpoint and write the report.
+    """Train (or resume) on ``dataset`` in ``workdir``, export the chosen model, score its test sets.
 
-    ``test=False`` stops after training and returns the validation summary (``best_val_accuracy``,
-    ``best_epoch``, ``epochs``, ``train_seconds``) without touching the test alphabets or Lake's
-    runs (they are not even resolved): what model selection (``experiments.validation_sweep``,
-    ``experiments.search``) may look at. ``on_epoch(epoch, val_accuracy)``: see ``train.fit``.
+    Writes ``workdir/results.json`` (docs/architecture.md: the schema), the plots and
+    ``model.msgpack`` (with the threshold chosen on validation pairs and the ink polarity), and prints
+    the table. ``test=False`` stops after the export and returns the validation summary
+    (``best_val_accuracy``, ``best_epoch``, ``epochs``, ``train_seconds``, ...) without building a
+    test set: what model selection (``experiments.validation_sweep``, ``experiments.tune``) may read.
+    ``max_seconds``: a time budget from the call, data loading included (training stops cleanly at
+    an epoch boundary). ``on_epoch(epoch, val_accuracy)``: see ``train.fit``.
     """
     t_start = time.perf_counter()
     workdir = Path(workdir)
-    sd.require(["omniglot", "lake_runs"] if test else ["omniglot"])
-    claim_workdir(workdir, cfg, preset)
-
-    t0 = time.perf_counter()
-    table = sd.omniglot_table(sd.load_omniglot(), cfg.spec)  # the dataset model: model format, on the device
-    splits = sd.paper_splits(cfg.data.split_seed, train_drawers=cfg.data.train_drawers)
+    adapters.archives(dataset, test)
+    prepared = dataset.prepare(cfg)  # reads the data: a bad dataset fails before any file is written
+    data_seconds = time.perf_counter() - t_start
+    claim_workdir(workdir, cfg, preset, extra=dataset.identity)
     if sharding.is_primary():
-        splits.save(workdir / "splits.json")
-    train_table = table.take(splits.train.flat_indices(), name="omniglot/train")
-    val_tasks = validation_trials(cfg, table, splits)
-    data_seconds = time.perf_counter() - t0
-    if sharding.is_primary():
-        print(
-            f"data ready in {data_seconds:.1f}s: {len(splits.train.char_ids)} training characters x "
-            f"{len(splits.train.drawers)} drawers, {len(val_tasks)} validation tasks "
-            f"({sum(len(t.query) for t in val_tasks)} trials)"
-        )
-    state, summary, sampler = train_on(cfg, workdir, train_table, val_tasks, progress=progress, on_epoch=on_epoch)
-    # Every process restores the chosen checkpoint, as with every other multi-process Orbax call here;
-    # process 0 exports it at once (the model survives a failing report), also when no test follows:
-    # validation on other domains (the transfer) loads it.
-    best = sharding.local_copy(train.restore_best(state, workdir))
-    metadata = {"preset": preset, "config": cfg.to_dict(), "best_epoch": summary["best_epoch"] + 1, "ink": "dark"}
-    if sharding.is_primary():
-        checkpoint.export(best, workdir, metadata=metadata)
-    if not test:
-        return {
-            "best_val_accuracy": summary["best_accuracy"],
-            "best_epoch": summary["best_epoch"] + 1,
-            "epochs": summary["epoch"],
-            "train_seconds": summary["train_seconds"],
-            "data_seconds": data_seconds,
-            "wall_seconds": time.perf_counter() - t_start,
-        }
-    if not sharding.is_primary():
-        return {}
-    results = report.evaluate_and_report(
-        best,
+        prepared.save(workdir)
+        print(prepared.summary)
+    budget = None if max_seconds is None else max(0.0, max_seconds - (time.perf_counter() - t_start))
+    state, summary, sampler = train_on(
         cfg,
-        preset=preset,
-        workdir=workdir,
-        omniglot=table,
-        splits=splits,
-        summary=summary,
-        sampler=sampler,
-        plots=report_plots,
-        wall_seconds_so_far=time.perf_counter() - t_start,
+        workdir,
+        prepared.train,
+        prepared.validation_tasks,
+        progress=progress,
+        max_seconds=budget,
+        on_epoch=on_epoch,
     )
-    # The threshold chosen on the validation pairs goes with the model (siamax verify uses it).
-    checkpoint.export(best, workdir, metadata={**metadata, "threshold": results["verification"]["threshold"]})
+    # Every process restores the chosen checkpoint, as with every other multi-process Orbax call here;
+    # process 0 exports it at once (the model survives a failing evaluation), with its threshold.
+    best = sharding.local_copy(train.restore_best(state, workdir))
+    validation = {
+        "best_val_accuracy": summary["best_accuracy"],
+        "best_epoch": summary["best_epoch"] + 1,
+        "epochs": summary["epoch"],
+        "train_seconds": summary["train_seconds"],
+        "data_seconds": data_seconds,
+    }
+    if not sharding.is_primary():
+        return validation if not test else {}
+    threshold, threshold_accuracy = _threshold(best, prepared)
+    metadata = {
+        "preset": preset,
+        "config": cfg.to_dict(),
+        "best_epoch": summary["best_epoch"] + 1,
+        "ink": prepared.ink,
+        "threshold": threshold,
+        "threshold_rule": prepared.threshold_rule,
+        "threshold_validation_accuracy": threshold_accuracy,
+        **dataset.identity,
+    }
+    checkpoint.export(best, workdir, metadata=metadata)
+    steps = summary["epoch"] * sampler.steps_per_epoch
+    seconds = max(summary["train_seconds"], 1e-9)
+    training = {
+        "epochs": summary["epoch"],
+        "best_epoch": summary["best_epoch"] + 1,
+        "best_val_accuracy": summary["best_accuracy"],
+        "steps": steps,
+        "train_seconds": summary["train_seconds"],
+        "stopped_by_time": bool(summary.get("stopped_by_time")),
+        "objective": cfg.objective.kind,
+        "pairs_per_s": steps * sampler.pairs_per_step / seconds,
+        "images_per_s": steps * sampler.images_per_step / seconds,
+        "threshold": threshold,
+        "threshold_rule": prepared.threshold_rule,
+        "threshold_validation_accuracy": threshold_accuracy,
+    }
+    if not test:
+        return {**validation, "wall_seconds": time.perf_counter() - t_start}
+    results = {"preset": preset, "seed": cfg.seed, "eval_seed": cfg.eval.eval_seed, "config": cfg.to_dict()}
+    results["data"] = dict(prepared.info)
+    tests = prepared.tests()
+    scored, figures = evaluate(best, tests, progress=progress)
+    results.update(scored)
+    results.update(legacy_keys(results, prepared.legacy))
+    results["training"] = training
+    results.update(prepared.extra)
+    if prepared.paper:
+        results["paper"] = dict(prepared.paper)
+    results.update(provenance.provenance(cfg))
+    results["wall_seconds"] = time.perf_counter() - t_start
+    report.write_json(workdir / "results.json", results)
+    if plots_:
+        history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        save_plots(best, results, figures, workdir, history=history, trial_grid=prepared.trial_grid, cfg=cfg)
+        results["wall_seconds"] = time.perf_counter() - t_start
+        report.write_json(workdir / "results.json", results)
+    print(report.table(results, report.paper_verification_key(cfg), names=list(tests)))
+    print(f"results, plots and the exported model are in {workdir}")
+    return results
+
+
+def legacy_keys(results: dict, legacy: Mapping[str, tuple[str, str]]) -> dict:
+    """The keys earlier versions wrote, as copies of their sections (``one_nn`` = ``pixels/lake20``)."""
+    return {key: results[a][b] for key, (a, b) in legacy.items() if b in results.get(a, {})}
+
+
+def _put(out: dict, name: str, result: dict) -> None:
+    """``result`` under ``name`` ("a/b" nests), its first grouping as "by", the others as ``by_<grouping>``."""
+    by = result.pop("by", None)
+    if isinstance(by, dict) and by and all(isinstance(v, dict) and "accuracy" not in v for v in by.values()):
+        (first, groups), *others = by.items()
+        result["by"] = groups
+        for grouping, groups_ in others:
+            out.setdefault(f"by_{grouping}", {})[name] = groups_
+    elif by is not None:
+        result["by"] = by
+    head, _, tail = name.partition("/")
+    if tail:
+        out.setdefault(head, {})[tail] = result
+    else:
+        out[name] = result
+
+
+def evaluate(
+    params: api.Params, tests: Mapping, *, only: Sequence[str] | None = None, progress: bool = True
+) -> tuple[dict, dict]:
+    """Score ``params`` on every test set (``{name: adapters.TestSet}``; ``only``: those names), and each
+    test set's baselines on the very same trials and pairs. Returns ``(results, figures)``: the
+    JSON-able results (schema: module docstring of ``siamax.data.adapters``) and, per test set, what
+    the plots need (verification scores per embedder, retrieval embeddings)."""
+    unknown = sorted(set(only or ()) - set(tests))
+    if unknown:
+        raise ValueError(f"no test sets {unknown}; this dataset has {sorted(tests)}")
+    model = evaluators.ModelEmbedder(params)
+    results: dict = {}
+    figures: dict = {}
+    chosen = [(n, t) for n, t in tests.items() if not only or n in only]
+    for name, ts in tqdm(chosen, desc="evaluating", unit="test set", disable=not progress, leave=False):
+        evaluator = evaluators.make(ts.kind, **ts.args, **ts.model_args)
+        _put(results, name, evaluator.run(model))
+        figures[name] = {"siamax": evaluator.figures}
+        for b in ts.baselines:
+            baseline = evaluators.make(ts.kind, **ts.args)
+            _put(results.setdefault(b, {}), name, baseline.run(BASELINES[b]()))
+            figures[name][b] = baseline.figures
+    return results, figures
+
+
+def save_plots(params, results: dict, figures: dict, out: Path, *, history=None, trial_grid=None, cfg=None) -> None:
+    """The figures of whatever was scored: learning curves, accuracy against N, one-shot trials,
+    verification ROC and histograms, retrieval grid and embedding map."""
+    if history:
+        plots.learning_curves(history, out)
+    if "nway_within_alphabet" in results:
+        plots.accuracy_vs_nway(results["nway_within_alphabet"], out)
+    if trial_grid is not None:
+        seed = rng.eval_seeds(cfg.eval.eval_seed if cfg else 0)["report"]
+        plots.trial_grid(evaluators.ModelEmbedder(params), trial_grid(), out / "oneshot_trials.png", seed=seed)
+    v = figures.get("verification")
+    if v and v["siamax"]:
+        scores = {"siamax": v["siamax"]["scores"]}
+        if v.get("pixels"):
+            scores["raw pixels"] = v["pixels"]["scores"]
+        plots.verification(
+            scores, v["siamax"]["labels"], results["verification"]["threshold"], results["data"]["name"], out
+        )
+    r = figures.get("retrieval")
+    if r and r["siamax"]:
+        from siamax.index import Index
+
+        f = r["siamax"]
+        names = [str(c) for c in f["labels"]]
+        index = Index.build(params, f["embeddings"], names)
+        plots.retrieval(f["embeddings"], f["images"], f["labels"], index, out)
+
+
+def evaluate_model(
+    params,
+    tests: Mapping,
+    out: str | Path,
+    *,
+    info: dict | None = None,
+    plots_: bool = True,
+    progress: bool = True,
+    extra: dict | None = None,
+    json_path: str | Path | None = None,
+) -> dict:
+    """``evaluate`` a stored model on ``tests`` and add the results to ``out/results.json`` (made if
+    missing) with their provenance; the plots go to ``out``. What ``siamax evaluate`` and the transfer's
+    ``--reuse`` run."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    scored, figures = evaluate(params, tests, progress=progress)
+    if info is not None:
+        results["data"] = info
+    for key, value in scored.items():
+        if isinstance(value, dict) and isinstance(results.get(key), dict) and key in BASELINES:
+            results[key].update(value)
+        else:
+            results[key] = value
+    results.update(extra or {})
+    results.update(provenance.provenance())
+    report.write_json(path, results)
+    if json_path is not None:
+        report.write_json(json_path, results)
+    if plots_:
+        save_plots(params, results, figures, out)
     return results
 
 
 def transfer_validation(params: api.Params, *, eval_seed: int = 0, trials: int = 400) -> dict:
     """10-way one-shot on MNIST's *training* set (never its test set), next to 1-NN on the same trials:
     how settings for the transfer experiment are chosen. ``{"accuracy", "ci95", "trials", "one_nn"}``."""
+    from siamax import data as sd
+
     seeds = rng.eval_seeds(eval_seed)
     digits = sd.mnist_table(sd.load_mnist(), params.spec, "train")
     tasks = sd.mnist_tasks(digits, n_trials=trials, seed=seeds["transfer_validation"])
-    result = evaluate.one_shot_accuracy(params, tasks, seed=seeds["validation_candidates"])
-    result["one_nn"] = evaluate.nearest_neighbour(tasks, "euclidean", seed=seeds["validation_candidates"])
+    oneshot = evaluators.OneShot(tasks, seed=seeds["validation_candidates"])
+    result = oneshot.run(params)
+    result["one_nn"] = evaluators.OneShot(tasks, seed=seeds["validation_candidates"]).run(BASELINES["pixels"]())
     return result
-
-
-def mnist_transfer(params: api.Params, workdir: str | Path, *, eval_seed: int = 0, trials: int = 400) -> dict:
-    """The paper's MNIST transfer: 10-way one-shot on the MNIST test set, no fine-tuning, plus 1-NN.
-
-    Adds ``mnist10`` and ``mnist10_one_nn`` to ``workdir/results.json`` and prints the table. The
-    trials come from ``eval_seed`` alone, so every model is scored on the same ones.
-    """
-    workdir = Path(workdir)
-    seeds = rng.eval_seeds(eval_seed)
-    digits = sd.mnist_table(sd.load_mnist(), params.spec, "test")
-    tasks = sd.mnist_tasks(digits, n_trials=trials, seed=seeds["transfer_tasks"])
-    path = workdir / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {"paper": report.PAPER, **report.provenance()}
-    results["mnist10"] = evaluate.one_shot_accuracy(params, tasks, seed=seeds["test_candidates"])
-    results["mnist10_one_nn"] = evaluate.nearest_neighbour(tasks, "euclidean", seed=seeds["test_candidates"])
-    results["mnist10_eval_seed"] = eval_seed
-    path.write_text(json.dumps(results, indent=1))
-    print(report.table(results))
-    return results

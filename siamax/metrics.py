@@ -2,7 +2,7 @@
 
 Verification (pairs with a score, higher = "same", and a label, 1 / True = same class)
 ------------------------------------------------------------------------------------
-A pair is accepted as "same" when ``score >= threshold`` (as ``siamax.evaluate.threshold_accuracy``).
+A pair is accepted as "same" when ``score >= threshold`` (``accuracy_at``).
 FAR (false-accept rate) is the fraction of different pairs accepted, the ROC's false-positive rate;
 FRR (false-reject rate) the fraction of same pairs rejected, 1 - true-positive rate.
 
@@ -166,11 +166,49 @@ def accuracy_at(scores, labels, threshold: float) -> float:
     return float(((s >= threshold) == y).mean())
 
 
+def best_threshold(scores, labels) -> tuple[float, float]:
+    """The threshold maximising accuracy on (scores, labels): ``(threshold, accuracy)`` (the paper's rule).
+
+    Candidates are midpoints between consecutive distinct scores (plus both ends); among equally good
+    ones, the one closest to 0.5. On few or badly separated pairs this rule can land at an end (every
+    pair "same" or every pair "different"); ``choose_threshold(..., rule="eer")`` cannot.
+    """
+    probs, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0
+    if probs.shape != labels.shape:
+        raise InputError(f"scores and labels differ in shape: {probs.shape} vs {labels.shape}")
+    order = np.argsort(probs, kind="stable")
+    p, y = probs[order], labels[order]
+    # Cutting before position i predicts "different" for the first i pairs.
+    neg_before = np.concatenate([[0], np.cumsum(~y)])
+    pos_from = y.sum() - np.concatenate([[0], np.cumsum(y)])
+    acc = (neg_before + pos_from) / len(p)
+    cut = np.concatenate([[p[0] - 1e-6], (p[:-1] + p[1:]) / 2, [p[-1] + 1e-6]])
+    valid = np.concatenate([[True], p[1:] > p[:-1], [True]])
+    best = acc[valid].max()
+    candidates = cut[valid & (acc == best)]
+    t = float(candidates[np.argmin(np.abs(candidates - 0.5))])
+    return t, float(best)
+
+
+THRESHOLD_RULES = ("accuracy", "eer")
+
+
+def choose_threshold(scores, labels, rule: str = "accuracy") -> float:
+    """The same/different threshold chosen on (validation) pairs: ``"accuracy"`` (``best_threshold``, the
+    paper's) or ``"eer"`` (where false accepts and false rejects are equally frequent: always inside the
+    score range, so a usable operating point even on a handful of classes)."""
+    if rule == "accuracy":
+        return best_threshold(scores, labels)[0]
+    if rule == "eer":
+        return eer(scores, labels)[1]
+    raise InputError(f"threshold rule {rule!r}; expected one of {THRESHOLD_RULES}")
+
+
 def verification_report(scores, labels, threshold: float | None = None) -> dict:
     """``{"roc_auc", "eer", "eer_threshold", "threshold", "accuracy"}``; accuracy at ``threshold``.
 
     ``threshold=None`` uses the EER threshold of these very scores: an optimistic accuracy. For an
-    honest one, pass a threshold chosen on other pairs (e.g. ``evaluate.best_threshold`` on validation).
+    honest one, pass a threshold chosen on other pairs (e.g. ``choose_threshold`` on validation pairs).
     """
     rate, t_eer = eer(scores, labels)
     t = t_eer if threshold is None else float(threshold)

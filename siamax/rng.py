@@ -30,6 +30,7 @@ EVAL_STREAMS = (
     # their keys when one is added here.
     "random_tasks",  # Vinyals-style N-way K-shot episodes across the test alphabets
     "transfer_validation",  # MNIST-train 10-way trials: choosing transfer settings without MNIST's test set
+    "validation_holdout",  # which images of a small folder's training classes validate instead of classes
 )
 DATA_STREAMS = ("pairs", "distortions", "order", "batches")
 

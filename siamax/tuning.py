@@ -1,7 +1,7 @@
-"""Hyper-parameter search with optuna, on validation data only.
+"""Hyper-parameter tuning with optuna, on validation data only.
 
 The paper tuned its per-layer settings by Bayesian optimisation; siamax chooses its presets with
-:func:`search`: a TPE sampler proposes a config (a *space* maps an optuna trial to flag overrides of
+:func:`tune`: a TPE sampler proposes a config (a *space* maps an optuna trial to flag overrides of
 a preset), the main job trains it with ``test=False`` (Lake's runs and the test alphabets are never
 resolved, let alone read) and reports each epoch's validation one-shot accuracy to optuna, which
 prunes runs below the median of the others at the same epoch. A space measured by the transfer
@@ -9,7 +9,9 @@ prunes runs below the median of the others at the same epoch. A space measured b
 never read), without pruning. The study lives in the work directory
 (``study.db``, SQLite): rerunning the same command carries on, and a trial interrupted by a crash is
 run again with the same settings, resuming its own checkpoint (a trial's folder is named by its
-settings). ``trials.json`` records every trial's settings, config, per-epoch curve and result.
+settings). ``trials.json`` records every trial's settings, config, per-epoch curve and result. A
+trial whose settings the config refuses (an out-of-reach margin, a collapsing triplet miner: see
+``siamax.config``) is pruned before it trains, the reason in its ``refused`` attribute.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from siamax import checkpoint, config, experiment, report
+from siamax import checkpoint, config, experiment, provenance
 from siamax import data as sd
+from siamax.data import adapters
 from siamax.errors import ConfigError
 
 
@@ -82,11 +85,27 @@ def _optuna():
     try:
         import optuna  # pylint: disable=g-import-not-at-top
     except ImportError:
-        raise ConfigError("the hyper-parameter search needs optuna: pip install 'siamax[search]'") from None
+        raise ConfigError("the hyper-parameter tuning needs optuna: pip install 'siamax[search]'") from None
     return optuna
 
 
-def search(
+def trial_config(base: config.Config, space: str, trial) -> tuple[dict, config.Config]:
+    """The flag overrides ``space`` proposes for ``trial`` and the config they give from ``base``.
+
+    A proposal the config refuses is pruned (``optuna.TrialPruned``), its reason recorded as the trial's
+    ``refused`` attribute: a space never trains a combination that the command line would refuse.
+    """
+    suggest, _ = SPACES[space]
+    overrides = suggest(trial)
+    try:
+        return overrides, base.override(**overrides)
+    except ConfigError as e:
+        trial.set_user_attr("refused", str(e))
+        print(f"trial {trial.number} refused by the config, pruned: {e}")
+        raise _optuna().TrialPruned(f"refused by the config: {e}") from None
+
+
+def tune(
     base: config.Config,
     preset: str,
     space: str,
@@ -104,7 +123,7 @@ def search(
     """
     optuna = _optuna()
     if space not in SPACES:
-        raise ConfigError(f"unknown search space {space!r}; valid: {sorted(SPACES)}")
+        raise ConfigError(f"unknown tuning space {space!r}; valid: {sorted(SPACES)}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
@@ -120,13 +139,12 @@ def search(
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(t.params)
 
-    suggest, measure = SPACES[space]
+    _, measure = SPACES[space]
     if measure == "transfer":
         sd.require(["mnist"])  # before the first trial, not after it
 
     def objective(trial):
-        overrides = suggest(trial)
-        cfg = base.override(**overrides)
+        overrides, cfg = trial_config(base, space, trial)
         run_dir = workdir / "trials" / _folder(overrides)
         trial.set_user_attr("config", cfg.flat())
         trial.set_user_attr("workdir", str(run_dir))
@@ -136,7 +154,9 @@ def search(
             if measure == "validation" and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch} at {val:.2%}")
 
-        summary = experiment.run(cfg, run_dir, preset=preset, progress=progress, test=False, on_epoch=on_epoch)
+        summary = experiment.train_and_evaluate(
+            cfg, run_dir, adapters.Omniglot(), preset=preset, progress=progress, test=False, on_epoch=on_epoch
+        )
         if measure == "transfer":
             summary["transfer_validation"] = experiment.transfer_validation(
                 checkpoint.load(run_dir), eval_seed=cfg.eval.eval_seed
@@ -157,7 +177,7 @@ def write_trials(study, path: Path, **info) -> dict:
     """Every trial of ``study`` (settings, config, per-epoch validation, result) as JSON."""
     out = {
         **{k: (v.flat() if isinstance(v, config.Config) else v) for k, v in info.items()},
-        **report.provenance(),
+        **provenance.provenance(),
         "best": None,
         "trials": [],
     }
@@ -172,6 +192,7 @@ def write_trials(study, path: Path, **info) -> dict:
                 "config": t.user_attrs.get("config"),
                 "workdir": t.user_attrs.get("workdir"),
                 "summary": t.user_attrs.get("summary"),
+                **({"refused": t.user_attrs["refused"]} if "refused" in t.user_attrs else {}),
             }
         )
     complete = [t for t in out["trials"] if t["state"] == "COMPLETE"]

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -162,3 +163,160 @@ def test_the_siamax_command_is_installed():
     assert out.returncode == 0 and "siamax train DATA" in out.stdout
     out = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "[folder: 14]" in out.stdout and "--max-minutes" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The command tried as a new user would: tiny folders written here, an untrained tiny model.
+
+
+def _tiny_folder(root: Path, classes: int = 14, per_class: int = 4) -> Path:
+    """``classes`` class folders of ``per_class`` 24 x 24 PNGs (dark blobs on white, one pattern per class)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        pattern = np.kron(rng.random((12, 12)) > 0.7, np.ones((2, 2), bool))
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            x = np.full((24, 24), 255, np.uint8)
+            x[pattern & (rng.random((24, 24)) > 0.1)] = 0
+            Image.fromarray(x).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def untrained(tmp_path):
+    """A tiny model exported untrained (its answers do not matter here), and a tiny class folder."""
+    import jax
+
+    from siamax import api, checkpoint
+
+    path = checkpoint.export(api.init(jax.random.key(0), "tiny"), tmp_path / "m", metadata={"ink": "dark"})
+    return path.parent, _tiny_folder(tmp_path / "folder", classes=6, per_class=2)
+
+
+def _refused(capsys, *argv) -> str:
+    """Run the command; it must end in one error line (argparse's ``siamax X: error: ...`` for a bad flag
+    value, ``error: ...`` otherwise), exit status 2, no traceback. Returns the error line."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:  # argparse refuses a flag's value itself
+        code = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error: " in line]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert err.rstrip().splitlines()[-1] == lines[0], err
+    return lines[0]
+
+
+@pytest.mark.parametrize("minutes", ["0", "-5", "nan", "inf", "soon"])
+def test_train_refuses_a_time_budget_that_is_not_a_positive_number_of_minutes(tmp_path, capsys, minutes):
+    data = _tiny_folder(tmp_path / "data", classes=2, per_class=2)
+    line = _refused(capsys, "train", str(data), "--workdir", str(tmp_path / "w"), "--max-minutes", minutes)
+    assert "--max-minutes" in line and "positive number of minutes" in line
+    assert not (tmp_path / "w").exists()  # refused before anything was made
+
+
+def test_evaluate_refuses_bad_n_way_and_trials_before_any_work(tmp_path, capsys):
+    missing = str(tmp_path / "no_model")  # never read: the arguments are refused first
+    data = str(tmp_path / "no_data")
+    line = _refused(capsys, "evaluate", missing, data, "--n-way", "1")
+    assert "--n-way" in line and "2 or more" in line
+    line = _refused(capsys, "evaluate", missing, data, "--n-way", "5", "--trials", "52")
+    assert "--trials 52 is not a multiple of --n-way 5" in line and "--trials 55 or 50" in line
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "a multiple of --n-way" in shown and "(default 400, rounded up to a multiple of --n-way)" in shown
+    assert cli._trials(None, 5) == 400 and cli._trials(None, 3) == 402 and cli._trials(50, 5) == 50
+
+
+def test_evaluate_checks_its_output_paths_before_any_work(tmp_path, capsys):
+    missing, data = str(tmp_path / "no_model"), str(tmp_path / "no_data")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = ["--out", str(tmp_path / "out")]
+    line = _refused(capsys, "evaluate", missing, data, *out, "--json", str(tmp_path / "missing" / "e.json"))
+    assert "--json" in line and "does not exist" in line and str(tmp_path / "missing") in line
+    line = _refused(capsys, "evaluate", missing, data, *out, "--json", str(tmp_path))
+    assert "is a folder" in line
+    line = _refused(capsys, "evaluate", missing, data, "--out", str(a_file / "sub"))
+    assert "--out" in line and "cannot be created" in line and "is a file" in line
+    line = _refused(capsys, "evaluate", missing, data, "--out", str(a_file))
+    assert "--out" in line and "is a file" in line
+    # Good paths pass the check (a missing --out folder may be created): the model is the next thing read.
+    line = _refused(capsys, "evaluate", missing, data, "--out", str(tmp_path / "new" / "deeper"))
+    assert "no exported siamax model" in line and not (tmp_path / "new").exists()
+
+
+def test_index_build_refuses_to_replace_an_index_without_overwrite(untrained, tmp_path, capsys):
+    model, gallery = untrained
+    index = tmp_path / "idx"
+    assert cli.main(["index", "build", str(model), str(gallery), str(index)]) == 0
+    capsys.readouterr()
+    before = (index / "index.npz").stat().st_mtime_ns
+    line = _refused(capsys, "index", "build", str(model), str(gallery / "missing"), str(index))
+    assert "already holds a siamax index" in line and "--overwrite" in line  # before the gallery is even read
+    assert (index / "index.npz").stat().st_mtime_ns == before
+    assert cli.main(["index", "build", str(model), str(gallery), str(index), "--overwrite"]) == 0
+    assert "written to" in capsys.readouterr().out
+    (index / "index.npz").unlink()  # a build stopped between the model's copy and the index
+    line = _refused(capsys, "index", "build", str(model), str(gallery), str(index))
+    assert "an unfinished siamax index" in line
+    (index / "notes.txt").write_text("mine")
+    line = _refused(capsys, "index", "build", str(model), str(gallery), str(index), "--overwrite")
+    assert "not a siamax index folder" in line and "notes.txt" in line
+
+
+def test_skipped_files_and_link_loops_are_reported_once_plainly(untrained, tmp_path, capsys):
+    model, gallery = untrained
+    (gallery / "c0" / "loop").symlink_to("loop")  # a symbolic link to itself
+    (gallery / "c1" / "notes.txt").write_text("not an image")
+    (gallery / "self").symlink_to(gallery / "self")
+    query = str(gallery / "c2" / "0.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the report is the command's line, not a warning
+        assert cli.main(["identify", str(model), str(gallery), query, "-k", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Warning" not in captured.err
+    summary = [line for line in captured.out.splitlines() if "file(s)" in line]
+    assert len(summary) == 1, captured.out
+    for what in ("skipped 3 file(s)", "self (a symbolic link that loops", "c0/loop (a symbolic link", "c1/notes.txt"):
+        assert what in summary[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_stops_with_one_line_and_the_same_command_resumes(tmp_path):
+    import os
+    import signal
+
+    data = _tiny_folder(tmp_path / "data")
+    workdir = tmp_path / "w"
+    command = [sys.executable, "-m", "siamax.cli", "train", str(data), "--workdir", str(workdir), "--model", "tiny"]
+    command += ["--epochs", "3", "--steps-per-epoch", "2", "--val-trials", "20", "--verification-pairs", "100"]
+    command += ["--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        seen = []
+        for line in run.stdout:  # "epoch 1: ..." is printed once the epoch's checkpoints are written
+            seen.append(line)
+            if line.startswith("epoch 1:"):
+                run.send_signal(signal.SIGINT)
+                break
+        out, err = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 130, "".join(seen) + out + err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        "interrupted: stopped by Ctrl-C; rerun the same command to resume (training carries on from its last "
+        "saved epoch)"
+    ], err
+    assert (workdir / "checkpoints" / "latest" / "1").is_dir()
+    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout and "Traceback" not in again.stderr
+    epochs = [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]  # every epoch once: nothing lost, nothing trained twice
+    assert (workdir / "model.msgpack").is_file() and (workdir / "results.json").is_file()

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import siamax
-from siamax import checkpoint, config, errors, experiment, optim, report, train
+from experiments import protocol_gap
+from siamax import checkpoint, config, errors, experiment, optim, presets, train
 from siamax import data as sd
+from siamax.data import adapters
 
 TINY = dict(
     model="tiny",
@@ -45,7 +47,7 @@ def _state_and_sampler(cfg, omni):
 
 
 def test_rotations_make_turned_characters_new_classes(omniglot):
-    cfg = config.Config.from_preset("quick", **{**TINY, "rotations": True, "train_drawers": 20})
+    cfg = presets.config("quick", **{**TINY, "rotations": True, "train_drawers": 20})
     train_split = sd.paper_splits(cfg.data.split_seed, train_drawers=cfg.data.train_drawers).train
     plain = _sampler(cfg.replace(rotations=False), omniglot, train_split).batch(3)
     turned = _sampler(cfg, omniglot, train_split).batch(3)
@@ -142,7 +144,7 @@ def test_non_finite_loss_stops_and_keeps_last_good(omniglot, tmp_path):
 
 def test_end_to_end_run_report_export_and_refusal(omniglot, tfds_env, tmp_path, capsys):
     cfg = config.Config.from_flat(TINY)
-    results = experiment.run(cfg, tmp_path, preset="tiny-test", progress=False)
+    results = experiment.train_and_evaluate(cfg, tmp_path, adapters.Omniglot(), preset="tiny-test", progress=False)
     for key in ("lake20", "within_alphabet", "verification", "one_nn"):
         r = results[key]
         assert 0.0 <= r["accuracy"] <= 1.0 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1], key
@@ -150,8 +152,14 @@ def test_end_to_end_run_report_export_and_refusal(omniglot, tfds_env, tmp_path, 
     assert abs(results["one_nn"]["accuracy"] - 0.19) < 0.02
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["config"] == cfg.to_dict() and saved["preset"] == "tiny-test" and "versions" in saved
-    for name in ("learning_curves.png", "accuracy_vs_nway.png", "oneshot_trials.png", "splits.json"):
+    for name in ("learning_curves.png", "accuracy_vs_nway.png", "oneshot_trials.png", "roc.png", "splits.json"):
         assert (tmp_path / name).stat().st_size > 0
+    # One schema: the pixel baseline through the same evaluators, on the same trials; the legacy keys are copies.
+    assert saved["one_nn"] == saved["pixels"]["lake20"] and saved["one_nn_cosine"] == saved["pixels_cosine"]["lake20"]
+    assert saved["one_nn_within_alphabet"] == saved["pixels"]["within_alphabet"]
+    assert saved["nway_within_alphabet"]["20"] == {k: v for k, v in saved["within_alphabet"].items() if k != "by"}
+    assert set(saved["retrieval"]) >= {"precision_at_1", "recall_at_5", "map_at_r"} and "retrieval" in saved["pixels"]
+    assert saved["pixels"]["verification"]["threshold_from"] == "validation"
     # Both protocols side by side, and the breakdown that explains their gap.
     for name in ("random_20way_1shot", "random_5way_1shot", "random_20way_5shot"):
         assert saved[name]["trials"] == 400 and 0.0 <= saved[name]["accuracy"] <= 1.0
@@ -184,7 +192,9 @@ def test_end_to_end_run_report_export_and_refusal(omniglot, tfds_env, tmp_path, 
     # Same work directory, different config: refuse, say which fields differ, touch nothing.
     before = (tmp_path / "config.json").read_text()
     with pytest.raises(errors.WorkdirError, match="learning_rate: 0.001 there, 0.01 now"):
-        experiment.run(cfg.replace(learning_rate=1e-2), tmp_path, preset="tiny-test", progress=False)
+        experiment.train_and_evaluate(
+            cfg.replace(learning_rate=1e-2), tmp_path, adapters.Omniglot(), preset="tiny-test", progress=False
+        )
     assert (tmp_path / "config.json").read_text() == before
 
 
@@ -200,14 +210,15 @@ def test_validation_sweep_ranks_variants_without_touching_the_test_set(
     omniglot, tfds_env, tmp_path, monkeypatch, capsys
 ):
     from experiments import validation_sweep
-    from siamax import report
+    from siamax.data import lake
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the validation sweep touched the test data")
 
-    monkeypatch.setattr(sd, "lake_runs", forbidden)
-    monkeypatch.setattr(sd, "within_alphabet_tasks", forbidden)
-    monkeypatch.setattr(report, "evaluate_and_report", forbidden)
+    # (validation_tasks draws within-alphabet tasks too, from the validation alphabets: that one may run)
+    for module, name in ((lake, "lake_runs"), (adapters, "omniglot_tests"), (adapters, "mnist_tests"),
+                         (experiment, "evaluate")):  # fmt: skip
+        monkeypatch.setattr(module, name, forbidden)
     args = [
         "--preset",
         "quick",
@@ -287,7 +298,7 @@ def test_drawer_groups_pool_trials_by_drawer():
         "A#1:drawers2->10": {"accuracy": 0.5, "trials": 20},
         "B#0:drawers10->15": {"accuracy": 0.0, "trials": 10},
     }
-    g = report.drawer_groups(per_task, lake_drawers=range(1, 9), split_drawers=[2, 10, 15, 16])
+    g = protocol_gap.drawer_groups(per_task, lake_drawers=range(1, 9), split_drawers=[2, 10, 15, 16])
     assert g["support"] == {"1": {"accuracy": 1.0, "trials": 20}, "2": {"accuracy": 0.5, "trials": 20},
                             "10": {"accuracy": 0.0, "trials": 10}}  # fmt: skip
     assert g["query"]["10"] == {"accuracy": 0.5, "trials": 20}
@@ -298,7 +309,7 @@ def test_drawer_groups_pool_trials_by_drawer():
 def test_lake_variants_rebuild_lakes_runs_from_the_table(omniglot):
     spec = siamax.init(jax.random.key(0), "tiny").spec
     table = sd.omniglot_table(omniglot, spec)
-    variants = report.lake_variants(omniglot, table, draws=2, seed=0)
+    variants = protocol_gap.lake_variants(omniglot, table, draws=2, seed=0)
     assert {k: len(v) for k, v in variants.items()} == {
         "Lake's": 20, "random characters": 40, "random drawers": 40, "random characters and drawers": 40
     }  # fmt: skip

@@ -104,3 +104,95 @@ def test_guard_turns_user_errors_into_one_line_and_keeps_bugs_loud(capsys):
     with pytest.raises(KeyError):
         bug([])
     assert issubclass(errors.DataError, FileNotFoundError) and issubclass(errors.ConfigError, ValueError)
+
+
+def test_guard_turns_ctrl_c_into_one_line_and_exit_130(capsys):
+    import signal
+
+    @errors.guard
+    def train_like(argv):
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        assert train_like([]) == errors.EXIT_INTERRUPTED == 130
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL  # a second Ctrl-C ends the process at once
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capsys.readouterr().err.strip() == f"interrupted: {errors.RESUME}"
+
+    @errors.guard(interrupted=lambda argv: f"{argv[0]} stopped")
+    def other(argv):
+        raise KeyboardInterrupt
+
+    try:
+        assert other(["verify"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capsys.readouterr().err.strip() == "interrupted: verify stopped"
+    from siamax import cli
+
+    assert cli._interrupted(["train", "DATA"]) == errors.RESUME and cli._interrupted(["evaluate"]) == errors.RESTART
+
+
+def test_deferred_interrupt_acts_when_the_block_ends():
+    import signal
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with errors.deferred_interrupt():
+            signal.raise_signal(signal.SIGINT)
+            done.append("the rest of the block ran")
+    assert done == ["the rest of the block ran"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C acts at once
+        with errors.deferred_interrupt():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            done.append("not reached")
+    assert done == ["the rest of the block ran"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with errors.deferred_interrupt():  # no interrupt: nothing happens
+        pass
+
+
+def test_an_interrupted_checkpoint_write_is_complete_or_never_resumed(tmp_path):
+    import signal
+
+    import jax.numpy as jnp
+
+    from siamax import checkpoint
+
+    like = {"w": jnp.zeros((64, 64)), "step": jnp.zeros((), jnp.int32)}
+    latest, best = checkpoint.managers(tmp_path)
+    checkpoint.save(latest, 1, {"w": jnp.ones((64, 64)), "step": jnp.asarray(1)}, {"epoch": 1})
+    # Ctrl-C while orbax writes epoch 2 (its writer threads started, not finished): the write completes,
+    # then the interrupt is raised.
+    start_writing = latest.save
+
+    def save_then_ctrl_c(*args, **kwargs):
+        saved = start_writing(*args, **kwargs)
+        events.append("ctrl-c")
+        signal.raise_signal(signal.SIGINT)
+        return saved
+
+    finish_writing, events = latest.wait_until_finished, []
+
+    def wait():
+        finish_writing()
+        events.append("written")
+
+    latest.save, latest.wait_until_finished = save_then_ctrl_c, wait
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(latest, 2, {"w": jnp.full((64, 64), 2.0), "step": jnp.asarray(2)}, {"epoch": 2})
+    assert (
+        events[-2:] == ["ctrl-c", "written"] and (tmp_path / "checkpoints" / "latest" / "2").is_dir()
+    )  # complete, renamed
+    latest.close()
+    best.close()
+    tree, meta = checkpoint.resume(tmp_path, like)
+    assert meta["epoch"] == 2 and float(tree["w"][0, 0]) == 2.0
+    # A process killed mid-write leaves orbax's temporary folder: never taken for a step.
+    half = tmp_path / "checkpoints" / "latest" / "3.orbax-checkpoint-tmp"
+    half.mkdir()
+    (half / "junk").write_text("half a checkpoint")
+    tree, meta = checkpoint.resume(tmp_path, like, log=pytest.fail)
+    assert meta["epoch"] == 2 and not (tmp_path / "checkpoints" / checkpoint.DAMAGED).exists()

@@ -2,9 +2,12 @@
 written as PNG / JPEG class folders, every supported file format, and the folders users get wrong."""
 
 import json
+import os
 import re
 import shutil
+import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,8 +212,10 @@ def test_unreadable_files_are_listed_and_skipped(tmp_path):
     (root / "b" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored, not reported
     (root / ".thumbnails").mkdir()
     (root / "README.md").write_text("my characters")
-    with pytest.warns(UserWarning, match=r"skipped 3 file\(s\)"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported in the FolderReport, not warned: the command prints it once
         table, report = image_folder(root, size=8)
+    assert "skipped 3 file(s)" in report.summary()
     assert table.n_images == 4 and table.class_names == ("a", "b")
     skipped = dict(report.skipped)
     assert set(skipped) == {"README.md", "a/notes.txt", "b/truncated.png"}
@@ -221,12 +226,61 @@ def test_unreadable_files_are_listed_and_skipped(tmp_path):
         image_folder(root, size=8)
 
 
+def test_link_loops_and_dangling_links_are_skipped_and_named(tmp_path, monkeypatch):
+    root = tmp_path / "f"
+    for c in "ab":
+        for i in range(2):
+            _image(root / c / f"{i}.png")
+    (root / "a" / "loop.png").symlink_to("loop.png")  # a link to itself: stat fails with ELOOP
+    (root / "b" / "gone.png").symlink_to(root / "nowhere.png")
+    (root / "top").symlink_to("top")
+    table, report = image_folder(root, size=8)
+    assert table.n_images == 4 and table.class_names == ("a", "b")
+    skipped = dict(report.skipped)
+    assert skipped["top"] == skipped["a/loop.png"] == "a symbolic link that loops back on itself"
+    assert "b/gone.png" in skipped and "does not exist" in skipped["b/gone.png"]
+    assert "a/loop.png (a symbolic link that loops back on itself)" in report.summary()
+    # The same in the group layout, a class folder that is a loop, and a tree of nothing else.
+    for c in ("x", "y"):
+        _image(tmp_path / "g" / "alpha" / c / "0.png")
+        _image(tmp_path / "g" / "alpha" / c / "1.png")
+    (tmp_path / "g" / "alpha" / "x" / "2.png").symlink_to("2.png")
+    (tmp_path / "g" / "alpha" / "z").symlink_to("z")
+    table, report = image_folder(tmp_path / "g", size=8)
+    assert table.class_names == ("alpha/x", "alpha/y") and {p for p, _ in report.skipped} == {
+        "alpha/x/2.png",
+        "alpha/z",
+    }
+    (tmp_path / "only_loops").mkdir()
+    (tmp_path / "only_loops" / "l").symlink_to("l")
+    with pytest.raises(InputError, match=r"holds no class folders \(only l\)"):
+        image_folder(tmp_path / "only_loops", size=8)
+    # A folder that cannot be listed (e.g. no permission): a plain error naming it.
+    scandir = os.scandir
+
+    def refuse_b(path):
+        if Path(path) == root / "b":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_b)
+    with pytest.raises(InputError, match=r"cannot list the folder .*/f/b: Permission denied"):
+        image_folder(root, size=8)
+    monkeypatch.undo()
+    # The folder itself a link that loops: a plain error naming it.
+    (tmp_path / "itself").symlink_to("itself")
+    with pytest.raises(DataError, match="itself is a symbolic link that loops or leads nowhere"):
+        image_folder(tmp_path / "itself", size=8)
+
+
 def test_images_of_the_other_polarity_are_named(tmp_path):
     for i in range(3):
         _image(tmp_path / "f" / "c" / f"{i}.png", value=255)  # dark ink on white
     _image(tmp_path / "f" / "c" / "negative.png", value=0)
-    with pytest.warns(UserWarning, match=r"1 image\(s\) look like the opposite polarity: c/negative.png"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         table, report = image_folder(tmp_path / "f", size=8)
+    assert "1 image(s) look like the opposite polarity: c/negative.png" in report.summary()
     assert report.ink == "dark" and report.ink_outliers == ("c/negative.png",) and table.n_images == 4
 
 

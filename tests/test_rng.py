@@ -5,8 +5,8 @@ import itertools
 import jax
 import numpy as np
 
-from siamax import config, experiment, report, rng
-from siamax import data as sd
+from siamax import presets, rng
+from siamax.data import adapters
 
 
 def _data(key):
@@ -53,23 +53,20 @@ def _same_tasks(a, b):
         np.testing.assert_array_equal(x.answers, y.answers)
 
 
-def test_changing_the_training_seed_keeps_validation_and_test_trials(omniglot, lake):
-    base = config.Config.from_preset("quick", val_trials=40, verification_pairs=100)
-    omniglot = sd.omniglot_table(omniglot, base.spec)
-    splits = sd.paper_splits(base.data.split_seed, train_drawers=base.data.train_drawers)
-    one, two = base.override(seed=0), base.override(seed=1)
-    _same_tasks(
-        experiment.validation_trials(one, omniglot, splits), experiment.validation_trials(two, omniglot, splits)
-    )
-    s1, s2 = report.test_sets(one, omniglot, splits), report.test_sets(two, omniglot, splits)
-    for n in (2, 5, 20):
-        _same_tasks(s1["within_alphabet"][n], s2["within_alphabet"][n])
-    for name in ("verification_validation", "verification_test"):
-        for a, b in zip(s1[name], s2[name]):
-            np.testing.assert_array_equal(a, b)
-    assert s1["candidates_seed"] == s2["candidates_seed"]
+def test_changing_the_training_seed_keeps_validation_and_test_trials(omniglot, lake, monkeypatch, siamax_tfds_dir):
+    monkeypatch.setenv("SIAMAX_TFDS_DIR", str(siamax_tfds_dir))
+    base = presets.config("quick", val_trials=40, verification_pairs=100)
+    one, two = (adapters.Omniglot().prepare(base.override(seed=s)) for s in (0, 1))
+    _same_tasks(one.validation_tasks, two.validation_tasks)
+    for a, b in zip(one.threshold_pairs, two.threshold_pairs):
+        np.testing.assert_array_equal(a, b)
+    s1, s2 = one.tests(), two.tests()
+    assert set(s1) == set(s2)
+    for name in ("within_alphabet", "random_20way_1shot", "nway_within_alphabet/2", "nway_within_alphabet/5", "lake20"):
+        _same_tasks(s1[name].args["tasks"], s2[name].args["tasks"])
+        assert s1[name].args["seed"] == s2[name].args["seed"]
+    for a, b in zip(s1["verification"].args["pairs"], s2["verification"].args["pairs"]):
+        np.testing.assert_array_equal(a, b)
     # ... and a different eval_seed draws other trials.
-    other = experiment.validation_trials(base.override(eval_seed=1), omniglot, splits)
-    assert not all(
-        np.array_equal(a.query, b.query) for a, b in zip(other, experiment.validation_trials(one, omniglot, splits))
-    )
+    other = adapters.Omniglot().prepare(base.override(eval_seed=1))
+    assert not all(np.array_equal(a.query, b.query) for a, b in zip(other.validation_tasks, one.validation_tasks))

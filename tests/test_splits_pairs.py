@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from siamax import config
+from siamax import config, presets
 from siamax import data as D
 from siamax.data import omniglot as og
 from siamax.model import MODELS
@@ -156,7 +156,7 @@ def _digest(batch) -> str:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_samplers_draw_the_batches_they_drew_before(case, omniglot):
     preset, overrides = CASES[case]
-    cfg = config.Config.from_preset(preset, **overrides)
+    cfg = presets.config(preset, **overrides)
     splits = D.paper_splits(cfg.data.split_seed, train_drawers=cfg.data.train_drawers)
     train = D.omniglot_table(omniglot, cfg.spec).take(splits.train.flat_indices())
     sampler = D.make_sampler(cfg.data, cfg.objective.batch, train, cfg.seed, cfg.schedule.steps_per_epoch)

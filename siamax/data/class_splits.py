@@ -122,6 +122,7 @@ def class_splits(
     seed: int = 0,
     by: str = "class",
     manifest: str | os.PathLike | None = None,
+    sizes: Sequence[int] | None = None,
 ) -> ClassSplits:
     """Train / validation / test tables with disjoint classes, drawn from ``seed`` (module docstring).
 
@@ -133,6 +134,8 @@ def class_splits(
       manifest: a JSON file. Missing: the split is drawn and written there. Present: it is read
         back (``load_class_splits``), after checking it was drawn with these arguments from this
         same file list; so a rerun uses the same split and a changed folder is an error.
+      sizes: how many classes (or groups) each part gets, instead of the largest-remainder counts of
+        ``fractions`` (e.g. ``small_folder_sizes``); a part of size 0 is an empty table.
     """
     fractions = _check_fractions(fractions)
     if by not in BY:
@@ -156,7 +159,12 @@ def class_splits(
     else:
         units = [np.flatnonzero(table.groups == g).tolist() for g in range(table.n_groups)]
         keys = list(table.group_names)
-    counts = _counts(len(units), fractions, by, name)
+    if sizes is None:
+        counts = _counts(len(units), fractions, by, name)
+    else:
+        counts = [int(k) for k in sizes]
+        if len(counts) != 3 or min(counts) < 0 or sum(counts) != len(units) or counts[0] < 1:
+            raise InputError(f"sizes {list(sizes)} must be 3 counts >= 0 (train >= 1) adding up to {len(units)} {by}es")
     order = sorted(range(len(units)), key=keys.__getitem__)  # by name: independent of the table's order
     drawn = [order[i] for i in np.random.default_rng(int(seed)).permutation(len(units))]
     bounds = np.cumsum([0, *counts])
@@ -165,6 +173,46 @@ def class_splits(
     if manifest is not None:
         splits.save(manifest)
     return splits
+
+
+def small_folder_sizes(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """Classes per part for ``n`` classes: the largest-remainder counts of ``fractions``, made usable for
+    small folders. A validation part of fewer than 2 classes cannot choose anything (a one-shot trial and
+    a different pair need 2 classes): its classes go to training, and validation falls back to held-out
+    images of the training classes (``hold_out``). A test part of 1 class takes a second one from
+    training where at least 3 stay (otherwise it goes to training: no test part, evaluate elsewhere)."""
+    f = _check_fractions(fractions)
+    exact = np.asarray(f) * n
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    train, val, test = (int(c) for c in counts)
+    if val < 2:
+        train, val = train + val, 0
+    if test == 1:
+        train, test = (train - 1, 2) if train >= 3 else (train + 1, 0)
+    return train, val, test
+
+
+def hold_out(table: LabelledImages, *, seed: int = 0, per_class: int = 2, keep: int = 2):
+    """``(rest, held)``: ``per_class`` images of every class with at least ``per_class + keep`` images
+    held out (drawn from ``seed``), for validation on the training classes; the rest keeps every image
+    of the other classes. ``held`` may be empty (``n_images == 0`` is impossible for a table: then it is
+    ``None``)."""
+    gen = np.random.default_rng(seed)
+    held = []
+    for c in range(table.n_classes):
+        members = np.flatnonzero(table.labels == c)
+        if len(members) >= per_class + keep:
+            held.extend(gen.choice(members, per_class, replace=False).tolist())
+    if not held:
+        return table, None
+    mask = np.zeros(table.n_images, bool)
+    mask[held] = True
+    name = table.name or "table"
+    return table.take(np.flatnonzero(~mask), name=table.name), table.take(
+        np.flatnonzero(mask), name=f"{name}, held out"
+    )
 
 
 def _make(table, names: list[list[str]], seed, fractions, by) -> ClassSplits:

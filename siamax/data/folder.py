@@ -18,8 +18,10 @@ conversion, polarity, padding to a square, antialiased resize: the one route, th
 RGB / RGBA as they are, palette and other modes -> RGB (RGBA if they carry transparency), 32-bit
 integer gray in 0..65535 -> uint16, float gray in [0, 1] -> float32. GIFs and TIFFs give their
 first frame; an EXIF orientation (phone photos) is applied first. Other files, files that cannot be
-decoded and images under 5 x 5 are skipped, listed by name with the reason in the
-:class:`FolderReport` and in a warning: never dropped in silence.
+decoded, images under 5 x 5 and entries that lead nowhere (a symbolic link that loops, or to a file
+that does not exist) are skipped, listed by name with the reason in the :class:`FolderReport`
+(``report.skipped``, and ``report.summary()``, the line the ``siamax`` command prints): never dropped
+in silence. A folder that cannot be listed is an :class:`~siamax.errors.InputError` naming it.
 
 Large photos: an image whose long side exceeds ``4 * size`` is first reduced by the smallest integer
 factor ``f`` that brings it to at most ``4 * size``, each output pixel the exact mean of an
@@ -39,15 +41,15 @@ alpha-weighted mean luma of the whole image. The median paper brightness over th
 above 0.5 + 0.1 -> ``"dark"`` ink on light paper (Omniglot, scans), below 0.5 - 0.1 -> ``"light"``
 ink on dark (MNIST); in between, an error asks for ``ink=``. The report gives the decision, the
 median and the images whose own border clearly says the opposite (paper brightness beyond 0.5 -+ 0.1 on
-the other side; also named in the warning).
+the other side; also named in its summary).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,14 +137,34 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _listdir(folder: Path) -> tuple[list[str], list[str]]:
-    """(visible sub-folders, visible files) of ``folder``, in natural order."""
-    dirs, files = [], []
-    with os.scandir(folder) as entries:
-        for e in entries:
-            if not (e.name.startswith(".") or e.name in _IGNORED):
-                (dirs if e.is_dir() else files).append(e.name)
-    return sorted(dirs, key=_natural), sorted(files, key=_natural)
+def _listdir(folder: Path) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(visible sub-folders, visible files, [(entry, why it cannot be read)]) of ``folder``, in natural
+    order. An entry that cannot be told a file or a folder (a symbolic link that loops) is the third
+    kind; a folder that cannot be listed is an InputError naming it."""
+    dirs, files, broken = [], [], []
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.name.startswith(".") or e.name in _IGNORED:
+                    continue
+                try:
+                    is_dir = e.is_dir()
+                except OSError as error:
+                    broken.append((e.name, _unreadable(error)))
+                    continue
+                if not is_dir and e.is_symlink() and not os.path.exists(e.path):
+                    broken.append((e.name, f"a symbolic link to {os.readlink(e.path)}, which does not exist"))
+                    continue
+                (dirs if is_dir else files).append(e.name)
+    except OSError as error:
+        raise InputError(f"cannot list the folder {folder}: {error.strerror or error}") from error
+    return sorted(dirs, key=_natural), sorted(files, key=_natural), sorted(broken, key=lambda b: _natural(b[0]))
+
+
+def _unreadable(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "a symbolic link that loops back on itself"
+    return f"cannot be read: {error.strerror or error}"
 
 
 def _not_image(name: str) -> str:
@@ -152,7 +174,7 @@ def _not_image(name: str) -> str:
 
 def _scan(root: Path, layout: str):
     """(layout, [(group, class, [relative image paths])], [(relative path, reason)]) of the tree."""
-    dirs, files = _listdir(root)
+    dirs, files, broken = _listdir(root)
     images = [f for f in files if _is_image(f)]
     if images:
         where = "next to folders" if dirs else "and no class folders"
@@ -161,10 +183,11 @@ def _scan(root: Path, layout: str):
             f"a folder named after its class: {_EXPECTED}"
         )
     if not dirs:
-        found = f"only {_some(files)}" if files else "it is empty"
+        found = f"only {_some(files + [name for name, _ in broken])}" if files or broken else "it is empty"
         raise InputError(f"{root} holds no class folders ({found}); expected {_EXPECTED}")
-    skipped = [(f, _not_image(f)) for f in files]
+    skipped = [(f, _not_image(f)) for f in files] + broken
     sub = {d: _listdir(root / d) for d in dirs}
+    skipped += [(f"{d}/{name}", why) for d in dirs for name, why in sub[d][2]]
     with_images = [d for d in dirs if any(_is_image(f) for f in sub[d][1])]
     with_dirs = [d for d in dirs if sub[d][0]]
     both = [d for d in with_images if d in with_dirs]
@@ -200,12 +223,13 @@ def _scan(root: Path, layout: str):
             skipped += [(f"{d}/{f}", _not_image(f)) for f in sub[d][1] if not _is_image(f)]
         return layout, classes, skipped
     for g in dirs:
-        class_dirs, loose = sub[g]
+        class_dirs, loose, _ = sub[g]
         skipped += [(f"{g}/{f}", _not_image(f)) for f in loose]
         if not class_dirs:
             raise InputError(f"group folder {root / g} holds no class folders; expected DIR/<group>/<class>/<image>")
         for c in class_dirs:
-            deeper, names = _listdir(root / g / c)
+            deeper, names, broken = _listdir(root / g / c)
+            skipped += [(f"{g}/{c}/{name}", why) for name, why in broken]
             if deeper:
                 raise InputError(
                     f"{root / g / c / deeper[0]}: folders nested deeper than DIR/<group>/<class>/<image>; "
@@ -368,9 +392,10 @@ def image_folder(
     Returns:
       ``(table, report)``: the :class:`LabelledImages` (uint8 (N, S, S), ink = 255; classes in
       natural order of their folders, images in natural order within a class; ``paths`` relative to
-      ``path`` with ``/`` separators; ``name`` the folder's name) and a :class:`FolderReport`. When
-      files were skipped or some images' borders disagree with the polarity, a ``UserWarning``
-      carries ``report.summary()`` too.
+      ``path`` with ``/`` separators; ``name`` the folder's name) and a :class:`FolderReport`, whose
+      ``skipped`` and ``ink_outliers`` list what was skipped and which images' borders disagree with
+      the polarity; ``report.summary()`` says it in one line. Nothing is printed or warned: showing
+      the report is the caller's (the ``siamax`` command prints the summary once).
 
     Raises:
       DataError: ``path`` does not exist or is not a folder.
@@ -386,6 +411,8 @@ def image_folder(
         raise InputError(f"min_images must be a whole number >= 1, got {min_images!r}")
     root = Path(path).expanduser()
     if not root.exists():
+        if root.is_symlink():
+            raise DataError(f"image folder {root} is a symbolic link that loops or leads nowhere ({os.readlink(root)})")
         raise DataError(f"image folder {root} does not exist; expected a folder laid out as {_EXPECTED}")
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a folder; expected a folder laid out as {_EXPECTED}")
@@ -445,8 +472,6 @@ def image_folder(
         n_shapes=n_shapes,
         n_reduced=reduced,
     )
-    if skipped or against:
-        warnings.warn(report.summary(), stacklevel=2)
     return table, report
 
 

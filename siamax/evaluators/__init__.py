@@ -1,0 +1,46 @@
+"""Evaluators, in the manner of big_vision's: ``make(kind, **kwargs).run(model) -> dict`` (JSON-able).
+
+* ``"oneshot"``: :class:`OneShot` (tasks; accuracy, Wilson CI, trials, groupings);
+* ``"verification"``: :class:`Verification` (pairs; threshold from validation pairs, a given one or
+  the EER of these pairs; accuracy, ROC AUC, EER);
+* ``"retrieval"``: :class:`Retrieval` (labelled images; precision@1, recall@k, MAP@R).
+
+``model`` is what the images go through: siamax Params or an embedder (``embedders``):
+:class:`ModelEmbedder` (a siamax network) or :class:`PixelEmbedder` (raw pixels, the baseline), so
+the model and its baselines are scored by one evaluator on the very same trials. After ``run`` an
+evaluator's ``figures`` hold what the plots need (arrays, not in the result), or ``None``.
+"""
+
+from __future__ import annotations
+
+from siamax.evaluators.embedders import ModelEmbedder, PixelEmbedder, as_embedder, ink_vectors, score_pairs
+from siamax.evaluators.oneshot import TIES, OneShot, one_shot_accuracy, proportion, trial_credit, wilson_interval
+from siamax.evaluators.retrieval import Retrieval
+from siamax.evaluators.verification import Verification
+
+REGISTRY = {"oneshot": OneShot, "verification": Verification, "retrieval": Retrieval}
+
+__all__ = [
+    "REGISTRY",
+    "TIES",
+    "ModelEmbedder",
+    "OneShot",
+    "PixelEmbedder",
+    "Retrieval",
+    "Verification",
+    "as_embedder",
+    "ink_vectors",
+    "make",
+    "one_shot_accuracy",
+    "proportion",
+    "score_pairs",
+    "trial_credit",
+    "wilson_interval",
+]
+
+
+def make(kind: str, **kwargs):
+    """The evaluator ``REGISTRY[kind](**kwargs)``."""
+    if kind not in REGISTRY:
+        raise ValueError(f"no evaluator {kind!r}; expected one of {sorted(REGISTRY)}")
+    return REGISTRY[kind](**kwargs)

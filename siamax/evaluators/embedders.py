@@ -1,0 +1,175 @@
+"""What the evaluators run a model through: an *embedder* turns images into vectors and scores pairs of them.
+
+An embedder has
+
+* ``name``: how reports call it ("siamax", "pixels");
+* ``embed(images, ink) -> (N, D)``: images (N, H, W) as a task or table holds them (native form, or
+  model format: uint8, ink = 255, ``ink="light"``) to vectors;
+* ``pair_scores(emb, i1, i2) -> np.ndarray``: a score per pair of rows ``(emb[i1], emb[i2])``,
+  higher = more alike;
+* ``energy``, ``head``, ``dtype``: how ``siamax.metrics.retrieval_report`` ranks its vectors (an
+  energy name of ``siamax.energies``, its head parameters or ``None`` for ``-distance``, the compute
+  dtype);
+* optionally ``score_matrix(queries, support) -> (Q, S)``: one task's query x support scores, when the
+  embedder scores a whole task its own way (``PixelEmbedder``: its 1-NN formulas); without it the
+  one-shot evaluator embeds every distinct image of all tasks once and scores all pairs in one go.
+
+``ModelEmbedder(params)`` is a siamax network: the one route to model format
+(``siamax.data.labelled.to_model``, the very pixels training sees) then the tower, in jitted chunks of
+a fixed size (the last padded: one compilation), and the head's same-class probabilities.
+``PixelEmbedder(metric)`` is the raw-pixel baseline: ink = 1 float vectors at the images' own size,
+compared by Euclidean distance or cosine similarity. ``as_embedder`` accepts either, or Params.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from siamax import api
+from siamax.data.labelled import to_model
+
+PIXEL_METRICS = ("euclidean", "cosine")
+
+
+@functools.partial(jax.jit, static_argnames="ink")
+def _embed_raw(params, raw, ink):
+    # The one route (siamax.data.labelled.to_model): the very pixels training sees, uint8 included.
+    return api.embed(params, to_model(params, raw, ink))
+
+
+@jax.jit
+def _score_rows(params, emb, i1, i2):
+    return api.score_embeddings(params, emb[i1], emb[i2])
+
+
+class ModelEmbedder:
+    """A siamax network as an embedder (module docstring). ``batch_size``: images per tower call;
+    ``pair_chunk``: pairs per head call (fixed shapes: one compilation each)."""
+
+    name = "siamax"
+
+    def __init__(self, params: api.Params, *, batch_size: int = 256, pair_chunk: int = 4096):
+        if not isinstance(params, api.Params):
+            raise TypeError(f"ModelEmbedder needs siamax Params, got {type(params).__name__}")
+        self.params = params
+        self.batch_size = int(batch_size)
+        self.pair_chunk = int(pair_chunk)
+
+    @property
+    def energy(self) -> str:
+        return self.params.spec.energy
+
+    @property
+    def head(self):
+        return self.params.weights["head"]
+
+    @property
+    def dtype(self) -> str:
+        return self.params.spec.dtype
+
+    def embed(self, images, ink: str) -> jax.Array:
+        """Embeddings (N, D) of images (N, H, W), native or model format (uint8, ``ink="light"``),
+        brought to model format by ``to_model`` and computed in jitted chunks of exactly ``batch_size``
+        (the last one padded; the padding rows are dropped)."""
+        images = np.asarray(images)
+        if images.dtype == bool:  # JAX copies raw bytes: make True exactly 1 (see canonical_bool)
+            images = images.view(np.uint8) != 0
+        n, b = images.shape[0], self.batch_size
+        n_pad = -(-n // b) * b
+        padded = np.concatenate([images, np.repeat(images[:1], n_pad - n, axis=0)]) if n_pad > n else images
+        emb = jnp.concatenate([_embed_raw(self.params, padded[lo : lo + b], ink) for lo in range(0, n_pad, b)])
+        return emb[:n] if n_pad > n else emb
+
+    def pair_scores(self, emb, i1, i2) -> np.ndarray:
+        """Same-class probabilities (``siamax.score_embeddings``) of rows (i1, i2) of ``emb``, in jitted
+        chunks of exactly ``pair_chunk`` pairs (the last padded)."""
+        chunk = self.pair_chunk
+        n = len(i1)
+        n_pad = max(chunk, -(-n // chunk) * chunk)
+        i1 = np.pad(np.asarray(i1, np.int32), (0, n_pad - n))
+        i2 = np.pad(np.asarray(i2, np.int32), (0, n_pad - n))
+        out = [_score_rows(self.params, emb, i1[lo : lo + chunk], i2[lo : lo + chunk]) for lo in range(0, n_pad, chunk)]
+        return np.asarray(jnp.concatenate(out))[:n]
+
+
+def ink_vectors(images, ink: str) -> np.ndarray:
+    """Images (N, H, W) -> float64 (N, H*W) with ink = 1, paper = 0 (uint8 divided by 255)."""
+    x = np.asarray(images)
+    x = x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
+    if ink == "dark":
+        x = 1.0 - x
+    return x.reshape(x.shape[0], -1)
+
+
+class PixelEmbedder:
+    """The raw-pixel baseline as an embedder: ``ink_vectors`` at the images' own size (Omniglot's
+    105 x 105, MNIST as stored, a table's model format), compared by ``metric``: "euclidean" (score
+    ``-distance``; polarity-independent) or "cosine" (cosine similarity of the ink vectors; an empty
+    image has similarity 0). One-shot scores each task by ``score_matrix`` (the 1-NN baseline's
+    formulas); pairs by ``pair_scores`` (the same measure, row by row)."""
+
+    name = "pixels"
+    head = None
+    dtype = "float32"
+
+    def __init__(self, metric: str = "euclidean"):
+        if metric not in PIXEL_METRICS:
+            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        self.metric = metric
+
+    @property
+    def energy(self) -> str:
+        return self.metric
+
+    def embed(self, images, ink: str) -> np.ndarray:
+        return ink_vectors(images, ink)
+
+    def pair_scores(self, emb, i1, i2) -> np.ndarray:
+        a, b = np.asarray(emb)[np.asarray(i1)], np.asarray(emb)[np.asarray(i2)]
+        if self.metric == "euclidean":
+            return -np.linalg.norm(a - b, axis=1)
+        norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return np.where(norm > 0, (a * b).sum(1) / np.where(norm > 0, norm, 1.0), 0.0)
+
+    def score_matrix(self, q, s) -> np.ndarray:
+        """(Q, S) scores of query vectors ``q`` against support vectors ``s``."""
+        if self.metric == "euclidean":
+            d2 = (q * q).sum(1)[:, None] + (s * s).sum(1)[None, :] - 2 * q @ s.T
+            return -np.sqrt(np.maximum(np.round(d2, 6), 0.0))
+        norm = np.linalg.norm(q, axis=1)[:, None] * np.linalg.norm(s, axis=1)[None, :]
+        return np.where(norm > 0, q @ s.T / np.where(norm > 0, norm, 1.0), 0.0)
+
+
+def is_embedder(x) -> bool:
+    return callable(getattr(x, "embed", None)) and callable(getattr(x, "pair_scores", None))
+
+
+def as_embedder(model, *, score_fn: bool = False):
+    """``model`` as an embedder: siamax Params -> ``ModelEmbedder``; an embedder as it is; with
+    ``score_fn=True`` (one-shot only) a callable ``score_fn(x1, x2) -> (B,)`` is returned as it is."""
+    if isinstance(model, api.Params):
+        return ModelEmbedder(model)
+    if is_embedder(model):
+        return model
+    if score_fn and callable(model):
+        return model
+    what = "siamax Params, an embedder (ModelEmbedder, PixelEmbedder)" + (
+        " or a callable score_fn(x1, x2)" if score_fn else ""
+    )
+    raise TypeError(f"model must be {what}, got {type(model).__name__}")
+
+
+def score_pairs(embedder, images, i1, i2, *, ink: str = "light") -> np.ndarray:
+    """``embedder``'s scores of pairs of rows (i1, i2) of ``images`` (N, H, W) (e.g. a table's
+    model-format images, ``ink="light"``, and ``siamax.data.make_pairs``' indices), each image that a
+    pair uses embedded once."""
+    i1, i2 = np.asarray(i1), np.asarray(i2)
+    chex.assert_equal_shape([i1, i2])
+    used, inverse = np.unique(np.concatenate([i1, i2]), return_inverse=True)
+    emb = embedder.embed(np.asarray(images)[used], ink)
+    return embedder.pair_scores(emb, inverse[: len(i1)], inverse[len(i1) :])

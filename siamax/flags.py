@@ -1,0 +1,125 @@
+"""The command line of a run's config: one ``--field-name`` flag per config field, and the parsing that
+every experiment and ``siamax train`` share (:func:`command_line`).
+
+``--learning-rate`` sets ``optim.learning_rate``: a flag is a field's flat name (``siamax.config``),
+its default the chosen preset's value (shown by ``--help``); a flag not given leaves the preset's
+value, through ``Config.override`` (which also drops what the new config would not read).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+import jax
+
+from siamax import presets, sharding
+from siamax.config import FIELDS, Config, applies
+
+
+def add_arguments(parser: argparse.ArgumentParser, preset: str) -> None:
+    """One ``--field-name`` flag per field; ``--help`` shows ``preset``'s value as each default."""
+    cfg = presets.PRESETS[preset].flat()
+    group = parser.add_argument_group(f"config (defaults: the {preset!r} preset's values)")
+    for name, f in FIELDS.items():
+        kind = {bool: _bool, int: int, float: float}.get(type(f.default), str)
+        shown = f"[{preset}: {cfg[name]!r}]" if applies(name, cfg) else f"[not read by {preset}]"
+        if f.metadata.get("choices"):
+            shown = f"(one of {', '.join(map(str, f.metadata['choices']))}) {shown}"
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=None,
+            choices=f.metadata.get("choices"),
+            metavar=name.upper(),
+            help=f"{f.metadata['help']} {shown}".replace("%", "%%"),
+        )
+
+
+_config_arguments = add_arguments  # command_line's keyword add_arguments (the command's own flags) hides it
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def from_args(args: argparse.Namespace, preset: str) -> Config:
+    """The preset with every flag the user gave applied."""
+    given = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
+    return presets.config(preset, **given)
+
+
+def margin_line(args: argparse.Namespace, preset: str, cfg: Config) -> str | None:
+    """The margin a contrastive or triplet run uses and where it comes from (None for other objectives)."""
+    if cfg.objective.kind not in ("contrastive", "triplet"):
+        return None
+    if getattr(args, "margin", None):
+        source = "given"
+    elif cfg.objective.margin:
+        source = f"the {preset} preset's; --margin to change"
+    else:
+        source = f"the {cfg.model.energy} energy's default; --margin to change"
+    return f"margin {cfg.margin} ({source})"
+
+
+def command_line(
+    prog: str,
+    doc: str,
+    argv: Sequence[str] | None,
+    *,
+    task: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> tuple[argparse.Namespace, str, Config]:
+    """Parse a command line of ``task`` (a name in ``presets.TASKS``): ``(args, preset, config)``.
+
+    In this order, because each step needs the one before: the multi-process start-up (before
+    anything asks JAX about devices), then ``--preset`` (its default, ``presets.default_preset(task)``,
+    may depend on the backend), then the full parser, whose ``--help`` shows that preset's values as
+    the defaults. ``add_arguments(parser)`` adds the command's own flags.
+    """
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--preset", choices=presets.preset_names(), default=None)
+    sharding.add_arguments(early)
+    known, _ = early.parse_known_args(argv)
+    sharding.initialize_from_args(known)
+    default = presets.default_preset(task)
+    preset = known.preset or default
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset",
+        choices=presets.preset_names(),
+        default=None,
+        help=f"named config (default here: {default}); --preset NAME --help shows NAME's values",
+    )
+    if add_arguments:
+        add_arguments(parser)
+    sharding.add_arguments(parser)
+    _config_arguments(parser, preset)
+    args = parser.parse_args(argv)
+    cfg = from_args(args, preset)
+    if sharding.is_primary():
+        if known.preset is None:
+            print(f"no --preset given: using {preset!r} on this {jax.default_backend()} machine")
+        line = margin_line(args, preset, cfg)
+        if line:
+            print(line)
+    return args, preset, cfg
