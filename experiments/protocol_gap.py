@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import siamax
-from siamax import config, errors, evaluate, flags
+from siamax import config, errors, evaluators, flags
 from siamax import data as sd
 from siamax.data import omniglot as og
 from siamax.errors import InputError
@@ -122,12 +122,12 @@ def main(argv=None):
     runs = []
     for w in args.workdirs:
         params = siamax.load(w)
-        per_task = evaluate.one_shot_accuracy(params, drawer_tasks, seed=args.seed, by=lambda t: t.name)["by"]
+        per_task = evaluators.one_shot_accuracy(params, drawer_tasks, seed=args.seed, by=lambda t: t.name)["by"]
         runs.append(
             {
                 "drawers": drawer_groups(per_task, lake_drawers, list(splits.test.drawers)),
                 "lake_variants": {
-                    k: evaluate.one_shot_accuracy(params, t, seed=args.seed) for k, t in variants.items()
+                    k: evaluators.one_shot_accuracy(params, t, seed=args.seed) for k, t in variants.items()
                 },
             }
         )

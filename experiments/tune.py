@@ -10,7 +10,7 @@ refuses (siamax.config) is pruned, its reason recorded.
         --workdir runs/tune_quick
     python -m experiments.tune --preset mnist_quick --space mnist --trials 12 --workdir runs/tune_mnist
 
-Needs optuna (pip install 'siamax[search]').
+Needs optuna (pip install 'siamax[tune]').
 """
 
 import sys

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 import siamax
-from siamax import config, errors, experiment, flags, presets, provenance, runtime
 from siamax import data as sd
+from siamax import errors, experiment, flags, presets, provenance, runtime
 from siamax.data import adapters
 from siamax.errors import ConfigError
 
@@ -90,7 +90,8 @@ def main(argv=None):
     for name, cfg in cfgs.items():
         for seed in args.seeds:
             run_cfg = cfg.override(seed=seed)
-            print(f"== {name} seed {seed}: {config.diff(base, run_cfg.flat()) or 'preset as is'}", flush=True)
+            changed = experiment.config_diff(base, run_cfg.flat())
+            print(f"== {name} seed {seed}: {changed or 'preset as is'}", flush=True)
             run_dir = workdir / f"{name}_seed{seed}"
             summary = experiment.train_and_evaluate(
                 run_cfg, run_dir, adapters.Omniglot(), preset=preset, progress=not args.no_progress, test=False

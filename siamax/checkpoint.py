@@ -11,12 +11,14 @@ lists as a step (the step's folder appears only by the rename that completes it)
 it saves that step again. So a half-written checkpoint is never resumed from.
 
 The export is one msgpack file (``model.msgpack``): the spec as plain data and the weights as
-arrays. Loading it cannot run code (no pickle).
+arrays. Loading it cannot run code (no pickle). :func:`fingerprint` names a model (its spec and
+weights) by a hash: an index records it, and refuses another model's embeddings.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -28,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from siamax.api import Params, init
+from siamax.api import Params, _check_params, init
 from siamax.errors import CheckpointError, DataError, ModelError, deferred_interrupt, one_line
 from siamax.model import ModelSpec
 
@@ -277,3 +279,22 @@ def load(path: str | Path) -> Params:
     ):
         raise ModelError(f"{path}: weights do not match the stored spec {spec}")
     return Params(weights=weights, spec=spec)
+
+
+def fingerprint(params: Params) -> str:
+    """sha256 (hex) of a model: its spec and every weight (name, dtype, shape and bytes).
+
+    ``conv_impl`` is left out: it picks among implementations of the same maths, so a model run
+    with another one computes the same embeddings.
+    """
+    _check_params(params, "fingerprint")
+    h = hashlib.sha256()
+    spec = params.spec.to_dict()
+    spec.pop("conv_impl", None)
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    leaves = jax.tree_util.tree_flatten_with_path(params.weights)[0]
+    for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

@@ -186,7 +186,7 @@ def _evaluate(args) -> int:
         json_path=args.json,
     )
     print(report.table(results))
-    print(f"results.json and plots are in {out}" + (f"; JSON also in {args.json}" if args.json else ""))
+    print(f"evaluation.json and plots are in {out}" + (f"; JSON also in {args.json}" if args.json else ""))
     return 0
 
 

@@ -115,16 +115,33 @@ def evaluate_folder(
     exactly the same pairs, trials and queries (``adapters.folder_tests``; all draws from ``eval_seed``
     alone): verification at the model's stored threshold (pixels, which have none, at the EER threshold
     of these very pairs: an optimistic figure, flagged), ``n_way``-way ``shots``-shot one-shot episodes,
-    retrieval. Writes ``out/results.json`` and the plots."""
+    retrieval. Writes ``out/evaluation.json`` (the one results schema) and the plots."""
     table, folder = sd.image_folder(data, size=model.params.spec, ink=ink, progress=progress)
+    print(folder.summary())
     tests = adapters.folder_tests(
-        table, eval_seed=eval_seed, n_way=n_way, shots=shots, trials=trials, pairs=pairs, threshold=model.threshold
+        table,
+        eval_seed=eval_seed,
+        n_way=n_way,
+        shots=shots,
+        trials=trials,
+        pairs=pairs,
+        threshold=model.threshold,
+        threshold_from=model.threshold_from,
     )
     info = {"name": table.name, "images": table.n_images, "classes": table.n_classes, "groups": table.n_groups,
             "folder": dataclasses.asdict(folder)}  # fmt: skip
-    extra = {"model": str(model.path), "threshold_from": model.threshold_from, "eval_seed": eval_seed}
+    extra = {"model": str(model.path), "eval_seed": eval_seed}
     return experiment.evaluate_model(
-        model.params, tests, out, info=info, plots_=plots, progress=progress, extra=extra, json_path=json_path
+        model.params,
+        tests,
+        out,
+        name="evaluation.json",
+        merge=False,
+        info=info,
+        plots_=plots,
+        progress=progress,
+        extra=extra,
+        json_path=json_path,
     )
 
 
@@ -142,7 +159,7 @@ def verify(model: Model, image_a: str | Path, image_b: str | Path) -> dict:
 def gallery_index(model: Model, gallery: str | Path, *, ink: str = "auto", progress: bool | None = None) -> Index:
     """The index of a class-folder gallery (one image per class is enough)."""
     table, folder = sd.image_folder(gallery, size=model.params.spec, ink=ink, min_images=1, progress=progress)
-    if folder.skipped:
+    if folder.skipped or folder.ink_outliers:
         print(folder.summary())
     emb = _embed_table(model.params, table)
     return Index.build(

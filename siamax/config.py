@@ -55,7 +55,7 @@ def _check_at_least(section, minimum: int, names: Sequence[str]) -> None:
 
 def default_margin(energy: str) -> float:
     """The contrastive/triplet margin of an energy when none is given (``margin`` 0)."""
-    return energies.DEFAULT_MARGIN[energy]
+    return energies.get(energy).default_margin
 
 
 def layer_values(text: str, name: str = "value") -> tuple[tuple[str, float], ...]:
@@ -361,10 +361,6 @@ class Config:
                 "trained nothing: chance-level validation); use --energy cosine, or --miner all (or semi_hard)"
             )
 
-    def l2_lambdas(self) -> tuple[tuple[str, float], ...]:
-        explicit = dict(self.optim.per_layer("layer_l2"))
-        return tuple((layer, explicit.get(layer, self.optim.l2)) for layer in self.spec.layer_names)
-
     def flat(self) -> dict[str, Any]:
         """``{flag name: value}`` over every field (the namespace of the command-line flags)."""
         out = {name: getattr(self, name) for name in _RUN_FIELDS}
@@ -443,11 +439,6 @@ def _not_applicable(name: str, flat: dict[str, Any]) -> str:
         f"{name} applies only to {selector} {' / '.join(values)}, and this config has {selector} "
         f"{flat[selector]!r}: it would be ignored{hint}"
     )
-
-
-def diff(a: dict, b: dict) -> dict:
-    """{field: (a, b)} for fields that differ (for refusing to mix runs of different configs)."""
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def dumps(cfg: Config) -> str:

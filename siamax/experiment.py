@@ -29,6 +29,11 @@ BASELINES = {
 }
 
 
+def config_diff(a: dict, b: dict) -> dict:
+    """{field: (a, b)} for the fields of two flat configs that differ (never mix runs of different configs)."""
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
 def claim_workdir(workdir: Path, cfg: config.Config, preset: str, extra: dict | None = None) -> None:
     """Create ``workdir`` or check that it holds a run of exactly this config (and ``extra``: e.g. the data
     folder of ``siamax train``) (never mix runs)."""
@@ -39,7 +44,7 @@ def claim_workdir(workdir: Path, cfg: config.Config, preset: str, extra: dict | 
             theirs = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise WorkdirError(f"{path} is not readable ({e}); use another --workdir") from e
-        changed = config.diff(theirs, mine)
+        changed = config_diff(theirs, mine)
         if changed:
             fields = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items())
             raise WorkdirError(
@@ -76,7 +81,7 @@ def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True,
     objective = train.Objective(
         kind=cfg.objective.kind,
         augment=cfg.data.augment,
-        l2=cfg.l2_lambdas(),
+        l2=optim.l2_lambdas(cfg.optim, cfg.spec.layer_names),
         margin=cfg.margin,
         miner=cfg.objective.miner,
     )
@@ -114,7 +119,7 @@ def _threshold(params, prepared: adapters.Prepared) -> tuple[float, float]:
 def train_and_evaluate(
     cfg: config.Config,
     workdir: str | Path,
-    dataset,
+    dataset: adapters.Dataset,
     *,
     preset: str = "custom",
     progress: bool = True,
@@ -136,11 +141,11 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     workdir = Path(workdir)
     adapters.archives(dataset, test)
-    prepared = dataset.prepare(cfg)  # reads the data: a bad dataset fails before any file is written
+    prepared = dataset.prepare_run(cfg)  # reads the data: a bad dataset fails before any file is written
     data_seconds = time.perf_counter() - t_start
     claim_workdir(workdir, cfg, preset, extra=dataset.identity)
     if sharding.is_primary():
-        prepared.save(workdir)
+        prepared.write_manifest(workdir)
         print(prepared.summary)
     budget = None if max_seconds is None else max(0.0, max_seconds - (time.perf_counter() - t_start))
     state, summary, sampler = train_on(
@@ -176,6 +181,7 @@ def train_and_evaluate(
         **dataset.identity,
     }
     checkpoint.export(best, workdir, metadata=metadata)
+    model = checkpoint.load(workdir)  # what is scored is the exported file itself
     steps = summary["epoch"] * sampler.steps_per_epoch
     seconds = max(summary["train_seconds"], 1e-9)
     training = {
@@ -197,7 +203,7 @@ def train_and_evaluate(
     results = {"preset": preset, "seed": cfg.seed, "eval_seed": cfg.eval.eval_seed, "config": cfg.to_dict()}
     results["data"] = dict(prepared.info)
     tests = prepared.tests()
-    scored, figures = evaluate(best, tests, progress=progress)
+    scored, figures = evaluate(model, tests, progress=progress)
     results.update(scored)
     results.update(legacy_keys(results, prepared.legacy))
     results["training"] = training
@@ -209,7 +215,8 @@ def train_and_evaluate(
     report.write_json(workdir / "results.json", results)
     if plots_:
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        save_plots(best, results, figures, workdir, history=history, trial_grid=prepared.trial_grid, cfg=cfg)
+        seed = rng.eval_seeds(cfg.eval.eval_seed)["report"]  # which trials the figure shows
+        save_plots(model, results, figures, workdir, history=history, trial_grid=prepared.trial_grid, seed=seed)
         results["wall_seconds"] = time.perf_counter() - t_start
         report.write_json(workdir / "results.json", results)
     print(report.table(results, report.paper_verification_key(cfg), names=list(tests)))
@@ -264,7 +271,7 @@ def evaluate(
     return results, figures
 
 
-def save_plots(params, results: dict, figures: dict, out: Path, *, history=None, trial_grid=None, cfg=None) -> None:
+def save_plots(params, results: dict, figures: dict, out: Path, *, history=None, trial_grid=None, seed=0) -> None:
     """The figures of whatever was scored: learning curves, accuracy against N, one-shot trials,
     verification ROC and histograms, retrieval grid and embedding map."""
     if history:
@@ -272,7 +279,6 @@ def save_plots(params, results: dict, figures: dict, out: Path, *, history=None,
     if "nway_within_alphabet" in results:
         plots.accuracy_vs_nway(results["nway_within_alphabet"], out)
     if trial_grid is not None:
-        seed = rng.eval_seeds(cfg.eval.eval_seed if cfg else 0)["report"]
         plots.trial_grid(evaluators.ModelEmbedder(params), trial_grid(), out / "oneshot_trials.png", seed=seed)
     v = figures.get("verification")
     if v and v["siamax"]:
@@ -284,12 +290,8 @@ def save_plots(params, results: dict, figures: dict, out: Path, *, history=None,
         )
     r = figures.get("retrieval")
     if r and r["siamax"]:
-        from siamax.index import Index
-
         f = r["siamax"]
-        names = [str(c) for c in f["labels"]]
-        index = Index.build(params, f["embeddings"], names)
-        plots.retrieval(f["embeddings"], f["images"], f["labels"], index, out)
+        plots.retrieval(params, f["embeddings"], f["images"], f["labels"], out)
 
 
 def evaluate_model(
@@ -297,19 +299,22 @@ def evaluate_model(
     tests: Mapping,
     out: str | Path,
     *,
+    name: str = "results.json",
+    merge: bool = True,
     info: dict | None = None,
     plots_: bool = True,
     progress: bool = True,
     extra: dict | None = None,
     json_path: str | Path | None = None,
 ) -> dict:
-    """``evaluate`` a stored model on ``tests`` and add the results to ``out/results.json`` (made if
-    missing) with their provenance; the plots go to ``out``. What ``siamax evaluate`` and the transfer's
-    ``--reuse`` run."""
+    """``evaluate`` a stored model on ``tests``; write the results with their provenance to ``out/name``
+    (``merge``: added to what that file holds, as the transfer's ``--reuse`` adds ``mnist10`` to a run's
+    results) and the plots to ``out``. What ``siamax evaluate`` (``evaluation.json``, never a training
+    run's results.json) and ``experiments.mnist_transfer --reuse`` run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
+    path = out / name
+    results = json.loads(path.read_text()) if merge and path.exists() else {}
     scored, figures = evaluate(params, tests, progress=progress)
     if info is not None:
         results["data"] = info

@@ -1,4 +1,4 @@
-"""Verification and retrieval metrics: ROC, AUC, EER, thresholds; precision@1, recall@k, MAP@R; chunked k-NN.
+"""Verification and retrieval metrics: ROC, AUC, EER, thresholds; precision@1, recall@k, MAP@R; blocked k-NN.
 
 Verification (pairs with a score, higher = "same", and a label, 1 / True = same class)
 ------------------------------------------------------------------------------------
@@ -43,18 +43,19 @@ says how many queries were scored.
 
 k-NN (``knn``)
 --------------
-Ranks the gallery by the model's own logit (``siamax.energies``; higher = nearer), on the device,
-in blocks of ``chunk`` queries x ``gallery_chunk`` gallery items with a running top-k merge, so no
-Q x G matrix exists beyond one block. Euclidean and cosine go through one matrix product per block
-(``||q||^2 - 2 q.g + ||g||^2``; cosine on unit vectors); their logit ``b - softplus(a) d`` is
-decreasing in the distance, so ranking by it is ranking by distance (with ``head=None`` the score
-is ``-d`` itself). weighted_l1 (Koch's head, no matrix-product identity) calls
-``siamax.energies.logit`` on the block's pairs. Ties go to the lower gallery index.
+Ranks the gallery by the model's own logit (``siamax.energies``; higher = nearer) with the search
+kernel of ``siamax.Index`` (``siamax.neighbours``), on the device, in blocks of at most ``chunk``
+queries x ``gallery_chunk`` gallery items with a running top-k, so no Q x G matrix exists beyond one
+block. Euclidean and cosine rank by one matrix product per block (``2 q.g - |g|^2``; cosine on unit
+vectors): their logit ``b - softplus(a) d`` is decreasing in the distance, so ranking by distance
+is ranking by it. weighted_l1 (Koch's head, no matrix-product identity) ranks by its head's
+``alpha . |q - g|`` on the block's pairs. The k found are then scored pair by pair, by the energy's
+``logit`` as ``siamax.score_embeddings`` computes it (or, with ``head=None``, its ``-distance``), and
+sorted by that score. Equal keys go to the lower gallery index.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 
@@ -62,11 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from siamax import energies
+from siamax import energies, neighbours
 from siamax.errors import InputError
-
-# Largest intermediate of one k-NN block when gallery_chunk is not given, in elements (float32: 64 MiB).
-BLOCK_ELEMENTS = 1 << 24
 
 # ---------------------------------------------------------------------------------------------
 # Verification.
@@ -327,92 +325,33 @@ def _embeddings(x, name: str) -> jax.Array:
     return x
 
 
-def _check_head(energy: str, head, dim: int):
-    if energy not in energies.ENERGIES:
-        raise InputError(f"energy is {energy!r}; expected one of {energies.ENERGIES}")
+def _energy(energy) -> energies.Energy:
+    try:
+        return energies.get(energy)
+    except ValueError:
+        raise InputError(f"energy is {energy!r}; expected one of {tuple(energies.ENERGIES)}") from None
+
+
+def _check_head(energy: energies.Energy, head, dim: int):
     if head is None:
-        if energy == "weighted_l1":
-            raise InputError("weighted_l1 ranks by its head's logit: pass head=params.weights['head']")
+        if not energy.matmul:
+            raise InputError(f"{energy.name} ranks by its head's logit: pass head=params.weights['head']")
         return None
-    shapes = energies.head_shapes(energy, dim)
+    shapes = energy.head_shapes(dim)
     if not isinstance(head, Mapping) or set(head) != set(shapes):
         keys = sorted(head) if isinstance(head, Mapping) else type(head).__name__
-        raise InputError(f"head has {keys}; expected the {energy} head {shapes} (params.weights['head'])")
+        raise InputError(f"head has {keys}; expected the {energy.name} head {shapes} (params.weights['head'])")
     for name, shape in shapes.items():
         if tuple(np.shape(head[name])) != shape:
             raise InputError(f"head[{name!r}] has shape {np.shape(head[name])}; expected {shape} for D = {dim}")
     return {name: jnp.asarray(v) for name, v in head.items()}
 
 
-def auto_gallery_chunk(energy: str, dim: int, chunk: int) -> int:
-    """The default ``gallery_chunk``: a block's largest intermediate at most ``BLOCK_ELEMENTS`` values."""
-    per_item = chunk * (dim if energy == "weighted_l1" else 1)
-    return max(1, BLOCK_ELEMENTS // per_item)
-
-
-def knn_block_bytes(energy: str, dim: int, k: int, chunk: int, gallery_chunk: int, dtype=jnp.float32) -> int:
-    """Bytes of one block's intermediates (``knn``'s peak beyond its inputs, their padded copies and the results):
-    ``c g`` scores (4 bytes), ``c (k + g)`` merge candidates (value and index: 8 bytes) and, for weighted_l1,
-    the ``c g D`` absolute differences in ``dtype``."""
-    c, g = chunk, gallery_chunk
-    total = 4 * c * g + 8 * c * (k + g)
-    if energy == "weighted_l1":
-        total += c * g * dim * jnp.dtype(dtype).itemsize
-    return total
-
-
-def _unit(e):
-    # as siamax.energies' cosine: a zero vector stays (near) zero rather than NaN
-    return e * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(e), axis=-1, keepdims=True), 1e-12))
-
-
-def _block_scores(energy: str, head, q, g, dtype):
-    """(c, D), (g, D) -> (c, g) logits (or -distance without a head)."""
-    if energy == "weighted_l1":
-        return energies.logit(energy, head, q[:, None, :], g[None, :, :], dtype)
-    if energy == "cosine":
-        q, g = _unit(q), _unit(g)
-    gram = jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST)
-    if energy == "cosine":
-        d = jnp.maximum(1.0 - gram, 0.0)
-    else:
-        sq_q, sq_g = jnp.sum(jnp.square(q), axis=1), jnp.sum(jnp.square(g), axis=1)
-        d = jnp.sqrt(jnp.maximum(sq_q[:, None] + sq_g[None, :] - 2.0 * gram, 0.0))
-    return -d if head is None else energies.logit_from_distance(head, d)
-
-
-@functools.partial(jax.jit, static_argnames=("energy", "k", "chunk", "gallery_chunk", "leave_one_out", "dtype"))
-def _knn(queries, gallery, head, *, energy, k, chunk, gallery_chunk, leave_one_out, dtype):
-    (n_q, dim), n_g = queries.shape, gallery.shape[0]
-    c, gc = chunk, gallery_chunk
-    nqb, ngb = -(-n_q // c), -(-n_g // gc)
-    qb = jnp.pad(queries, ((0, nqb * c - n_q), (0, 0))).reshape(nqb, c, dim)
-    gb = jnp.pad(gallery, ((0, ngb * gc - n_g), (0, 0))).reshape(ngb, gc, dim)
-
-    def query_block(_, xs):
-        i, q = xs
-        q_index = i * c + jnp.arange(c)
-
-        def gallery_block(best, ys):
-            j, g = ys
-            g_index = j * gc + jnp.arange(gc)
-            s = _block_scores(energy, head, q, g, dtype)
-            out = g_index[None, :] >= n_g  # padding
-            if leave_one_out:
-                out = out | (g_index[None, :] == q_index[:, None])
-            s = jnp.where(out, -jnp.inf, s)
-            # The running best come first and hold lower indices: top_k's ties go to the lower index.
-            vals = jnp.concatenate([best[0], s], axis=1)
-            idx = jnp.concatenate([best[1], jnp.broadcast_to(g_index, s.shape)], axis=1)
-            top, where = jax.lax.top_k(vals, k)
-            return (top, jnp.take_along_axis(idx, where, axis=1)), None
-
-        start = (jnp.full((c, k), -jnp.inf, jnp.float32), jnp.full((c, k), -1, jnp.int32))
-        best, _ = jax.lax.scan(gallery_block, start, (jnp.arange(ngb), gb))
-        return None, best
-
-    _, (vals, idx) = jax.lax.scan(query_block, None, (jnp.arange(nqb), qb))
-    return idx.reshape(-1, k)[:n_q], vals.reshape(-1, k)[:n_q]
+def knn_block_bytes(energy, dim: int, k: int, chunk: int, gallery_chunk: int, dtype=jnp.float32) -> int:
+    """Bytes of one block's intermediates, ``knn``'s peak beyond its inputs, the gallery's stored copy
+    and the results: ``siamax.neighbours.block_bytes`` of a block of ``chunk`` queries (padded to a
+    power of two) and ``gallery_chunk`` gallery items."""
+    return neighbours.block_bytes(_energy(energy), dim, k, chunk, gallery_chunk, jnp.dtype(dtype).name)
 
 
 def knn(
@@ -420,7 +359,7 @@ def knn(
     gallery,
     k: int,
     *,
-    energy: str,
+    energy: str | energies.Energy,
     head: Mapping | None = None,
     chunk: int = 256,
     gallery_chunk: int | None = None,
@@ -432,19 +371,21 @@ def knn(
     Args:
       queries, gallery: embeddings (Q, D), (G, D) (e.g. from ``siamax.embed``).
       k: neighbours per query, at most G (G - 1 with ``leave_one_out``).
-      energy: one of ``siamax.energies.ENERGIES``; ``head``: the model's head parameters
-        (``params.weights["head"]``). Scores are the energy's logits (higher = nearer). Required for
-        weighted_l1; for euclidean / cosine ``None`` ranks by ``-distance`` (the same order).
-      chunk: queries per block; gallery_chunk: gallery items per block (``None``:
-        ``auto_gallery_chunk``, a largest intermediate of at most ``BLOCK_ELEMENTS`` values).
+      energy: a name in ``siamax.energies.ENERGIES`` (or an ``Energy``); ``head``: the model's head
+        parameters (``params.weights["head"]``). Scores are the energy's logits (higher = nearer).
+        Required for weighted_l1; for euclidean / cosine ``None`` scores by ``-distance`` (the same order).
+      chunk: most queries per block (weighted_l1 may take fewer: ``siamax.neighbours.query_block``);
+        gallery_chunk: gallery items per block (``None``: ``siamax.neighbours.chunk_rows``, keys of
+        at most 2^22 values per block).
       leave_one_out: queries are the gallery (Q == G): query i never gets gallery item i.
       dtype: the model's compute dtype (``params.spec.dtype``), used by weighted_l1 as the model does.
 
-    Memory: ``knn_block_bytes(energy, D, k, chunk, gallery_chunk)`` on top of the inputs, their
-    padded copies (to whole blocks) and the (Q, k) results: with c = chunk, g = gallery_chunk,
-    ``4 c g + 8 c (k + g)`` bytes, plus ``4 c g D`` (float32) for weighted_l1's pair differences.
-    Defaults: c = 256, g = 65536 for euclidean / cosine (about 200 MiB), g = 2^16 / D for weighted_l1.
-    All blocks run in one compiled loop on the device (one compilation per set of shapes).
+    Memory: the gallery's stored copy (padded to whole 1024 rows, plus a value per row), the (Q, k)
+    results and at most ``knn_block_bytes(energy, D, k, chunk, gallery_chunk)`` for one block: with
+    c = chunk (padded to a power of two) and g = gallery_chunk, ``8 c g`` bytes of keys, plus ``4 c g
+    D`` for weighted_l1's pair differences (``siamax.neighbours.block_bytes`` counts the rest). By
+    default one block's keys stay within 2^22 values. Each block of queries is one compiled call
+    (one compilation per set of shapes: the blocks are padded to a power of two).
     """
     q, g = _embeddings(queries, "queries"), _embeddings(gallery, "gallery")
     if q.shape[1] != g.shape[1]:
@@ -462,27 +403,27 @@ def knn(
     for name, v in (("chunk", chunk), ("gallery_chunk", gallery_chunk)):
         if v is not None and (int(v) != v or v < 1):
             raise InputError(f"{name} is {v}; expected a whole number >= 1")
-    dim = int(q.shape[1])
-    head = _check_head(energy, head, dim)
-    c = min(int(chunk), q.shape[0])
-    gc = min(int(gallery_chunk or auto_gallery_chunk(energy, dim, c)), g.shape[0])
-    return _knn(
-        q,
-        g,
+    energy = _energy(energy)
+    head = _check_head(energy, head, int(q.shape[1]))
+    scores, ids = neighbours.search(
+        energy,
         head,
-        energy=energy,
-        k=int(k),
-        chunk=c,
-        gallery_chunk=gc,
-        leave_one_out=bool(leave_one_out),
+        neighbours.store(energy, g, prepass=False),
+        q,
+        int(k),
         dtype=jnp.dtype(dtype).name,
+        score="negative_distance" if head is None else "logit",
+        exclude=np.arange(q.shape[0]) if leave_one_out else None,
+        block=min(int(chunk), q.shape[0]),
+        chunk=None if gallery_chunk is None else int(gallery_chunk),
     )
+    return jnp.asarray(ids, jnp.int32), jnp.asarray(scores)
 
 
 def retrieval_report(
     embeddings,
     labels,
-    energy: str,
+    energy: str | energies.Energy,
     head: Mapping | None = None,
     k: int = 5,
     *,

@@ -74,7 +74,7 @@ class ModelSpec:
             ("norm", self.norm, NORMS),
             ("init", self.init, INITS),
             ("dtype", self.dtype, DTYPES),
-            ("energy", self.energy, energies.ENERGIES),
+            ("energy", self.energy, tuple(energies.ENERGIES)),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -208,7 +208,7 @@ class Conv(nn.Module):
 
 
 class Head(nn.Module):
-    """The head's parameters for ``energy`` (``siamax.energies.head_shapes``); a module only, the
+    """The head's parameters for ``energy`` (``Energy.head_shapes`` and ``head_init``); a module only, the
     maths is ``siamax.energies``'. Koch's weighted L1 is initialised like an fc layer (and draws
     exactly what ``nn.Dense(1, name="head")`` drew); the calibrated euclidean / cosine heads start at
     ``logit = 1 - d``."""
@@ -220,12 +220,9 @@ class Head(nn.Module):
 
     @nn.compact
     def __call__(self) -> dict[str, jax.Array]:
-        if self.energy == "weighted_l1":
-            inits = {"kernel": self.kernel_init, "bias": self.bias_init}
-        else:
-            constant = nn.initializers.constant
-            inits = {"scale": constant(energies.INIT_SCALE), "bias": constant(energies.INIT_BIAS)}
-        shapes = energies.head_shapes(self.energy, self.dim)
+        energy = energies.get(self.energy)
+        inits = energy.head_init(self.kernel_init, self.bias_init)
+        shapes = energy.head_shapes(self.dim)
         return {name: self.param(name, inits[name], shape) for name, shape in shapes.items()}
 
 
@@ -269,11 +266,11 @@ class Siamese(nn.Module):
 
     def logit(self, e1, e2):
         """The energy's logit: (B, D), (B, D) -> (B,) float32 (Koch's: weighted L1 distance plus bias)."""
-        return energies.logit(self.spec.energy, self.head(), e1, e2, jnp.dtype(self.spec.dtype))
+        return energies.get(self.spec.energy).logit(self.head(), e1, e2, jnp.dtype(self.spec.dtype))
 
     def pairwise_logits(self, e):
         """(B, D) -> (B, B) float32 logits of every pair of one batch of embeddings."""
-        return energies.pairwise_logits(self.spec.energy, self.head(), e, jnp.dtype(self.spec.dtype))
+        return energies.get(self.spec.energy).pairwise_logits(self.head(), e, jnp.dtype(self.spec.dtype))
 
     def __call__(self, x1, x2):  # only used to create the parameters
         return self.logit(self.embed(x1), self.embed(x2))
@@ -287,4 +284,4 @@ def param_count(spec: ModelSpec) -> int:
         cin = f
     if spec.fc_units:
         count += math.prod(spec.feature_shape) * spec.fc_units + spec.fc_units
-    return count + sum(math.prod(shape) for shape in energies.head_shapes(spec.energy, spec.embedding_dim).values())
+    return count + sum(math.prod(shape) for shape in energies.get(spec.energy).head_shapes(spec.embedding_dim).values())

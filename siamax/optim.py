@@ -87,6 +87,12 @@ def adam(learning_rate: float, steps_per_epoch: int, decay_per_epoch: float = 0.
     return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
 
 
+def l2_lambdas(cfg, layers: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    """The per-layer L2 weights lambda_j the optim section asks for: ``layer_l2``'s, else ``l2``."""
+    explicit = dict(cfg.per_layer("layer_l2"))
+    return tuple((layer, explicit.get(layer, cfg.l2)) for layer in layers)
+
+
 def make_optimizer(cfg, layers: tuple[str, ...], steps_per_epoch: int):
     """The optimiser the optim section (``siamax.config.OptimConfig``) asks for, over ``layers``.
 

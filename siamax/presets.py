@@ -28,7 +28,7 @@ PRESETS: dict[str, Config] = {
     # drawers of the background alphabets, each character turned by a random quarter turn as its own
     # class, the ink centred and framed. The setup (network, batches, rotations) came from the
     # validation sweeps (results/validation_sweeps/); objective, energy, optimiser, margin, L2 and the
-    # ink framing are trial 20 of the optuna study (results/search_quick/trials.json, two significant
+    # ink framing are trial 20 of the optuna study (results/tune_quick/trials.json, two significant
     # digits), best of 26 on 1000 validation trials. Patience 0: the budget is fixed, and validation
     # still keeps the best epoch.
     "quick": BASE.override(
@@ -55,7 +55,7 @@ PRESETS: dict[str, Config] = {
     # all 20 drawers. Chosen on the transfer validation, 10-way one-shot on MNIST's *training* set:
     # the transfer sweep (results/transfer_sweep/sweep.json) found the ink framing, thickened strokes
     # and the contrastive loss on the cosine energy; the optuna study around it (space mnist,
-    # results/search_mnist/trials.json) tuned the rest: trial 10, two significant digits.
+    # results/tune_mnist/trials.json) tuned the rest: trial 10, two significant digits.
     "mnist_quick": BASE.override(
         model="reduced35",
         energy="cosine",

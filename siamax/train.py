@@ -125,7 +125,7 @@ def _in_batch_loss(spec, weights, objective: Objective, batch, rng):
         return episodic + objective.pair_weight * ce, ce, accuracy, {"episodic": episodic}
     # Metric objectives: the loss moves embeddings by distance; the calibration cross-entropy sees
     # them gradient-stopped, so it fits the head alone and cannot pull on the tower.
-    dist = energies.pairwise_distance(spec.energy, e)
+    dist = energies.get(spec.energy).pairwise_distance(e)
     ce, accuracy = losses.all_pairs(pairwise_logits(jax.lax.stop_gradient(e)), labels)
     if objective.kind == "contrastive":
         metric = losses.contrastive(dist, labels, objective.margin)

@@ -85,7 +85,7 @@ def _optuna():
     try:
         import optuna  # pylint: disable=g-import-not-at-top
     except ImportError:
-        raise ConfigError("the hyper-parameter tuning needs optuna: pip install 'siamax[search]'") from None
+        raise ConfigError("the hyper-parameter tuning needs optuna: pip install 'siamax[tune]'") from None
     return optuna
 
 

@@ -67,14 +67,19 @@ def _error(capsys, code):
     return errors[0]
 
 
+@pytest.mark.slow
 def test_train_exports_a_model_with_threshold_and_reports_the_test_classes(model, characters, capsys):
     meta = commands.checkpoint.read_metadata(model)
     assert 0.0 < meta["threshold"] < 1.0 and meta["ink"] == "dark" and meta["data"] == str(characters)
     splits = json.loads((model / "splits.json").read_text())
     assert sum(len(splits["classes"][s]) for s in ("train", "validation", "test")) == 50
     r = json.loads((model / "results.json").read_text())
-    assert r["data"]["classes"] == len(splits["classes"]["test"]) and set(r) >= {"verification", "oneshot", "retrieval"}
-    assert set(r["pixel_baseline"]) == {"verification", "oneshot", "retrieval"}
+    n_test = len(splits["classes"]["test"])
+    assert r["data"]["classes"] == 50 and r["data"]["classes_per_part"][2] == n_test
+    # The main job's section names for the same measures, raw pixels beside on the same pairs and trials.
+    assert set(r) >= {"verification", "random_5way_1shot", "retrieval", "pixels", "training", "config"}
+    assert set(r["pixels"]) == {"verification", "random_5way_1shot", "retrieval"}
+    assert r["verification"]["threshold"] == meta["threshold"] and r["verification"]["threshold_rule"] == "eer"
     for name in ("roc.png", "score_histograms.png", "retrieval_grid.png", "embedding_map.png"):
         assert (model / name).stat().st_size > 0
     # Rerunning the same command resumes (nothing left to train) and gives the same model.
@@ -86,6 +91,7 @@ def test_train_exports_a_model_with_threshold_and_reports_the_test_classes(model
     assert "different config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_on_new_classes_next_to_pixels(model, digits, tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate", str(model), str(digits), "--n-way", "5", "--trials", "40", "--pairs", "200", "--out", str(out)]
@@ -95,12 +101,15 @@ def test_evaluate_on_new_classes_next_to_pixels(model, digits, tmp_path, capsys)
     r = json.loads((tmp_path / "e.json").read_text())
     v = r["verification"]
     assert set(v) >= {"roc_auc", "eer", "threshold", "accuracy"} and v["threshold_from"] == "validation"
-    assert r["oneshot"]["5way"]["trials"] == 40 and 0 <= r["oneshot"]["5way"]["accuracy"] <= 1
+    assert v["threshold"] == commands.checkpoint.read_metadata(model)["threshold"]  # the stored one
+    assert r["random_5way_1shot"]["trials"] == 40 and 0 <= r["random_5way_1shot"]["accuracy"] <= 1
     assert set(r["retrieval"]) >= {"precision_at_1", "recall_at_5", "map_at_r"}
-    assert r["pixel_baseline"]["oneshot"]["5way"]["trials"] == 40 and r["data"]["classes"] == 10
+    assert r["pixels"]["random_5way_1shot"]["trials"] == 40 and r["data"]["classes"] == 10
+    assert r["pixels"]["verification"]["threshold_from"] == "eer_on_these_pairs"  # pixels have none of their own
     assert {p.name for p in out.iterdir()} >= {"evaluation.json", "roc.png", "retrieval_grid.png", "embedding_map.png"}
 
 
+@pytest.mark.slow
 def test_verify_identify_and_the_index_agree(model, characters, tmp_path, capsys):
     a, b = (
         (characters / "Greek" / "character01").iterdir().__next__(),
@@ -132,6 +141,7 @@ def test_verify_identify_and_the_index_agree(model, characters, tmp_path, capsys
         np.testing.assert_allclose([m["score"] for m in x["matches"]], [m["score"] for m in y["matches"]], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_input_to_every_subcommand_is_one_error_line(model, characters, tmp_path, capsys):
     some_png = str(next((characters / "Greek" / "character01").iterdir()))
     not_image = tmp_path / "notes.txt"
@@ -157,6 +167,7 @@ def test_bad_input_to_every_subcommand_is_one_error_line(model, characters, tmp_
         assert words in _error(capsys, cli.main(args)), args
 
 
+@pytest.mark.slow
 def test_the_siamax_command_is_installed():
     exe = shutil.which("siamax") or str(Path(sys.executable).parent / "siamax")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)

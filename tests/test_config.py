@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from siamax import config, flags, presets
+from siamax import config, flags, optim, presets
 from siamax.errors import ConfigError
 
 # Every preset's values before the config was split into sections (flat flag names, values that differ
@@ -112,7 +112,7 @@ def test_sections_and_flat_names():
         200,
         "sgd",
     )
-    assert dict(paper.l2_lambdas())["fc"] == 0.0001
+    assert dict(optim.l2_lambdas(paper.optim, paper.spec.layer_names))["fc"] == 0.0001
 
 
 def test_bad_values_are_refused_with_the_valid_ones():

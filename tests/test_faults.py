@@ -49,6 +49,7 @@ def _one_error_line(out):
     return errors_[0]
 
 
+@pytest.mark.slow
 def test_missing_lake_runs_fails_before_training(tmp_path, siamax_data_dir):
     data = tmp_path / "data"
     _link(siamax_data_dir, data, ["omniglot_background_npz", "omniglot_evaluation_npz"])
@@ -58,6 +59,7 @@ def test_missing_lake_runs_fails_before_training(tmp_path, siamax_data_dir):
     assert "epoch" not in out.stdout and not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
 
 
+@pytest.mark.slow
 def test_missing_mnist_fails_before_training(tmp_path, siamax_data_dir):
     data = tmp_path / "data"
     _link(siamax_data_dir, data, ["omniglot_background_npz", "omniglot_evaluation_npz", "omniglot_all_runs_zip"])
@@ -65,6 +67,7 @@ def test_missing_mnist_fails_before_training(tmp_path, siamax_data_dir):
     assert "t10k-images-idx3-ubyte.gz" in _one_error_line(out) and "epoch" not in out.stdout
 
 
+@pytest.mark.slow
 def test_missing_data_folder_and_corrupt_archive(tmp_path, siamax_data_dir):
     line = _one_error_line(_main(tmp_path, tmp_path / "nowhere", *TINY, "--workdir", str(tmp_path / "a")))
     assert "nowhere" in line and "does not exist" in line
@@ -75,6 +78,7 @@ def test_missing_data_folder_and_corrupt_archive(tmp_path, siamax_data_dir):
     assert "images_evaluation.npz" in line and _paths.ARCHIVES["omniglot_evaluation_npz"].sha256 in line
 
 
+@pytest.mark.slow
 def test_foreign_workdir_and_bad_values(tmp_path, siamax_data_dir):
     run = tmp_path / "run"
     run.mkdir()

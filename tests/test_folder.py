@@ -62,6 +62,7 @@ def _write_digits(root, digits, fmt="png"):
 # Real trees.
 
 
+@pytest.mark.slow
 def test_omniglot_tree_groups_classes_and_pixels(small1_table, omniglot):
     table, report = small1_table
     assert report.layout == "groups" and report.ink == "dark" and report.ink_detected and report.paper == 1.0
@@ -79,6 +80,7 @@ def test_omniglot_tree_groups_classes_and_pixels(small1_table, omniglot):
     assert np.array_equal(np.asarray(table.images), np.where(native, 0, 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_omniglot_tree_at_35_is_model_format(small1, omniglot):
     greek = small1.parent / "greek_only"
     shutil.copytree(small1 / "Greek", greek / "Greek")
@@ -88,6 +90,7 @@ def test_omniglot_tree_at_35_is_model_format(small1, omniglot):
     assert np.array_equal(np.asarray(table.images), np.asarray(model_format("small", native, "dark")))
 
 
+@pytest.mark.slow
 def test_mnist_png_class_folders_light_ink(tmp_path, digits):
     root = _write_digits(tmp_path / "digits", digits)
     table, report = image_folder(root, size=28)
@@ -99,6 +102,7 @@ def test_mnist_png_class_folders_light_ink(tmp_path, digits):
     assert np.array_equal(np.asarray(table.images), images)  # 28 -> 28: MNIST's own pixels
 
 
+@pytest.mark.slow
 def test_mnist_rgb_jpeg_is_close(tmp_path, digits):
     root = _write_digits(tmp_path / "digits_jpg", digits, fmt="jpg")
     table, report = image_folder(root, size=28)
@@ -107,6 +111,7 @@ def test_mnist_rgb_jpeg_is_close(tmp_path, digits):
     assert error.mean() < 3 and error.mean(axis=(1, 2)).max() < 8  # lossy, but the same digits
 
 
+@pytest.mark.slow
 def test_every_format_and_large_photos(tmp_path, omniglot):
     native = omniglot.flat_images[[0, 1]]  # bool, True = paper
     root = tmp_path / "formats"
@@ -328,6 +333,7 @@ def test_bad_arguments_and_unclear_polarity(tmp_path):
 # Class splits.
 
 
+@pytest.mark.slow
 def test_class_splits_disjoint_and_seeded(small1_table):
     table, _ = small1_table
     splits = class_splits(table, (0.7, 0.15, 0.15), seed=3)
@@ -349,6 +355,7 @@ def test_class_splits_disjoint_and_seeded(small1_table):
     assert no_validation.validation.n_images == 0 and no_validation.train.n_classes == 109
 
 
+@pytest.mark.slow
 def test_class_splits_refuse_impossible_fractions(small1_table):
     table, _ = small1_table
     for fractions in ((0.5, 0.5, 0.5), (0.7, 0.3), (-0.1, 0.6, 0.5), (0, 0.5, 0.5), "abc"):
@@ -363,6 +370,7 @@ def test_class_splits_refuse_impossible_fractions(small1_table):
         require_classes(three, 20, "a 20-way task")
 
 
+@pytest.mark.slow
 def test_manifest_round_trip_and_changed_folder(tmp_path, digits):
     root = _write_digits(tmp_path / "digits", digits)
     table, _ = image_folder(root, size=28)

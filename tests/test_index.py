@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 import siamax
-from siamax import checkpoint, energies
-from siamax import index as index_lib
+from siamax import checkpoint, energies, neighbours
 from siamax.errors import ConfigError, DataError, InputError, InputTypeError, ModelError, UserError
 from siamax.index import Index, Match
 from siamax.model import ModelSpec
@@ -64,20 +63,20 @@ def _assert_ranking(scores, ids, reference, atol=1e-6):
 @pytest.mark.parametrize("layout", ["one_chunk", "chunks_query_blocks_top_k_blocks", "wide"])
 def test_search_equals_brute_force(energy, layout, monkeypatch):
     if layout == "wide":  # the gallery-major product of embeddings of >= _WIDE dimensions, no pre-pass
-        monkeypatch.setattr(index_lib, "_WIDE", D)
+        monkeypatch.setattr(neighbours, "_WIDE", D)
     small_chunks = layout == "chunks_query_blocks_top_k_blocks"
     if small_chunks:
         # 1000 rows in chunks of 384 (weighted_l1: 64): the third chunk is shifted back to [640, 1024)
         # and masked below 768 and from 1000 on; 5 queries in blocks of 4 (weighted_l1: 1), the last
         # one unpadded; each chunk's top-k by its best blocks of 16 rows.
-        monkeypatch.setattr(index_lib, "_BUDGET", 2048)
-        monkeypatch.setattr(index_lib, "_MAX_CHUNK", 384)
-        monkeypatch.setattr(index_lib, "_QUERY_BLOCK", 4)
-        monkeypatch.setattr(index_lib, "_BLOCK", 16)
+        monkeypatch.setattr(neighbours, "_BUDGET", 2048)
+        monkeypatch.setattr(neighbours, "_MAX_CHUNK", 384)
+        monkeypatch.setattr(neighbours, "_QUERY_BLOCK", 4)
+        monkeypatch.setattr(neighbours, "_BLOCK", 16)
     params = _params(energy)
     gallery, queries, labels = _data()
     index = Index.build(params, gallery, labels)
-    assert (index._gallery16 is None) == (layout == "wide" or energy == "weighted_l1")
+    assert (index._gallery.gallery.rows16 is None) == (layout == "wide" or energy == "weighted_l1")
     reference = _brute_force(params, gallery, queries)
     scores, ids = index.search(queries, k=7)
     assert scores.shape == ids.shape == (5, 7) and scores.dtype == np.float32 and ids.dtype == np.int64
@@ -99,7 +98,7 @@ def test_top_k_by_blocks_equals_lax_top_k():
     keys[2, :900] = -np.inf
     for k in (1, 4, 10):
         want, _ = jax.lax.top_k(keys, k)
-        got, cols = index_lib._top_k(jax.numpy.asarray(keys), k, 128)
+        got, cols = neighbours._top_k(jax.numpy.asarray(keys), k, 128)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(np.take_along_axis(keys, np.asarray(cols), 1), want)
         assert all(len(set(row)) == k for row in np.asarray(cols).tolist())
@@ -108,12 +107,11 @@ def test_top_k_by_blocks_equals_lax_top_k():
 def _certain(index, queries, k):
     """Whether the bfloat16 pre-pass of each single query settles its top-k."""
     out = []
+    energy, gallery = energies.get(index.energy), index._gallery.gallery
     for q in queries:
-        q = jax.numpy.asarray(q[None])
-        q = energies._normalise(q) if index.energy == "cosine" else q
-        plan = index_lib._plan(index.energy, 1, k, D, index._gallery.shape[0], prepass=True)
-        args = (index._gallery, index._aux, index._gallery16, index._norms, index._n, q)
-        out.append(bool(index_lib._candidates(index.energy, k, plan, *args)[1]))
+        q = energy.prepare(jax.numpy.asarray(q[None]))
+        plan = neighbours._plan(energy, 1, k, D, gallery.rows.shape[0], prepass=True)
+        out.append(bool(neighbours._candidates(energy, k, plan, gallery, q)[1]))
     return out
 
 
@@ -130,8 +128,8 @@ def test_single_queries_by_bfloat16_pass_are_exact(energy_, monkeypatch):
 
     # Near-duplicates (300 noisy copies of one vector) are closer together than bfloat16 can tell
     # apart: the pre-pass cannot settle them, and the float32 pass (here in chunks) answers.
-    monkeypatch.setattr(index_lib, "_BUDGET", 256)
-    monkeypatch.setattr(index_lib, "_MAX_CHUNK", 128)
+    monkeypatch.setattr(neighbours, "_BUDGET", 256)
+    monkeypatch.setattr(neighbours, "_MAX_CHUNK", 128)
     rng = np.random.default_rng(1)
     base = np.abs(rng.normal(size=D)).astype(np.float32) + 0.5
     close = (base + 0.05 * rng.normal(size=(300, D))).astype(np.float32)
@@ -145,10 +143,10 @@ def test_single_queries_by_bfloat16_pass_are_exact(energy_, monkeypatch):
 
 def test_weighted_l1_chunks_stay_small_for_the_paper_model():
     dim = siamax.MODELS["paper"].embedding_dim
-    block = index_lib._query_block("weighted_l1", dim)
+    block = neighbours.query_block("weighted_l1", dim)
     for q in (1, block):
-        chunk = index_lib._chunk("weighted_l1", q, dim, capacity=100 * 1024)
-        assert q * chunk * dim <= index_lib._BUDGET and chunk >= index_lib._MIN_L1_CHUNK
+        chunk = neighbours.chunk_rows("weighted_l1", q, dim, capacity=100 * 1024)
+        assert q * chunk * dim <= neighbours._BUDGET and chunk >= neighbours._MIN_L1_CHUNK
 
 
 def test_matches_lookup_and_paths():
@@ -171,14 +169,14 @@ def test_repeated_searches_do_not_recompile():
     gallery, queries, labels = _data(n=300)
     index = Index.build(params, gallery[:200], labels[:200])
     index.search(queries, k=3)
-    compiled = index_lib._search._cache_size()
+    compiled = neighbours._search._cache_size()
     index.search(queries + 0.5, k=3)
     index.search(queries[:3], k=3)  # 5 queries pad to 8, 3 to 4: one more program
     index.search(queries[:4] * 2, k=3)
-    assert index_lib._search._cache_size() == compiled + 1
+    assert neighbours._search._cache_size() == compiled + 1
     index.add(gallery[200:], labels[200:])  # still within the first 1024-row block
     index.search(queries, k=3)
-    assert index_lib._search._cache_size() == compiled + 1
+    assert neighbours._search._cache_size() == compiled + 1
 
 
 def test_add_and_remove(energy):
@@ -253,7 +251,7 @@ def test_save_load_round_trip(energy, tmp_path):
     assert path == tmp_path / "gallery.npz" and not list(tmp_path.glob("*.tmp"))
     for loaded in (Index.load(path, params), Index.load(path)):  # without params: the file's head
         assert loaded.labels == labels and loaded.paths == paths and loaded.energy == energy
-        assert loaded.fingerprint == index.fingerprint == index_lib.fingerprint(params)
+        assert loaded.fingerprint == index.fingerprint == checkpoint.fingerprint(params)
         for got, want in zip(loaded.search(queries, 4), index.search(queries, 4)):
             np.testing.assert_array_equal(got, want)
     assert index.save(tmp_path / "run").name == "index.npz"  # a directory gets DIR/index.npz
@@ -262,11 +260,11 @@ def test_save_load_round_trip(energy, tmp_path):
 
 def test_fingerprint_is_the_model():
     a, b = _params("cosine", seed=0), _params("cosine", seed=1)
-    assert index_lib.fingerprint(a) == index_lib.fingerprint(jax.tree.map(np.array, a))
-    assert index_lib.fingerprint(a) != index_lib.fingerprint(b)
-    assert index_lib.fingerprint(a) != index_lib.fingerprint(a.replace(spec=a.spec.replace(dtype="bfloat16")))
+    assert checkpoint.fingerprint(a) == checkpoint.fingerprint(jax.tree.map(np.array, a))
+    assert checkpoint.fingerprint(a) != checkpoint.fingerprint(b)
+    assert checkpoint.fingerprint(a) != checkpoint.fingerprint(a.replace(spec=a.spec.replace(dtype="bfloat16")))
     # the conv implementation computes the same maths: the same model
-    assert index_lib.fingerprint(a) == index_lib.fingerprint(a.replace(spec=a.spec.replace(conv_impl="direct")))
+    assert checkpoint.fingerprint(a) == checkpoint.fingerprint(a.replace(spec=a.spec.replace(conv_impl="direct")))
 
 
 def test_load_refuses_another_models_index(tmp_path):
@@ -275,7 +273,7 @@ def test_load_refuses_another_models_index(tmp_path):
     path = Index.build(params, gallery, labels).save(tmp_path / "g.npz")
     with pytest.raises(ModelError, match="built with another model") as err:
         Index.load(path, other)
-    assert index_lib.fingerprint(params) in str(err.value) and index_lib.fingerprint(other) in str(err.value)
+    assert checkpoint.fingerprint(params) in str(err.value) and checkpoint.fingerprint(other) in str(err.value)
     with pytest.raises(ModelError, match="another model"):
         Index.load(path, _params("euclidean"))
 

@@ -24,7 +24,7 @@ all_pairs = jax.jit(losses.all_pairs)
 episodic = jax.jit(losses.episodic)
 contrastive = jax.jit(losses.contrastive)
 triplet = jax.jit(losses.triplet, static_argnames="miner")
-pairwise_distance = jax.jit(energies.pairwise_distance, static_argnums=0)
+pairwise_distance = jax.jit(lambda energy, e: energies.get(energy).pairwise_distance(e), static_argnums=0)
 
 
 def _distances(n, energy="euclidean", seed=0):
@@ -159,7 +159,7 @@ def test_losses_have_finite_gradients_without_triplets(miner, energy):
     e = e.at[1].set(e[0]).at[3].set(jnp.zeros(4))  # a duplicate (d = 0) and a zero embedding
 
     def loss(e, labels):
-        d = energies.pairwise_distance(energy, e)
+        d = energies.get(energy).pairwise_distance(e)
         return losses.triplet(d, labels, 1.0, miner)[0] + losses.contrastive(d, labels, 1.0)
 
     grad = jax.jit(jax.grad(loss))
@@ -176,7 +176,7 @@ def test_triplet_loss_goes_down_with_gradient_steps():
     for miner in miners.MINERS:
 
         def total(e, miner=miner):
-            loss, active = losses.triplet(energies.pairwise_distance("euclidean", e), labels, 1.0, miner)
+            loss, active = losses.triplet(energies.get("euclidean").pairwise_distance(e), labels, 1.0, miner)
             # "batch all" averages over the active triplets only: what must fall is their sum.
             return loss * active if miner == "all" else loss
 

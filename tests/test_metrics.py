@@ -1,6 +1,7 @@
 """siamax.metrics: verification metrics on score sets worked by hand and against pair counts; retrieval
-metrics against plain loops and pytorch-metric-learning's hand-worked example; chunked k-NN against
-brute force for every energy, its memory bound read from the compiled program; bad inputs refused."""
+metrics against plain loops and pytorch-metric-learning's hand-worked example; blocked k-NN (the search
+kernel of siamax.neighbours) against brute force for every energy, its memory bound read from the compiled
+program; bad inputs refused."""
 
 import re
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from siamax import metrics
+from siamax import energies, metrics, neighbours
 from siamax.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
@@ -318,10 +319,20 @@ def test_knn_chunked_equals_brute_force(energy, with_head):
     q, g = rng.normal(size=(37, 8)).astype(np.float32), rng.normal(size=(53, 8)).astype(np.float32)
     head = _head(energy, 8) if with_head else None
     truth = _brute_scores(energy, head, q, g)
+    found = []
     for chunk, gallery_chunk in ((7, 11), (37, 53), (100, 4), (1, None)):
         idx, vals = metrics.knn(q, g, 6, energy=energy, head=head, chunk=chunk, gallery_chunk=gallery_chunk)
-        assert idx.shape == vals.shape == (37, 6) and idx.dtype == jnp.int32
+        assert idx.shape == vals.shape == (37, 6) and idx.dtype == jnp.int32 and vals.dtype == jnp.float32
         _assert_top_k(idx, vals, truth, 6)
+        found.append(idx)
+    for idx in found[1:]:  # the same neighbours whatever the blocks
+        np.testing.assert_array_equal(idx, found[0])
+    # ... and the energy's own scores of those pairs (siamax.energies, one pair at a time)
+    E, pairs = energies.get(energy), (jnp.repeat(jnp.asarray(q), 6, 0), jnp.asarray(g)[np.asarray(idx).ravel()])
+    one = -E.distance(*pairs) if head is None else E.logit(head, *pairs)
+    np.testing.assert_allclose(vals, np.asarray(one).reshape(37, 6), rtol=1e-6, atol=1e-6)
+    # An Energy object is as good as its name.
+    np.testing.assert_array_equal(metrics.knn(q, g, 6, energy=E, head=head)[0], found[-1])
 
 
 @pytest.mark.parametrize("energy", ["euclidean", "cosine", "weighted_l1"])
@@ -345,6 +356,17 @@ def test_knn_ties_go_to_the_lower_index():
     assert (np.asarray(vals) == 0).all()
     idx, _ = metrics.knn(g[[3]], g, 2, energy="euclidean", chunk=1, gallery_chunk=5)
     np.testing.assert_array_equal(np.asarray(idx)[0], [3, 9])
+    # Ties that are not the best: a query's 2nd to 4th neighbours identical, in blocks kept in
+    # another order than their rows' (the block of row 20 holds the best item, row 0's the worst).
+    g = np.full((24, 2), 10.0, np.float32)
+    g[:, 1] = np.arange(24) * 100.0  # far apart, and all far from the query
+    g[20] = [0.0, 0.0]  # the nearest
+    g[[1, 6, 21]] = [3.0, 0.0]  # three at the same distance, 3
+    idx, vals = metrics.knn(np.zeros((1, 2), np.float32), g, 4, energy="euclidean", chunk=1, gallery_chunk=4)
+    np.testing.assert_array_equal(np.asarray(idx)[0], [20, 1, 6, 21])
+    np.testing.assert_array_equal(np.asarray(vals)[0], [0.0, -3.0, -3.0, -3.0])
+    idx, _ = metrics.knn(np.zeros((1, 2), np.float32), g, 3, energy="euclidean", chunk=1, gallery_chunk=4)
+    np.testing.assert_array_equal(np.asarray(idx)[0], [20, 1, 6])
 
 
 def test_knn_large_gallery_in_bounded_memory():
@@ -355,30 +377,31 @@ def test_knn_large_gallery_in_bounded_memory():
     idx, vals = metrics.knn(q, g, k, energy="euclidean", chunk=chunk, gallery_chunk=gallery_chunk)
     check = slice(0, 1000, 25)
     _assert_top_k(np.asarray(idx)[check], np.asarray(vals)[check], _brute_scores("euclidean", None, q[check], g), k)
-    # What the compiled program holds besides its arguments and results: one block and the padded copies,
-    # far below the 1000 x 20000 score matrix (80 MB).
-    compiled = metrics._knn.lower(
-        jnp.asarray(q),
-        jnp.asarray(g),
-        None,
-        energy="euclidean",
-        k=k,
-        chunk=chunk,
-        gallery_chunk=gallery_chunk,
-        leave_one_out=False,
-        dtype="float32",
+    # What the compiled program of a block of queries holds besides its arguments (the stored gallery,
+    # the block) and results: one block's intermediates, far below the 1000 x 20000 score matrix (80 MB).
+    energy = energies.get("euclidean")
+    stored = neighbours.store(energy, jnp.asarray(g), prepass=False)
+    plan = neighbours._plan(energy, chunk, k, 64, stored.rows.shape[0], False, gallery_chunk)
+    compiled = neighbours._search.lower(
+        energy, "float32", "negative_distance", k, plan, stored, None, jnp.asarray(q[:chunk]), None
     ).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
-    padded = 4 * 64 * (-(-20_000 // gallery_chunk) * gallery_chunk + -(-1000 // chunk) * chunk)
-    bound = metrics.knn_block_bytes("euclidean", 64, k, chunk, gallery_chunk) + padded + 8 * 1024 * k
+    bound = metrics.knn_block_bytes("euclidean", 64, k, chunk, gallery_chunk)
     assert temp <= bound + (1 << 20), (temp, bound)
     assert temp < 1000 * 20_000 * 4 / 5
+    assert stored.rows.nbytes == 20_480 * 64 * 4  # the gallery's stored copy: whole 1024-row blocks
 
 
-def test_auto_gallery_chunk():
-    assert metrics.auto_gallery_chunk("euclidean", 4096, 256) == metrics.BLOCK_ELEMENTS // 256
-    assert metrics.auto_gallery_chunk("weighted_l1", 4096, 256) == metrics.BLOCK_ELEMENTS // (256 * 4096)
-    assert metrics.auto_gallery_chunk("weighted_l1", 1 << 20, 256) == 1
+def test_default_blocks_stay_within_the_budget():
+    """Without gallery_chunk a block's keys (and weighted_l1's differences) stay within 2^22 values."""
+    for energy, dim in (("euclidean", 4096), ("cosine", 64), ("weighted_l1", 4096), ("weighted_l1", 64)):
+        queries = min(256, neighbours.query_block(energy, dim))  # knn's default chunk, capped
+        per_row = queries * (dim if energy == "weighted_l1" else 1)
+        for capacity in (1024, 100 * 1024):
+            rows = neighbours.chunk_rows(energy, queries, dim, capacity)
+            assert rows <= capacity and per_row * rows <= max(1 << 22, per_row * 64)
+    assert neighbours.query_block("weighted_l1", 4096) == 16  # 16 x 64 x 4096 differences: 2^22
+    assert neighbours.chunk_rows("euclidean", 256, 64, 100 * 1024) == 8192
 
 
 def test_bad_knn_inputs():

@@ -56,7 +56,7 @@ def _same_tasks(a, b):
 def test_changing_the_training_seed_keeps_validation_and_test_trials(omniglot, lake, monkeypatch, siamax_tfds_dir):
     monkeypatch.setenv("SIAMAX_TFDS_DIR", str(siamax_tfds_dir))
     base = presets.config("quick", val_trials=40, verification_pairs=100)
-    one, two = (adapters.Omniglot().prepare(base.override(seed=s)) for s in (0, 1))
+    one, two = (adapters.Omniglot().prepare_run(base.override(seed=s)) for s in (0, 1))
     _same_tasks(one.validation_tasks, two.validation_tasks)
     for a, b in zip(one.threshold_pairs, two.threshold_pairs):
         np.testing.assert_array_equal(a, b)
@@ -68,5 +68,5 @@ def test_changing_the_training_seed_keeps_validation_and_test_trials(omniglot, l
     for a, b in zip(s1["verification"].args["pairs"], s2["verification"].args["pairs"]):
         np.testing.assert_array_equal(a, b)
     # ... and a different eval_seed draws other trials.
-    other = adapters.Omniglot().prepare(base.override(eval_seed=1))
+    other = adapters.Omniglot().prepare_run(base.override(eval_seed=1))
     assert not all(np.array_equal(a.query, b.query) for a, b in zip(other.validation_tasks, one.validation_tasks))

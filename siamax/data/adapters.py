@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class TestSet:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Prepared:
-    """A dataset made ready for one run (an adapter's ``prepare``)."""
+    """A dataset made ready for one run (an adapter's ``prepare_run``)."""
 
     train: LabelledImages
     validation_tasks: list  # choose the checkpoint (one-shot accuracy)
@@ -76,12 +77,28 @@ class Prepared:
     tests: Callable[[], dict[str, TestSet]]  # built after training only
     ink: str  # the polarity of the raw training images (goes with the model)
     summary: str  # printed before training
-    save: Callable[[Path], None] = lambda workdir: None  # writes the split's manifest into the work directory
+    write_manifest: Callable[[Path], None] = lambda workdir: None  # the split, into the work directory
     info: Mapping = dataclasses.field(default_factory=dict)  # results["data"]
     legacy: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     paper: Mapping | None = None  # the published numbers to report beside
     trial_grid: Callable[[], list] | None = None  # tasks for the one-shot trial figure
     extra: Mapping = dataclasses.field(default_factory=dict)  # more top-level results keys
+
+
+class Dataset(Protocol):
+    """What ``train_and_evaluate`` takes: ``Omniglot``, ``MnistTransfer``, ``ImageFolder`` (and the next
+    adapters: faces, audio) are ones."""
+
+    name: str
+    identity: dict  # what tells two runs on this dataset apart beyond the config (e.g. the folder)
+
+    def requires(self, test: bool) -> list[str]:
+        """The archives the run reads (``siamax.data.require``), test sets included when ``test``."""
+        ...
+
+    def prepare_run(self, cfg) -> Prepared:
+        """Read the data for a run of ``cfg``: touches no file of the work directory (``Prepared.write_manifest``)."""
+        ...
 
 
 def _pairs_of(table: LabelledImages, n: int, seed) -> tuple[np.ndarray, samplers.Pairs]:
@@ -116,7 +133,7 @@ class Omniglot:
     def requires(self, test: bool) -> list[str]:
         return ["omniglot", "lake_runs"] if test else ["omniglot"]
 
-    def prepare(self, cfg) -> Prepared:
+    def prepare_run(self, cfg) -> Prepared:
         t0 = time.perf_counter()
         table = omniglot.omniglot_table(omniglot.load_omniglot(), cfg.spec)  # model format, on the device
         sp = splits.paper_splits(cfg.data.split_seed, train_drawers=cfg.data.train_drawers)
@@ -142,7 +159,7 @@ class Omniglot:
             tests=lambda: omniglot_tests(cfg, table, sp, (images, pairs)),
             ink="dark",
             summary=summary,
-            save=lambda workdir: sp.save(workdir / "splits.json"),
+            write_manifest=lambda workdir: sp.save(workdir / "splits.json"),
             info={
                 "name": "omniglot",
                 "images": table.n_images,
@@ -220,8 +237,8 @@ class MnistTransfer(Omniglot):
     def requires(self, test: bool) -> list[str]:
         return super().requires(test) + (["mnist"] if test else [])
 
-    def prepare(self, cfg) -> Prepared:
-        prepared = super().prepare(cfg)
+    def prepare_run(self, cfg) -> Prepared:
+        prepared = super().prepare_run(cfg)
         omniglot_sets = prepared.tests
         return dataclasses.replace(
             prepared,
@@ -254,13 +271,15 @@ def folder_tests(
     validation=None,
     rule: str = "eer",
     threshold: float | None = None,
+    threshold_from: str = "given",
 ) -> dict[str, TestSet]:
     """The test sets of a table whose classes are all new to the model: verification pairs (half same,
     half different), ``n_way``-way ``shots``-shot episodes with one query per class (``trials``
     queries: ``trials / n_way`` episodes), and retrieval (every image a query against all others).
 
     The model's same/different threshold: ``threshold`` (a stored model's, chosen on its validation
-    classes), else chosen by ``rule`` on ``validation`` = (images, pairs); the pixel baseline gets its
+    classes: ``threshold_from`` says so), else chosen by ``rule`` on ``validation`` = (images, pairs); the
+    pixel baseline gets its
     own by the same rule on the same validation pairs (without any: the EER threshold of the test pairs
     themselves, flagged as optimistic in the result).
     """
@@ -278,7 +297,9 @@ def folder_tests(
     )
     return {
         "verification": TestSet(
-            "verification", verification, model_args={} if threshold is None else {"threshold": threshold}
+            "verification",
+            verification,
+            model_args={} if threshold is None else {"threshold": threshold, "threshold_from": threshold_from},
         ),
         f"random_{n_way}way_{shots}shot": TestSet("oneshot", {"tasks": episodes, "seed": seeds["test_candidates"]}),
         "retrieval": TestSet("retrieval", {"images": images, "labels": table.labels}),
@@ -315,7 +336,7 @@ class ImageFolder:
     def requires(self, test: bool) -> list[str]:
         return []
 
-    def prepare(self, cfg) -> Prepared:
+    def prepare_run(self, cfg) -> Prepared:
         table, report = fo.image_folder(
             self.root, size=cfg.spec, layout=self.layout, ink=self.ink, progress=self.progress
         )
@@ -372,7 +393,7 @@ class ImageFolder:
                 rule="eer",
             )
 
-        def save(workdir: Path) -> None:
+        def write_manifest(workdir: Path) -> None:
             # The manifest: written on the first run; a rerun on a changed folder is refused.
             kept = class_splits(
                 table, self.fractions, seed=cfg.data.split_seed, sizes=sizes, manifest=workdir / "splits.json"
@@ -391,7 +412,7 @@ class ImageFolder:
             tests=tests,
             ink=report.ink,
             summary="\n".join(lines),
-            save=save,
+            write_manifest=write_manifest,
             info={
                 "name": table.name,
                 "images": table.n_images,

@@ -217,7 +217,7 @@ def episodes(
     protocol; else from anywhere, Vinyals-style, much easier), ``k_shot + n_query`` distinct images
     of each; support ``(n_way * k_shot, S, S)`` ordered class-major with ``support_classes``, queries
     ``(n_way * n_query, S, S)`` in random order. Only classes with ``k_shot + n_query`` images take part.
-    Scoring K > 1 shots: see ``siamax.evaluate.one_shot_accuracy(shots=...)``.
+    Scoring K > 1 shots: see ``siamax.evaluators.OneShot(shots=...)``.
     """
     need = k_shot + n_query
     counts = table.class_counts()

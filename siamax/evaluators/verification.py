@@ -35,19 +35,32 @@ class Verification:
       pairs: ``siamax.data.Pairs`` (i1, i2, label).
       ink: the images' ink polarity, as ``embed`` takes it.
       validation: ``(images, pairs)`` that choose the threshold by ``rule`` (same ``ink``).
-      threshold: a given threshold (wins over ``validation``, which is then not scored).
+      threshold: a given threshold (wins over ``validation``, which is then not scored), e.g. a stored
+        model's; ``threshold_from`` says where it came from ("given" by default; a stored model's
+        metadata says "validation", chosen on its validation classes, or "default").
       rule: ``siamax.metrics.choose_threshold``'s rule: "accuracy" (the paper's) or "eer".
     """
 
     kind = "verification"
 
-    def __init__(self, images, pairs, *, ink: str = "light", validation=None, threshold=None, rule: str = "accuracy"):
+    def __init__(
+        self,
+        images,
+        pairs,
+        *,
+        ink: str = "light",
+        validation=None,
+        threshold=None,
+        threshold_from: str = "given",
+        rule: str = "accuracy",
+    ):
         if rule not in metrics.THRESHOLD_RULES:
             raise ValueError(f"rule must be one of {metrics.THRESHOLD_RULES}, got {rule!r}")
         if validation is not None and len(validation) != 2:
             raise ValueError("validation must be (images, pairs)")
         self.images, self.pairs, self.ink = images, pairs, ink
         self.validation, self.threshold, self.rule = validation, threshold, rule
+        self.threshold_from = threshold_from
         self.figures = None
 
     def run(self, model) -> dict:
@@ -57,7 +70,7 @@ class Verification:
         head: dict = {}
         if self.threshold is not None:
             t = float(self.threshold)
-            head = {"threshold": t, "threshold_from": "given", "threshold_rule": None}
+            head = {"threshold": t, "threshold_from": self.threshold_from, "threshold_rule": None}
         elif self.validation is not None:
             v_images, v_pairs = self.validation
             v_scores = score_pairs(model, v_images, v_pairs.i1, v_pairs.i2, ink=self.ink)
