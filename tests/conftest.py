@@ -53,3 +53,14 @@ def lake(siamax_data_dir):
     from siamax.data import lake_runs
 
     return lake_runs(siamax_data_dir)
+
+
+# Integration tests are marked slow (`pytest -m "not slow"` runs the unit tests alone): those marked by
+# hand (real training, subprocesses) and every test that reads the real archives.
+REAL_DATA_FIXTURES = {"siamax_data_dir", "omniglot", "mnist", "lake"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmark's processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "throughput.py")
 KEYS = {
@@ -177,3 +179,27 @@ def test_flop_count_matches_xla_cost_analysis():
     cost = train.train_step.lower(state, batch, jax.random.key(1)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     assert abs(cost["flops"] / b / analytic - 1) < 0.03
+
+
+def test_index_search_benchmark_json(tmp_path):
+    """benchmarks/index_search.py (siamax.Index against faiss and NumPy) runs on a small gallery and
+    writes a row per energy and batch size, the three suites agreeing on every query's top-1."""
+    spec = importlib.util.spec_from_file_location(
+        "siamax_index_search", os.path.join(REPO, "benchmarks", "index_search.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = tmp_path / "search.json"
+    argv = ["--gallery", "3000", "--batches", "1,8", "--k", "5", "--min-time", "0.01", "--repeats", "1"]
+    out = mod.main(argv + ["--json", str(path)])
+    assert json.loads(path.read_text()) == json.loads(json.dumps(out))
+    rows = out["results"]
+    assert [(r["energy"], r["batch"]) for r in rows] == [
+        ("euclidean", 1),
+        ("euclidean", 8),
+        ("cosine", 1),
+        ("cosine", 8),
+    ]
+    for r in rows:
+        assert r["siamax_qps"] > 0 and r["faiss_qps"] > 0 and r["numpy_qps"] > 0 and r["repeats"] == 1
+    assert out["meta"]["gallery"] == 3000 and out["meta"]["k"] == 5

@@ -24,7 +24,10 @@ from siamax import data as sd
 from siamax.errors import CheckpointError
 
 # Orbax leaves the reads of a damaged checkpoint as coroutines that fail after the restore has raised.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [
+    pytest.mark.slow,  # real training and Orbax writes
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 EPOCHS, PATIENCE, STEPS = 8, 3, 2
 # Validation scores of epochs 1..5: the best is epoch 2, and three epochs without improvement stop the

@@ -16,6 +16,8 @@ from siamax import errors
 from siamax.data import _paths
 from siamax.data import download as dl
 
+pytestmark = pytest.mark.slow  # a real HTTP server and TFDS preparation
+
 SERVED = [
     "omniglot_all_runs_zip",
     "omniglot_background_npz",

@@ -13,6 +13,8 @@ from siamax import checkpoint, config, errors, experiment, optim, presets, train
 from siamax import data as sd
 from siamax.data import adapters
 
+pytestmark = pytest.mark.slow  # real data, real training
+
 TINY = dict(
     model="tiny",
     objective="episodic",

@@ -13,6 +13,8 @@ from siamax.conv import pooling, winograd
 from siamax.errors import ConfigError
 from siamax.model import MODELS
 
+pytestmark = pytest.mark.slow  # every convolution implementation compiled against XLA's
+
 CASES = [  # (H, Cin, k, Cout, padding)
     (20, 1, 5, 8, "VALID"),  # single channel, like conv1
     (21, 1, 10, 4, "VALID"),  # conv1's 10x10 kernel

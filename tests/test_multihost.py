@@ -14,8 +14,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import siamax
+
+pytestmark = pytest.mark.slow  # two training processes
 
 ROOT = Path(__file__).resolve().parents[1]
 # SGD, not Adam: Adam turns the float noise of a different reduction order into +-lr steps in weights

@@ -11,6 +11,8 @@ import pytest
 _PROBE = """
 import ctypes, resource
 from siamax import runtime
+
+pytestmark = pytest.mark.slow  # subprocesses measuring page faults
 applied = runtime.keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)

@@ -14,6 +14,8 @@ import siamax
 from siamax import optim, sharding, train
 from siamax.model import ModelSpec
 
+pytestmark = pytest.mark.slow  # training on 8 simulated devices and two processes
+
 SPEC = ModelSpec(
     input_size=16, filters=(4, 8), kernels=(3, 3), pools=(True, True), padding="SAME", fc_units=16, init="lecun"
 )

@@ -10,6 +10,8 @@ import siamax
 from siamax import energies, losses, miners, optim, train
 from siamax.model import ModelSpec, Siamese
 
+pytestmark = pytest.mark.slow  # real training steps
+
 TINY = ModelSpec(
     input_size=16, filters=(8, 16), kernels=(3, 3), pools=(True, True), padding="SAME", fc_units=32, init="lecun"
 )

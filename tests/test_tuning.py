@@ -11,6 +11,8 @@ from siamax import experiment, presets, tuning
 from siamax.data import adapters, lake
 from siamax.data import mnist as mnist_module
 
+pytestmark = pytest.mark.slow  # optuna studies of real training runs
+
 TINY = ["--preset", "quick", "--model", "tiny", "--epochs", "2", "--steps-per-epoch", "2", "--episode-chars", "8"]
 TINY += ["--episode-drawers", "2", "--val-trials", "40", "--devices", "1", "--no-progress"]
 

@@ -28,7 +28,7 @@ start and end, repeats, repeat_s}, "results": [{"energy", "dim", "batch", "siama
 
 Example::
 
-    python benchmarks/search.py --json benchmarks/results/search/cpu_g100k.json
+    python benchmarks/index_search.py --json benchmarks/results/index_search/cpu_g100k.json
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ NUMPY_BLOCK = 128  # queries per NumPy product: bounds its (block, G) score matr
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        prog="search.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="index_search.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--gallery", type=int, default=100_000, help="gallery items (default: 100000)")
     p.add_argument("--dims", default=None, help="embedding sizes, comma-separated (default: the small model's)")
