@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import siamax
-from siamax import data, errors, experiment, flags, report, runtime
+from siamax import data, errors, experiment, flags, provenance, report, runtime
 from siamax.data import adapters
 
 
@@ -36,11 +36,13 @@ def main(argv=None):
             params, tests, workdir, progress=not args.no_progress, extra={"mnist10_eval_seed": cfg.eval.eval_seed}
         )
         results.update(experiment.legacy_keys(results, {"mnist10_one_nn": ("pixels", "mnist10")}))
-        report.write_json(Path(workdir) / "results.json", results)
+        provenance.write_json(Path(workdir) / "results.json", results)
         print(report.table(results))
         return
     dataset = adapters.MnistTransfer(trials=args.trials)
-    experiment.train_and_evaluate(cfg, workdir, dataset, preset=preset, progress=not args.no_progress)
+    print(
+        report.table(experiment.train_and_evaluate(cfg, workdir, dataset, preset=preset, progress=not args.no_progress))
+    )
 
 
 def _add_arguments(parser):

@@ -14,7 +14,7 @@ Several hosts: start one process per host with the same flags plus --coordinator
 
 import sys
 
-from siamax import errors, experiment, flags, runtime
+from siamax import errors, experiment, flags, report, runtime
 from siamax.data import adapters
 
 
@@ -29,7 +29,10 @@ def main(argv=None):
         add_arguments=_add_arguments,
     )
     workdir = args.workdir or f"runs/omniglot_{preset}_seed{cfg.seed}"
-    experiment.train_and_evaluate(cfg, workdir, adapters.Omniglot(), preset=preset, progress=not args.no_progress)
+    results = experiment.train_and_evaluate(
+        cfg, workdir, adapters.Omniglot(), preset=preset, progress=not args.no_progress
+    )
+    print(report.table(results))
 
 
 def _add_arguments(parser):

@@ -110,7 +110,7 @@ def train(argv: Sequence[str]) -> int:
         task="folder",
         add_arguments=_train_arguments,
     )
-    commands.train_folder(
+    results = commands.train_folder(
         cfg,
         args.data,
         args.workdir,
@@ -121,6 +121,7 @@ def train(argv: Sequence[str]) -> int:
         layout=args.layout,
         progress=not args.no_progress,
     )
+    print(report.table(results))
     return 0
 
 

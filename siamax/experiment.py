@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from siamax import api, checkpoint, config, evaluators, metrics, optim, plots, provenance, report, rng, sharding, train
+from siamax import api, checkpoint, config, evaluators, metrics, optim, plots, provenance, rng, sharding, train
 from siamax.data import adapters, samplers
 from siamax.errors import WorkdirError
 
@@ -131,8 +131,8 @@ def train_and_evaluate(
     """Train (or resume) on ``dataset`` in ``workdir``, export the chosen model, score its test sets.
 
     Writes ``workdir/results.json`` (docs/architecture.md: the schema), the plots and
-    ``model.msgpack`` (with the threshold chosen on validation pairs and the ink polarity), and prints
-    the table. ``test=False`` stops after the export and returns the validation summary
+    ``model.msgpack`` (with the threshold chosen on validation pairs and the ink polarity); the callers
+    print ``report.table(results)``. ``test=False`` stops after the export and returns the validation summary
     (``best_val_accuracy``, ``best_epoch``, ``epochs``, ``train_seconds``, ...) without building a
     test set: what model selection (``experiments.validation_sweep``, ``experiments.tune``) may read.
     ``max_seconds``: a time budget from the call, data loading included (training stops cleanly at
@@ -203,6 +203,7 @@ def train_and_evaluate(
     results = {"preset": preset, "seed": cfg.seed, "eval_seed": cfg.eval.eval_seed, "config": cfg.to_dict()}
     results["data"] = dict(prepared.info)
     tests = prepared.tests()
+    results["test_sets"] = list(tests)
     scored, figures = evaluate(model, tests, progress=progress)
     results.update(scored)
     results.update(legacy_keys(results, prepared.legacy))
@@ -212,14 +213,13 @@ def train_and_evaluate(
         results["paper"] = dict(prepared.paper)
     results.update(provenance.provenance(cfg))
     results["wall_seconds"] = time.perf_counter() - t_start
-    report.write_json(workdir / "results.json", results)
+    provenance.write_json(workdir / "results.json", results)
     if plots_:
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         seed = rng.eval_seeds(cfg.eval.eval_seed)["report"]  # which trials the figure shows
         save_plots(model, results, figures, workdir, history=history, trial_grid=prepared.trial_grid, seed=seed)
         results["wall_seconds"] = time.perf_counter() - t_start
-        report.write_json(workdir / "results.json", results)
-    print(report.table(results, report.paper_verification_key(cfg), names=list(tests)))
+        provenance.write_json(workdir / "results.json", results)
     print(f"results, plots and the exported model are in {workdir}")
     return results
 
@@ -325,9 +325,9 @@ def evaluate_model(
             results[key] = value
     results.update(extra or {})
     results.update(provenance.provenance())
-    report.write_json(path, results)
+    provenance.write_json(path, results)
     if json_path is not None:
-        report.write_json(json_path, results)
+        provenance.write_json(json_path, results)
     if plots_:
         save_plots(params, results, figures, out)
     return results

@@ -5,6 +5,8 @@ convolution implementation each layer ran. Every results file siamax writes carr
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import platform
 import subprocess
 import sys
@@ -91,3 +93,12 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def write_json(path: str | Path, obj: dict) -> Path:
+    """Write ``obj`` as JSON atomically (a crash leaves the old file or the new one, never half of one)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+    return path

@@ -8,10 +8,6 @@ under ``pixels``; the published numbers under ``paper`` where the dataset has th
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 # Row labels of the known one-shot test sets (others are named from their keys: random_5way_1shot ->
 # "random 5-way 1-shot"), in the order the table shows them.
 LABELS = {
@@ -26,11 +22,11 @@ LABELS = {
 PAPER_PIXELS = {"lake20": "one_nn", "mnist10": "mnist10_one_nn"}
 
 
-def paper_verification_key(cfg) -> str | None:
-    """The paper's verification row this config matches (e.g. "150k_x9"), if any."""
-    if cfg.objective.kind != "pairs" or cfg.data.n_pairs not in (30_000, 90_000, 150_000):
+def paper_verification_key(cfg: dict | None) -> str | None:
+    """The paper's verification row a run's config (``results["config"]``) matches (e.g. "150k_x9")."""
+    if not cfg or cfg["objective"]["kind"] != "pairs" or cfg["data"]["n_pairs"] not in (30_000, 90_000, 150_000):
         return None
-    return f"{cfg.data.n_pairs // 1000}k" + ("_x9" if cfg.data.distortions == 8 else "")
+    return f"{cfg['data']['n_pairs'] // 1000}k" + ("_x9" if cfg["data"]["distortions"] == 8 else "")
 
 
 def _is_oneshot(r) -> bool:
@@ -55,12 +51,14 @@ def _ci(r: dict) -> str:
     return f"{_pct(r['accuracy'])}  [{100 * lo:4.1f}, {100 * hi:4.1f}]  n={r['trials']}"
 
 
-def table(results: dict, verification_key: str | None = None, names=None) -> str:
+def table(results: dict, names=None) -> str:
     """The results as text: one row per measure, columns siamax (95% CI), raw pixels, paper.
 
-    ``names``: the test sets to show (default: every one-shot section; pass the names that were scored
-    to leave out the copies kept under older keys, such as ``one_nn``)."""
+    ``names``: the test sets to show (default: the run's ``test_sets``, else every one-shot section; the
+    copies kept under older keys, such as ``one_nn``, are not test sets)."""
     pixels, paper = results.get("pixels", {}), results.get("paper") or {}
+    names = names if names is not None else results.get("test_sets")
+    verification_key = paper_verification_key(results.get("config"))
     rows = []
     shown = [n for n in results if _is_oneshot(results[n]) and (names is None or n in names)]
     names = [n for n in LABELS if n in shown] + sorted(n for n in shown if n not in LABELS)
@@ -108,12 +106,3 @@ def table(results: dict, verification_key: str | None = None, names=None) -> str
             f"objective {t['objective']}) on {results.get('device')}; wall time {results.get('wall_seconds', 0):.0f}s"
         )
     return "\n".join(lines)
-
-
-def write_json(path: str | Path, obj: dict) -> Path:
-    """Write ``obj`` as JSON atomically (a crash leaves the old file or the new one, never half of one)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-    return path

@@ -6,13 +6,14 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses measuring page faults
+
 # Allocates, fills and frees a 64 MB block five times (as XLA:CPU does with a step's temporaries)
 # and prints the page faults of the last four.
 _PROBE = """
 import ctypes, resource
 from siamax import runtime
 
-pytestmark = pytest.mark.slow  # subprocesses measuring page faults
 applied = runtime.keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
