@@ -13,9 +13,9 @@ from __future__ import annotations
 LABELS = {
     "lake20": "Lake's 20 runs, 20-way within-alphabet",
     "within_alphabet": "400 within-alphabet trials, test alphabets",
-    "random_20way_1shot": "random 20-way 1-shot, across test alphabets",
-    "random_5way_1shot": "random 5-way 1-shot, across test alphabets",
-    "random_20way_5shot": "random 20-way 5-shot, across test alphabets",
+    "random_20way_1shot": "random 20-way 1-shot episodes, test classes",
+    "random_5way_1shot": "random 5-way 1-shot episodes, test classes",
+    "random_20way_5shot": "random 20-way 5-shot episodes, test classes",
     "mnist10": "MNIST 10-way one-shot",
 }
 # Where the paper's number of the raw-pixel baseline is kept for a test set.
@@ -38,7 +38,7 @@ def _label(name: str) -> str:
         return LABELS[name]
     if name.startswith("random_") and "way_" in name:
         n, k = name[len("random_") :].split("way_")
-        return f"random {n}-way {k.removesuffix('shot')}-shot one-shot episodes"
+        return f"random {n}-way {k.removesuffix('shot')}-shot episodes, test classes"
     return name.replace("_", " ")
 
 

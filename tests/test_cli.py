@@ -308,7 +308,16 @@ def test_ctrl_c_during_train_stops_with_one_line_and_the_same_command_resumes(tm
     command += ["--no-progress"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    # Ctrl-C acts as in a terminal even where pytest runs as a background job (which starts with SIGINT ignored).
+    run = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         seen = []
         for line in run.stdout:  # "epoch 1: ..." is printed once the epoch's checkpoints are written

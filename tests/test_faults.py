@@ -139,7 +139,17 @@ def test_guard_turns_ctrl_c_into_one_line_and_exit_130(capsys):
     assert cli._interrupted(["train", "DATA"]) == errors.RESUME and cli._interrupted(["evaluate"]) == errors.RESTART
 
 
-def test_deferred_interrupt_acts_when_the_block_ends():
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal (a shell's background job starts with SIGINT ignored)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_deferred_interrupt_acts_when_the_block_ends(ctrl_c):
     import signal
 
     done = []
@@ -158,7 +168,7 @@ def test_deferred_interrupt_acts_when_the_block_ends():
         pass
 
 
-def test_an_interrupted_checkpoint_write_is_complete_or_never_resumed(tmp_path):
+def test_an_interrupted_checkpoint_write_is_complete_or_never_resumed(tmp_path, ctrl_c):
     import signal
 
     import jax.numpy as jnp
