@@ -58,7 +58,12 @@ def measure(model, batch_size: int = 32, repeats: int = 10, min_time: float = 0.
     params = siamax.init(jax.random.key(0), spec)
     s = spec.input_size
     rng = np.random.default_rng(0)
-    batch = {"numpy": [(rng.random((batch_size, s, s)) > 0.8).astype(np.float32) for _ in range(2)]}
+    batch = {
+        "numpy": [
+            (rng.random((batch_size, s, s) + ((3,) if spec.channels == 3 else ())) > 0.8).astype(np.float32)
+            for _ in range(2)
+        ]
+    }
     batch["jax"] = [jnp.asarray(x) for x in batch["numpy"]]
     jitted = jax.jit(siamax.score)
 

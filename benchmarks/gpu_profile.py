@@ -229,7 +229,7 @@ def layer_profile(run, spec, images):
 
     dtype = jnp.dtype(spec.dtype)
     keys = iter(jax.random.split(jax.random.key(0), 64))
-    cin, size = 1, spec.input_size
+    cin, size = spec.channels, spec.input_size
     for i, (f, k, pool, out) in enumerate(zip(spec.filters, spec.kernels, spec.pools, spec.conv_sizes)):
         x = jax.random.uniform(next(keys), (images, size, size, cin), dtype)
         w = (0.05 * jax.random.normal(next(keys), (k, k, cin, f))).astype(dtype)
@@ -299,7 +299,7 @@ def _random_pairs(spec, batch_size):
 
     rng = np.random.default_rng(0)
     s = spec.input_size
-    imgs = lambda n: (rng.random((n, s, s)) > 0.8).astype(np.float32)
+    imgs = lambda n: (rng.random((n, s, s) + ((3,) if spec.channels == 3 else ())) > 0.8).astype(np.float32)
     return jax.device_put(
         {"x1": imgs(batch_size), "x2": imgs(batch_size), "y": (rng.random(batch_size) > 0.5).astype(np.float32)}
     )

@@ -221,7 +221,7 @@ def build_siamax(args):
     sharding.check_divisible(args.batch_size, mesh, "--batch-size")
     b, s = args.batch_size, spec.input_size
     rng = np.random.default_rng(0)
-    imgs = lambda n: (rng.random((n, s, s)) > 0.8).astype(np.float32)
+    imgs = lambda n: (rng.random((n, s, s) + ((3,) if spec.channels == 3 else ())) > 0.8).astype(np.float32)
 
     params = siamax.init(jax.random.key(0), spec)
     # Scoring and one-shot use their own copy: the train step donates (deletes) its input state.

@@ -3,7 +3,17 @@
 import importlib
 
 from siamax import losses
-from siamax.api import Params, embed, init, logits_from_embeddings, pair_logits, preprocess, score, score_embeddings
+from siamax.api import (
+    Params,
+    embed,
+    init,
+    input_shape,
+    logits_from_embeddings,
+    pair_logits,
+    preprocess,
+    score,
+    score_embeddings,
+)
 from siamax.checkpoint import load
 from siamax.model import MODELS, ModelSpec, param_count
 
@@ -16,6 +26,7 @@ __all__ = [
     "Params",
     "embed",
     "init",
+    "input_shape",
     "load",
     "logits_from_embeddings",
     "losses",

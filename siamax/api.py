@@ -10,8 +10,11 @@ paper = 0**:
 * ``bool`` arrays: True = ink;
 * ``uint8`` arrays: 0..255, divided by 255.
 
+An RGB model (``spec.channels == 3``) takes ``(B, S, S, 3)`` instead (a single ``(S, S, 3)`` where a
+pair is scored), each channel in the same convention (``preprocess`` inverts them for dark ink).
+
 Other integer dtypes are refused rather than guessed at (is ``1`` full ink or almost none?), and so
-are colour images (a last axis of 3 or 4). Raw images in any other form (other sizes, colour, 16-bit,
+are colour images for a gray model (a last axis of 3 or 4). Raw images in any other form (other sizes, colour, 16-bit,
 dark ink on light paper as in Omniglot's PNGs) go through :func:`preprocess` first.
 
 Raw images (``preprocess``)
@@ -83,10 +86,16 @@ class Params:
     spec: ModelSpec = flax.struct.field(pytree_node=False)
 
 
+def input_shape(model: str | ModelSpec, batch: int = 1) -> tuple[int, int, int, int]:
+    """``(batch, S, S, C)``: the shape of ``batch`` model-input images for ``model`` (C = ``spec.channels``)."""
+    spec = get_spec(model)
+    return batch, spec.input_size, spec.input_size, spec.channels
+
+
 def init(key: jax.Array, model: str | ModelSpec = "paper") -> Params:
     """Fresh parameters for ``model`` (a preset name from ``siamax.model.MODELS`` or a ModelSpec)."""
     spec = get_spec(model)
-    x = jnp.zeros((1, spec.input_size, spec.input_size, 1), jnp.float32)
+    x = jnp.zeros(input_shape(spec, 1), jnp.float32)
     weights = Siamese(spec).init(key, x, x)["params"]
     return Params(weights=jax.tree.map(lambda w: w.astype(jnp.float32), weights), spec=spec)
 
@@ -221,6 +230,8 @@ def _model_images(spec: ModelSpec, x, name: str, allow_single: bool = False):
     """``x`` as an array after every check of the model-input convention (static ones always)."""
     x = _as_array(x)
     _check_dtype(x, name)
+    if spec.channels == 3:
+        return _rgb_model_images(spec, x, name, allow_single)
     s = spec.input_size
     shape = tuple(x.shape)
     expected = f"(B, {s}, {s}) or (B, {s}, {s}, 1)" + (f" or ({s}, {s})" if allow_single else "")
@@ -247,6 +258,27 @@ def _model_images(spec: ModelSpec, x, name: str, allow_single: bool = False):
     return x
 
 
+def _rgb_model_images(spec: ModelSpec, x, name: str, allow_single: bool):
+    """The checks of :func:`_model_images` for an RGB model: (B, S, S, 3), or (S, S, 3) where a pair is scored."""
+    s = spec.input_size
+    shape = tuple(x.shape)
+    expected = f"(B, {s}, {s}, 3)" + (f" or ({s}, {s}, 3)" if allow_single else "")
+    if not (x.ndim == 4 or (x.ndim == 3 and allow_single)) or shape[-1] != 3:
+        raise InputError(
+            f"{name} has shape {shape}; this RGB model takes {expected} model-input images. "
+            f"siamax.preprocess(params, images) makes them from gray, RGB or RGBA images of any size"
+        )
+    if shape[-3:-1] != (s, s):
+        raise InputError(
+            f"{name} images are {shape[-3]}x{shape[-2]} but this model takes {s}x{s}; "
+            f"expected {expected}. Use siamax.preprocess(params, images) to resize."
+        )
+    if x.ndim == 4 and shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {shape})")
+    _check_image_values(x, name)
+    return x
+
+
 def _to_float(x) -> jax.Array:
     dtype = jnp.dtype(x.dtype)
     if dtype == jnp.uint8 or dtype == jnp.uint16:
@@ -260,11 +292,11 @@ def _to_float(x) -> jax.Array:
 
 def _as_input(spec: ModelSpec, x) -> jax.Array:
     s = spec.input_size
-    return _to_float(x).reshape(-1, s, s, 1)
+    return _to_float(x).reshape(-1, s, s, spec.channels)
 
 
 def model_input(spec: ModelSpec, x, name: str = "x", allow_single: bool = False) -> jax.Array:
-    """Validate images in the model's input convention and return float32 (B, S, S, 1)."""
+    """Validate images in the model's input convention and return float32 (B, S, S, C), C = ``spec.channels``."""
     return _as_input(spec, _model_images(spec, x, name, allow_single))
 
 
@@ -281,7 +313,7 @@ def _embed_images(spec: ModelSpec, weights, x):
 
 
 def embed(params: Params, x) -> jax.Array:
-    """Tower embeddings: model-input images (B, S, S[, 1]) -> float32 (B, D)."""
+    """Tower embeddings: model-input images (B, S, S[, 1]), or (B, S, S, 3) for an RGB model -> float32 (B, D)."""
     spec = _check_params(params, "embed").spec
     return _embed_images(spec, params.weights, _model_images(spec, x, "x"))
 
@@ -320,7 +352,7 @@ def score_embeddings(params: Params, e1, e2) -> jax.Array:
 
 
 def twin_logits(spec: ModelSpec, weights, x1: jax.Array, x2: jax.Array) -> jax.Array:
-    """Logits for validated float (B, S, S, 1) pairs: one weights tree, vmapped over the twin axis."""
+    """Logits for validated float (B, S, S, C) pairs: one weights tree, vmapped over the twin axis."""
     e = jax.vmap(lambda xi: _embed(spec, weights, xi))(jnp.stack([x1, x2]))
     return Siamese(spec).apply({"params": weights}, e[0], e[1], method="logit")
 
@@ -331,14 +363,16 @@ def _pairs(spec: ModelSpec, probabilities: bool, weights, x1, x2):
     if not probabilities:
         return logits
     p = jax.nn.sigmoid(logits)
-    return p[0] if x1.ndim == 2 and x2.ndim == 2 else p
+    single = 2 if spec.channels == 1 else 3  # the rank of one image
+    return p[0] if x1.ndim == single and x2.ndim == single else p
 
 
 def _checked_pairs(params, x1, x2, fn: str):
     spec = _check_params(params, fn).spec
     a = _model_images(spec, x1, "x1", allow_single=True)
     b = _model_images(spec, x2, "x2", allow_single=True)
-    na, nb = (x.shape[0] if x.ndim > 2 else 1 for x in (a, b))
+    single = 2 if spec.channels == 1 else 3  # the rank of one image
+    na, nb = (x.shape[0] if x.ndim > single else 1 for x in (a, b))
     if na != nb:
         raise InputError(f"x1 and x2 hold different numbers of images: {na} vs {nb}; {fn} compares x1[i] with x2[i]")
     return spec, a, b
@@ -390,15 +424,16 @@ def _raw_layout(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     return b, h, w, c
 
 
-def _frame_ink(y, size: int, fill: float):
+def _frame_ink(y, size: int, fill: float, z=None):
     """(B, H, W) ink images -> (B, S, S), the ink's bounding box centred, its longer side ``fill * S``.
 
     The box is that of the pixels with ink > 0.25; an image without any keeps its whole frame. One
     antialiased bilinear resampling (``jax.image.scale_and_translate``) straight from the input.
+    With ``z`` (B, H, W, C), ``z`` is resampled by the boxes of ``y`` (its luma ink) -> (B, S, S, C).
     """
     h, w = y.shape[1:]
 
-    def one(img):
+    def one(img, out):
         rows, cols = jnp.any(img > 0.25, axis=1), jnp.any(img > 0.25, axis=0)
         empty = ~jnp.any(rows)
         r = jnp.arange(h)
@@ -412,14 +447,16 @@ def _frame_ink(y, size: int, fill: float):
         centre = jnp.stack([(top + bottom) / 2.0, (left + right) / 2.0])
         translation = size / 2.0 - scale * centre
         return jax.image.scale_and_translate(
-            img, (size, size), (0, 1), jnp.stack([scale, scale]), translation, method="linear", antialias=True
+            out, (size, size, *out.shape[2:]), (0, 1), jnp.stack([scale, scale]), translation, "linear", antialias=True
         )
 
-    return jax.vmap(one)(y)
+    return jax.vmap(one)(y, y if z is None else z)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4))
-def _raw_to_model(size: int, ink: str, layout: tuple[int, int, int, int], images, ink_frame: float = 0.0):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 4, 5))
+def _raw_to_model(
+    size: int, ink: str, layout: tuple[int, int, int, int], images, ink_frame: float = 0.0, channels: int = 1
+):
     x = _to_float(images.reshape(layout))
     c = layout[-1]
     # BT.601 luma with integer weights: white stays exactly 1.0 (paper exactly 0 after inversion).
@@ -428,6 +465,8 @@ def _raw_to_model(size: int, ink: str, layout: tuple[int, int, int, int], images
         y = 1.0 - y
     if c == 4:
         y = y * x[..., 3]  # composited over the paper: transparent pixels carry no ink
+    if channels == 3:
+        return _rgb_to_model(size, ink, x, y, ink_frame)
     b, h, w = y.shape
     if ink_frame:
         return jnp.clip(_frame_ink(y, size, ink_frame), 0.0, 1.0)
@@ -440,18 +479,47 @@ def _raw_to_model(size: int, ink: str, layout: tuple[int, int, int, int], images
     return jnp.clip(y, 0.0, 1.0)
 
 
+def _rgb_to_model(size: int, ink: str, x, y, ink_frame: float):
+    """(B, H, W, C) float raw images (and their gray ink ``y``) -> (B, S, S, 3) RGB model input.
+
+    Each channel as the gray route treats the luma: inverted for ``ink="dark"`` (so the paper is 0,
+    what padding and the affine distortions fill with), alpha-composited, padded to a square, resized.
+    """
+    rgb = x[..., :3] if x.shape[-1] >= 3 else jnp.repeat(x[..., :1], 3, axis=-1)  # gray: R = G = B
+    if ink == "dark":
+        rgb = 1.0 - rgb
+    if x.shape[-1] == 4:
+        rgb = rgb * x[..., 3:]
+    b, h, w, _ = rgb.shape
+    if ink_frame:
+        return jnp.clip(_frame_ink(y, size, ink_frame, rgb), 0.0, 1.0)
+    if h != w:
+        d = abs(h - w)
+        pad = (
+            ((0, 0), (0, 0), (d // 2, d - d // 2), (0, 0)) if h > w else ((0, 0), (d // 2, d - d // 2), (0, 0), (0, 0))
+        )
+        rgb = jnp.pad(rgb, pad)
+    if rgb.shape[1] != size:
+        rgb = jax.image.resize(rgb, (b, size, size, 3), method="linear", antialias=True)
+    return jnp.clip(rgb, 0.0, 1.0)
+
+
 def preprocess(params_or_spec, images, ink: str = "dark") -> jax.Array:
-    """Raw images of any size -> float32 (B, S, S) model input for that model.
+    """Raw images of any size -> float32 (B, S, S) model input for that model ((B, S, S, 3) for an RGB
+    model, ``spec.channels == 3``).
 
     ``params_or_spec``: a ``siamax.Params``, a ModelSpec or a model name. ``images``: gray, RGB or
     RGBA, bool (True = white), uint8 (0..255), uint16 (0..65535) or float in [0, 1], shaped as in
     the module docstring ("Raw images"): (H, W), (B, H, W), (H, W, C) or (B, H, W, C). ``ink="dark"``:
     dark strokes on light paper (Omniglot's PNGs; its bool arrays are True = paper); ``"light"``:
     light strokes on dark (MNIST). Colour becomes gray by BT.601 luma; RGBA is composited over the
-    paper first. Non-square images are padded with paper to a square (keeping the aspect ratio)
-    before an antialiased bilinear resize to S x S. A model whose spec has ``ink_frame`` > 0 instead
-    centres each image's ink and scales its bounding box to that fraction of the frame (every
-    domain alike: Omniglot's characters, MNIST's digits, a user's scans).
+    paper first. For an RGB model the colour is kept instead: each channel is treated as the luma is
+    for a gray one (inverted for ``"dark"``, composited over the paper), and gray images become
+    R = G = B; the ink bounding box of ``ink_frame`` is that of the luma. Non-square images are padded
+    with paper to a square (keeping the aspect ratio) before an antialiased bilinear resize to S x S.
+    A model whose spec has ``ink_frame`` > 0 instead centres each image's ink and scales its bounding
+    box to that fraction of the frame (every domain alike: Omniglot's characters, MNIST's digits, a
+    user's scans).
     """
     spec = _spec_of(params_or_spec)
     if ink not in ("dark", "light"):
@@ -460,4 +528,4 @@ def preprocess(params_or_spec, images, ink: str = "dark") -> jax.Array:
     _check_dtype(images, "images", uint16=True)
     layout = _raw_layout(tuple(images.shape))
     _check_image_values(images, "images", uint16=True)
-    return _raw_to_model(spec.input_size, ink, layout, images, spec.ink_frame)
+    return _raw_to_model(spec.input_size, ink, layout, images, spec.ink_frame, spec.channels)

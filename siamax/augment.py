@@ -17,10 +17,20 @@ binary strokes is harmless. The identity reproduces an image exactly.
 Both of the paper's modes: on the fly (``distort`` each batch, a fresh key per step, one key per
 image of a pair), and the fixed "8 distorted copies per pair" set (``expand_pairs``: 9x the pairs,
 each row carrying its two transforms, applied when the batch is gathered).
+
+Photo augmentations (for faces and other photographs, not in the paper), jitted, batched, one draw
+per image from a ``jax.random`` key, on model-format float images (B, S, S) or (B, S, S, C):
+:func:`random_resized_crop`, :func:`horizontal_flip`, :func:`color_jitter` (brightness, contrast,
+saturation, hue), and :func:`augment`, which applies a named set of :data:`OPS` (``"affine"``, the
+paper's distortion, among them) in the order given. The paper's path (``distort``, ``apply_affine``)
+is untouched by them.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import chex
@@ -81,18 +91,159 @@ def _warp(image, matrix):
 
 @jax.jit
 def apply_affine(images: jax.Array, params: jax.Array) -> jax.Array:
-    """Warp model-format images (B, S, S) float by transforms (B, 7); zero (background) fill."""
-    chex.assert_rank(images, 3)
+    """Warp model-format images (B, S, S) float by transforms (B, 7); zero (background) fill.
+
+    (B, S, S, C) images: every channel of an image by that image's transform."""
+    chex.assert_rank(images, {3, 4})
     chex.assert_shape(params, (images.shape[0], 7))
     images = jnp.asarray(images, jnp.float32)
-    return jax.vmap(_warp)(images, affine_matrix(params, images.shape[-1]))
+    matrices = affine_matrix(params, images.shape[2])
+    if images.ndim == 3:
+        return jax.vmap(_warp)(images, matrices)
+    per_channel = jax.vmap(_warp, in_axes=(2, None), out_axes=2)  # (S, S, C), one matrix
+    return jax.vmap(per_channel)(images, matrices)
 
 
 @jax.jit
 def distort(key: jax.Array, images: jax.Array) -> jax.Array:
-    """Each image of (B, S, S) gets its own random paper-style transform. For a pair batch, call
-    it on each side with its own key (``jax.random.split``)."""
+    """Each image of (B, S, S) (or (B, S, S, C)) gets its own random paper-style transform. For a pair
+    batch, call it on each side with its own key (``jax.random.split``)."""
     return apply_affine(images, sample_affine(key, images.shape[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Photo augmentations.
+
+CROP_SCALE = (0.6, 1.0)  # area fraction of the crop (torchvision's 0.08 is for 224-pixel ImageNet photos)
+CROP_RATIO = (3 / 4, 4 / 3)
+JITTER = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.0}
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _channels_last(images: jax.Array) -> tuple[jax.Array, bool]:
+    """(B, S, S, C) float32 view of (B, S, S) or (B, S, S, C) images, and whether a channel axis was added."""
+    images = jnp.asarray(images, jnp.float32)
+    chex.assert_rank(images, {3, 4})
+    return (images[..., None], True) if images.ndim == 3 else (images, False)
+
+
+def _crop_one(image, box):
+    """(S, S, C) -> (S, S, C): the box (top, left, height, width, in pixels) resampled to S x S, bilinear."""
+    s = image.shape[0]
+    top, left, h, w = box
+    grid = (jnp.arange(s, dtype=jnp.float32) + 0.5) / s
+    y, x = jnp.meshgrid(top + grid * h - 0.5, left + grid * w - 0.5, indexing="ij")
+    sample = lambda c: jax.scipy.ndimage.map_coordinates(c, [y, x], order=1, mode="nearest")  # noqa: E731
+    return jax.vmap(sample, in_axes=2, out_axes=2)(image)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "ratio"))
+def random_resized_crop(
+    key: jax.Array, images: jax.Array, scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO
+) -> jax.Array:
+    """Each image: a random box of ``scale`` of its area and aspect ``ratio`` (log-uniform), clipped to
+    the frame, resized back to S x S (bilinear). (B, S, S[, C]) -> the same shape."""
+    x, added = _channels_last(images)
+    b, s = x.shape[0], x.shape[1]
+    k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+    area = jax.random.uniform(k_area, (b,), minval=scale[0], maxval=scale[1]) * s * s
+    aspect = jnp.exp(jax.random.uniform(k_ratio, (b,), minval=math.log(ratio[0]), maxval=math.log(ratio[1])))
+    w = jnp.clip(jnp.sqrt(area * aspect), 1.0, s)
+    h = jnp.clip(jnp.sqrt(area / aspect), 1.0, s)
+    top = jax.random.uniform(k_y, (b,)) * (s - h)
+    left = jax.random.uniform(k_x, (b,)) * (s - w)
+    out = jax.vmap(_crop_one)(x, jnp.stack([top, left, h, w], axis=1))
+    return out[..., 0] if added else out
+
+
+@functools.partial(jax.jit, static_argnames=("p",))
+def horizontal_flip(key: jax.Array, images: jax.Array, p: float = 0.5) -> jax.Array:
+    """Each image mirrored left-right with probability ``p``. (B, S, S[, C]) -> the same shape."""
+    images = jnp.asarray(images, jnp.float32)
+    flip = jax.random.bernoulli(key, p, (images.shape[0],)).reshape((-1,) + (1,) * (images.ndim - 1))
+    return jnp.where(flip, images[:, :, ::-1], images)
+
+
+def _gray(x):
+    return x @ jnp.asarray(_LUMA, x.dtype) if x.shape[-1] == 3 else x[..., 0]
+
+
+def _rotate_hue(x, angle):
+    """(B, S, S, 3) rotated about the gray axis by ``angle`` (B,) radians (YIQ chroma rotation)."""
+    to_yiq = jnp.asarray([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], jnp.float32)
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    one, zero = jnp.ones_like(angle), jnp.zeros_like(angle)
+    rot = jnp.stack(
+        [jnp.stack([one, zero, zero], -1), jnp.stack([zero, cos, -sin], -1), jnp.stack([zero, sin, cos], -1)], -2
+    )
+    m = jnp.linalg.inv(to_yiq) @ rot @ to_yiq  # (B, 3, 3)
+    return jnp.einsum("bij,bhwj->bhwi", m, x)
+
+
+@functools.partial(jax.jit, static_argnames=("brightness", "contrast", "saturation", "hue"))
+def color_jitter(
+    key: jax.Array,
+    images: jax.Array,
+    brightness: float = JITTER["brightness"],
+    contrast: float = JITTER["contrast"],
+    saturation: float = JITTER["saturation"],
+    hue: float = JITTER["hue"],
+) -> jax.Array:
+    """Per image, in this order: brightness (x a factor in [1 - b, 1 + b]), contrast (blend with the
+    image's mean gray, factor in [1 - c, 1 + c]), saturation (blend with its own gray image, RGB only)
+    and hue (a rotation about the gray axis of up to +-``hue`` of a turn, RGB only); clipped to [0, 1].
+    A strength of 0 leaves that step out. (B, S, S[, C]) -> the same shape."""
+    x, added = _channels_last(images)
+    b = x.shape[0]
+    kb, kc, ks, kh = jax.random.split(key, 4)
+    factor = lambda k, r: jax.random.uniform(k, (b, 1, 1, 1), minval=1 - r, maxval=1 + r)  # noqa: E731
+    if brightness:
+        x = x * factor(kb, brightness)
+    if contrast:
+        mean = jnp.mean(_gray(x), axis=(1, 2))[:, None, None, None]
+        x = mean + factor(kc, contrast) * (x - mean)
+    if x.shape[-1] == 3 and saturation:
+        gray = _gray(x)[..., None]
+        x = gray + factor(ks, saturation) * (x - gray)
+    if x.shape[-1] == 3 and hue:
+        x = _rotate_hue(x, 2 * jnp.pi * jax.random.uniform(kh, (b,), minval=-hue, maxval=hue))
+    x = jnp.clip(x, 0.0, 1.0)
+    return x[..., 0] if added else x
+
+
+# What ``augment`` applies by name: (key, (B, S, S[, C]) float images) -> the same shape.
+OPS: dict[str, Callable] = {
+    "affine": distort,
+    "crop": random_resized_crop,
+    "flip": horizontal_flip,
+    "jitter": color_jitter,
+}
+SETS: dict[str, tuple[str, ...]] = {"none": (), "paper": ("affine",), "photo": ("crop", "flip", "jitter")}
+
+
+def op_names(names: str | Sequence[str]) -> tuple[str, ...]:
+    """A set's names as a tuple: a :data:`SETS` name, ``"crop,flip"`` or a sequence of :data:`OPS` names."""
+    if isinstance(names, str):
+        names = SETS[names] if names in SETS else tuple(n.strip() for n in names.split(",") if n.strip())
+    names = tuple(names)
+    unknown = [n for n in names if n not in OPS]
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; known: {sorted(OPS)} and the sets {sorted(SETS)}")
+    return names
+
+
+@functools.partial(jax.jit, static_argnames=("names",))
+def _augment(key, images, names: tuple[str, ...]):
+    for i, name in enumerate(names):
+        images = OPS[name](jax.random.fold_in(key, i), images)
+    return images
+
+
+def augment(key: jax.Array, images: jax.Array, names: str | Sequence[str] = "photo") -> jax.Array:
+    """The named augmentations (:func:`op_names`), in order, each image its own draw: op i of the set
+    draws from ``fold_in(key, i)``. Model-format float images (B, S, S) or (B, S, S, C) -> float32 of
+    the same shape; jitted (inlined under a caller's jit)."""
+    return _augment(key, jnp.asarray(images, jnp.float32), op_names(names))
 
 
 class AugmentedPairs(NamedTuple):

@@ -281,6 +281,9 @@ def load(path: str | Path) -> Params:
     return Params(weights=weights, spec=spec)
 
 
+LATER_FIELDS = ("channels", "tower", "blocks", "pooling", "attention_heads")  # ModelSpec fields of issue 22
+
+
 def fingerprint(params: Params) -> str:
     """sha256 (hex) of a model: its spec and every weight (name, dtype, shape and bytes).
 
@@ -291,6 +294,11 @@ def fingerprint(params: Params) -> str:
     h = hashlib.sha256()
     spec = params.spec.to_dict()
     spec.pop("conv_impl", None)
+    # Fields added later are left out at their defaults: a model keeps the fingerprint it had before them.
+    defaults = ModelSpec().to_dict()
+    for name in LATER_FIELDS:
+        if spec.get(name) == defaults[name]:
+            spec.pop(name)
     h.update(json.dumps(spec, sort_keys=True).encode())
     leaves = jax.tree_util.tree_flatten_with_path(params.weights)[0]
     for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):

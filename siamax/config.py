@@ -26,6 +26,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from siamax import augment as photo_ops
 from siamax import energies, losses, miners
 from siamax.errors import ConfigError
 from siamax.model import MODELS
@@ -92,6 +93,11 @@ class ModelConfig:
         "0 = each image resized whole to the input size (the paper); f in (0, 1] = its ink centred and its bounding "
         "box scaled to f of the frame, in training, evaluation and transfer alike (siamax.preprocess)",
     )
+    channels: int = _f(
+        1,
+        "input channels of the network: 1 = gray (colour images converted by BT.601 luma), 3 = RGB (colour kept)",
+        choices=(1, 3),
+    )
     image_size: int = _f(
         0,
         "side of the square input images, in pixels (0 = the model preset's own: 105 for paper, 35 for small and "
@@ -115,6 +121,7 @@ class ModelConfig:
             energy=self.energy,
             ink_frame=self.ink_frame,
             input_size=self.image_size or base.input_size,
+            channels=self.channels,
         )
 
 
@@ -149,6 +156,12 @@ class DataConfig:
         1, "alphabets a batch's characters come from (1 = within-alphabet batches, like the test's trials)"
     )
     augment: bool = _f(False, "distort every image on the fly with the paper's affine ranges")
+    photo_augment: str = _f(
+        "",
+        "photo augmentations of every training image inside the step, on the device (siamax.augment): '' = none, "
+        f"a set ({', '.join(k + ': ' + ('+'.join(v) or 'nothing') for k, v in photo_ops.SETS.items())}) or "
+        f"comma-separated names of {', '.join(photo_ops.OPS)}",
+    )
     thicken: float = _f(
         0.0,
         "probability that a training image's strokes are thickened by one pixel (a 3x3 max filter), so that the "
@@ -168,6 +181,10 @@ class DataConfig:
         _check_at_least(self, 0, ("n_pairs", "distortions"))
         if not 0.0 <= self.thicken <= 1.0:
             raise ConfigError(f"thicken is a probability, got {self.thicken}")
+        try:
+            photo_ops.op_names(self.photo_augment)
+        except ValueError as e:
+            raise ConfigError(f"photo_augment: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)

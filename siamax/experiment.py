@@ -18,19 +18,35 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from siamax import api, checkpoint, config, evaluators, metrics, optim, plots, provenance, rng, sharding, train
+from siamax import api, augment, checkpoint, config, evaluators, metrics, optim, plots, provenance, rng, sharding, train
 from siamax.data import adapters, samplers
 from siamax.errors import WorkdirError
 
+
+def _eigenfaces(fit=None):
+    if fit is None:
+        raise ValueError(
+            "the eigenfaces baseline is fitted on the run's training images: pass them (Prepared.baseline_fit)"
+        )
+    return evaluators.EigenfaceEmbedder().fit(fit)
+
+
 # The baselines a test set may name: other embedders run through the same evaluator on the same trials.
+# Each is made by ``BASELINES[name](fit)``: ``fit``, the run's training images in model format
+# (``Prepared.baseline_fit``), is what a fitted baseline learns from (eigenfaces: its PCA), or None.
 BASELINES = {
-    "pixels": lambda: evaluators.PixelEmbedder("euclidean"),
-    "pixels_cosine": lambda: evaluators.PixelEmbedder("cosine"),
+    "pixels": lambda fit=None: evaluators.PixelEmbedder("euclidean"),
+    "pixels_cosine": lambda fit=None: evaluators.PixelEmbedder("cosine"),
+    "eigenfaces": _eigenfaces,
 }
 
 
 def config_diff(a: dict, b: dict) -> dict:
-    """{field: (a, b)} for the fields of two flat configs that differ (never mix runs of different configs)."""
+    """{field: (a, b)} for the fields of two flat configs that differ (never mix runs of different configs).
+
+    A config field that one side lacks (a run from before the field existed) counts as its default."""
+    defaults = config.Config().flat()
+    a, b = ({k: v for k, v in defaults.items() if k not in ab and k in (set(a) | set(b))} | ab for ab in (a, b))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
@@ -81,6 +97,7 @@ def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True,
     objective = train.Objective(
         kind=cfg.objective.kind,
         augment=cfg.data.augment,
+        augment_ops=augment.op_names(cfg.data.photo_augment),
         l2=optim.l2_lambdas(cfg.optim, cfg.spec.layer_names),
         margin=cfg.margin,
         miner=cfg.objective.miner,
@@ -204,7 +221,7 @@ def train_and_evaluate(
     results["data"] = dict(prepared.info)
     tests = prepared.tests()
     results["test_sets"] = list(tests)
-    scored, figures = evaluate(model, tests, progress=progress)
+    scored, figures = evaluate(model, tests, progress=progress, fit=prepared.baseline_fit)
     results.update(scored)
     results.update(legacy_keys(results, prepared.legacy))
     results["training"] = training
@@ -247,10 +264,16 @@ def _put(out: dict, name: str, result: dict) -> None:
 
 
 def evaluate(
-    params: api.Params, tests: Mapping, *, only: Sequence[str] | None = None, progress: bool = True
+    params: api.Params,
+    tests: Mapping,
+    *,
+    only: Sequence[str] | None = None,
+    progress: bool = True,
+    fit=None,
 ) -> tuple[dict, dict]:
     """Score ``params`` on every test set (``{name: adapters.TestSet}``; ``only``: those names), and each
-    test set's baselines on the very same trials and pairs. Returns ``(results, figures)``: the
+    test set's baselines on the very same trials and pairs (each baseline made once, ``BASELINES[name](fit)``:
+    ``fit`` the training images a fitted baseline learns from). Returns ``(results, figures)``: the
     JSON-able results (schema: module docstring of ``siamax.data.adapters``) and, per test set, what
     the plots need (verification scores per embedder, retrieval embeddings)."""
     unknown = sorted(set(only or ()) - set(tests))
@@ -260,13 +283,14 @@ def evaluate(
     results: dict = {}
     figures: dict = {}
     chosen = [(n, t) for n, t in tests.items() if not only or n in only]
+    baselines = {b: BASELINES[b](fit) for b in dict.fromkeys(b for _, ts in chosen for b in ts.baselines)}
     for name, ts in tqdm(chosen, desc="evaluating", unit="test set", disable=not progress, leave=False):
         evaluator = evaluators.make(ts.kind, **ts.args, **ts.model_args)
         _put(results, name, evaluator.run(model))
         figures[name] = {"siamax": evaluator.figures}
         for b in ts.baselines:
             baseline = evaluators.make(ts.kind, **ts.args)
-            _put(results.setdefault(b, {}), name, baseline.run(BASELINES[b]()))
+            _put(results.setdefault(b, {}), name, baseline.run(baselines[b]))
             figures[name][b] = baseline.figures
     return results, figures
 

@@ -15,6 +15,16 @@ import jax
 
 from siamax import presets, sharding
 from siamax.config import FIELDS, Config, applies
+from siamax.model import MODELS, param_count
+
+
+def models_help() -> str:
+    """Each registered model with its parameter count at its own input size (computed from its spec)."""
+    return "; ".join(
+        f"{name}: {param_count(spec):,} parameters, {spec.tower} tower, {spec.input_size}x{spec.input_size}"
+        + (", attention pooling" if spec.pooling == "attention" else "")
+        for name, spec in MODELS.items()
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser, preset: str) -> None:
@@ -24,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser, preset: str) -> None:
     for name, f in FIELDS.items():
         kind = {bool: _bool, int: int, float: float}.get(type(f.default), str)
         shown = f"[{preset}: {cfg[name]!r}]" if applies(name, cfg) else f"[not read by {preset}]"
-        if f.metadata.get("choices"):
+        if name == "model":
+            shown = f"({models_help()}) {shown}"
+        elif f.metadata.get("choices"):
             shown = f"(one of {', '.join(map(str, f.metadata['choices']))}) {shown}"
         group.add_argument(
             "--" + name.replace("_", "-"),

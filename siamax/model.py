@@ -1,7 +1,12 @@
-"""Networks only: the convolutional tower and the twin head (Koch et al. 2015's weighted L1, or
-another energy from ``siamax.energies``, which holds the head's maths).
+"""Networks only: the tower and the twin head (Koch et al. 2015's weighted L1, or another energy from
+``siamax.energies``, which holds the head's maths).
 
-A :class:`ModelSpec` describes an architecture completely; named presets live in ``MODELS``.
+A :class:`ModelSpec` describes an architecture completely; named presets live in ``MODELS`` (the
+one model registry, ``--model NAME``). Towers (``ModelSpec.tower``): ``"koch"``, the paper's plain
+conv stack (the default), and ``"resnet"``, pre-activation residual stages (He et al. 2016) whose
+normalisation is per image (GroupNorm, or none), so that no statistics are shared across a batch or
+across the twins. The final feature map becomes the embedding by ``pooling``: ``"flatten"`` (the
+paper) or ``"attention"`` (one learned query attending over the map's positions, CLIP-style).
 The twins are *not* two modules: ``siamax.api`` applies one tower params tree to both images
 with ``jax.vmap`` over the twin axis.
 """
@@ -20,7 +25,11 @@ from siamax import conv, energies
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "none": lambda x: x}
 INITS = ("koch", "lecun")
-NORMS = ("none", "layer")
+NORMS = ("none", "layer", "group")
+TOWERS = ("koch", "resnet")
+POOLINGS = ("flatten", "attention")
+CHANNELS = (1, 3)
+GROUPS = 8  # GroupNorm's groups (fewer where a layer has fewer channels: the gcd)
 DTYPES = ("float32", "bfloat16")
 
 
@@ -41,7 +50,9 @@ class ModelSpec:
     padding: str = "VALID"
     fc_units: int = 4096
     fc_activation: str = "sigmoid"
-    norm: str = "none"  # "layer": LayerNorm over channels after each conv (not in the paper)
+    # "layer": LayerNorm over channels after each conv (not in the paper); "group": GroupNorm per image
+    # (for "resnet", before each conv, pre-activation)
+    norm: str = "none"
     init: str = "koch"
     dtype: str = "float32"  # compute dtype; parameters always stay float32
     # One of siamax.conv.IMPLS for every conv layer, or a tuple of one per layer. "auto": per layer
@@ -54,6 +65,18 @@ class ModelSpec:
     # Input convention: 0 = the whole image resized to S x S (the paper); f > 0 = each image's ink
     # centred and its bounding box scaled to f of the frame (siamax.preprocess), for every domain alike.
     ink_frame: float = 0.0
+    # Input channels: 1 (gray, the paper) or 3 (RGB; siamax.preprocess keeps the colour for such a model).
+    channels: int = 1
+    # "koch": filters/kernels/pools are the conv layers. "resnet": conv1 is a stem (kernels[0],
+    # filters[0]); then stage i holds `blocks` pre-activation residual blocks of width filters[i]
+    # (norm, ReLU, kxk conv, norm, ReLU, kxk conv, plus the shortcut: identity, or a 1x1 projection
+    # where the width changes), followed by 2x2 max-pooling where pools[i]; SAME padding only.
+    tower: str = "koch"
+    blocks: int = 1
+    # How the final feature map becomes the embedding: "flatten" (the paper) or "attention" (a learned
+    # query over the map's positions, with a learned position embedding; the embedding has filters[-1] dims).
+    pooling: str = "flatten"
+    attention_heads: int = 4
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
@@ -75,6 +98,9 @@ class ModelSpec:
             ("init", self.init, INITS),
             ("dtype", self.dtype, DTYPES),
             ("energy", self.energy, tuple(energies.ENERGIES)),
+            ("tower", self.tower, TOWERS),
+            ("pooling", self.pooling, POOLINGS),
+            ("channels", self.channels, CHANNELS),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -82,14 +108,60 @@ class ModelSpec:
             raise ValueError(f"ink_frame must be in [0, 1] (0: off), got {self.ink_frame}")
         if self.fc_units < 0 or self.input_size < 1:
             raise ValueError("fc_units must be >= 0 (0: no fc layer) and input_size positive")
+        if self.tower == "resnet" and (self.padding != "SAME" or self.blocks < 1 or self.norm == "layer"):
+            raise ValueError(
+                f"a resnet tower needs padding 'SAME', blocks >= 1 and norm 'group' or 'none'; got padding "
+                f"{self.padding!r}, blocks {self.blocks}, norm {self.norm!r}"
+            )
+        if self.pooling == "attention" and (self.attention_heads < 1 or self.filters[-1] % self.attention_heads):
+            raise ValueError(
+                f"attention_heads ({self.attention_heads}) must divide the last layer's {self.filters[-1]} filters"
+            )
         _ = self.feature_shape  # fails early if the image shrinks to nothing
         # Refuses here an unknown conv_impl, or one a layer cannot take (the backend changes only "auto").
         conv.plan(self, backend="cpu")
 
     @property
+    def conv_layers(self) -> tuple[tuple[str, int, tuple[int, int, int], int, bool], ...]:
+        """Every convolution of the tower, in order: ``(name, kernel, (H, W, Cin), Cout, pooled)``;
+        ``pooled``: 2x2 max-pooling follows it directly (what ``siamax.conv.plan`` plans)."""
+        if self.tower == "koch":
+            out, size, cin = [], self.input_size, self.channels
+            for i, (f, k, pool, o) in enumerate(zip(self.filters, self.kernels, self.pools, self.conv_sizes)):
+                out.append((f"conv{i + 1}", k, (size, size, cin), f, pool))
+                size, cin = (o // 2 if pool else o), f
+            return tuple(out)
+        size, cin = self.input_size, self.channels
+        out = [("conv1", self.kernels[0], (size, size, cin), self.filters[0], False)]
+        cin = self.filters[0]
+        for f, k, pool in zip(self.filters, self.kernels, self.pools):
+            for _ in range(self.blocks):
+                out.append((f"conv{len(out) + 1}", k, (size, size, cin), f, False))
+                out.append((f"conv{len(out) + 1}", k, (size, size, f), f, False))
+                cin = f
+            size = size // 2 if pool else size
+        return tuple(out)
+
+    @property
+    def projections(self) -> tuple[tuple[str, int, int], ...]:
+        """The resnet's 1x1 projection shortcuts: ``(name, Cin, Cout)``, named after the block's first conv."""
+        if self.tower != "resnet":
+            return ()
+        convs = self.conv_layers
+        return tuple(
+            (f"proj{i + 1}", convs[i][2][2], convs[i][3])
+            for i in range(1, len(convs), 2)
+            if convs[i][2][2] != convs[i][3]
+        )
+
+    @property
     def layer_names(self) -> tuple[str, ...]:
-        """Names of the layers that own a weight matrix, in order (used for per-layer optimisation)."""
-        return tuple(f"conv{i + 1}" for i in range(len(self.filters))) + (("fc",) if self.fc_units else ()) + ("head",)
+        """Names of the top-level layers of the weights tree, in order (used for per-layer optimisation);
+        a ``normK`` belongs to ``convK``."""
+        names = tuple(name for name, *_ in self.conv_layers) + tuple(name for name, _, _ in self.projections)
+        names += ("post_norm",) if self.tower == "resnet" and self.norm == "group" else ()
+        names += ("attn",) if self.pooling == "attention" else ()
+        return names + (("fc",) if self.fc_units else ()) + ("head",)
 
     @property
     def conv_sizes(self) -> tuple[int, ...]:
@@ -112,9 +184,14 @@ class ModelSpec:
         return size, size, self.filters[-1]
 
     @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled feature map: flattened, or the attention pooling's ``filters[-1]``."""
+        return self.filters[-1] if self.pooling == "attention" else math.prod(self.feature_shape)
+
+    @property
     def embedding_dim(self) -> int:
-        """fc width, or with ``fc_units=0`` (no fc layer) the flattened last conv block."""
-        return self.fc_units or math.prod(self.feature_shape)
+        """fc width, or with ``fc_units=0`` (no fc layer) the pooled last conv block."""
+        return self.fc_units or self.pooled_dim
 
     def replace(self, **changes: Any) -> ModelSpec:
         return dataclasses.replace(self, **changes)
@@ -124,6 +201,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
+        """The spec of a dict from :meth:`to_dict`; fields it lacks (a file written before they existed,
+        e.g. without ``channels``) take their defaults, which are what such a file's model was."""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         if unknown:
@@ -162,6 +241,50 @@ MODELS: dict[str, ModelSpec] = {
         padding="VALID",
         fc_units=1024,
         init="lecun",
+    ),
+    # Residual towers sized for CPU (35x35, like small): a 3x3 stem, then one pre-activation block
+    # per stage of 32, 64 and 128 filters, each stage max-pooled; GroupNorm per image (no batch
+    # statistics, so the twins and the batch never mix). Embedding: the flattened 4x4x128 map.
+    "resnet": ModelSpec(
+        input_size=35,
+        filters=(32, 64, 128),
+        kernels=(3, 3, 3),
+        pools=(True, True, True),
+        padding="SAME",
+        fc_units=0,
+        norm="group",
+        init="lecun",
+        tower="resnet",
+    ),
+    # The same tower with attention pooling: one learned query over the 16 positions of the final
+    # map (4 heads, a learned position embedding) -> a 128-dim embedding.
+    "resnet_attn": ModelSpec(
+        input_size=35,
+        filters=(32, 64, 128),
+        kernels=(3, 3, 3),
+        pools=(True, True, True),
+        padding="SAME",
+        fc_units=0,
+        norm="group",
+        init="lecun",
+        tower="resnet",
+        pooling="attention",
+    ),
+    # A bigger residual tower for the paper's 105x105 inputs (GPU): a 7x7 stem, two blocks per
+    # stage of 64-512 filters, attention pooling, a 512-dim embedding.
+    "resnet_105": ModelSpec(
+        input_size=105,
+        filters=(64, 128, 256, 512),
+        kernels=(7, 3, 3, 3),
+        pools=(True, True, True, True),
+        padding="SAME",
+        fc_units=0,
+        norm="group",
+        init="lecun",
+        tower="resnet",
+        blocks=2,
+        pooling="attention",
+        attention_heads=8,
     ),
 }
 
@@ -226,6 +349,33 @@ class Head(nn.Module):
         return {name: self.param(name, inits[name], shape) for name, shape in shapes.items()}
 
 
+def _group_norm(channels: int, dtype, name: str) -> nn.GroupNorm:
+    """Per-image GroupNorm (statistics of one image's own channels and positions, never the batch's)."""
+    return nn.GroupNorm(num_groups=math.gcd(GROUPS, channels), dtype=dtype, name=name)
+
+
+class AttentionPool(nn.Module):
+    """A learned query attending over the positions of a (B, H, W, C) map -> (B, C).
+
+    The keys and values are the map's positions plus a learned position embedding (without it the
+    pooling could not tell where a feature is); ``heads`` heads of C / heads dims (flax's
+    ``MultiHeadDotProductAttention``).
+    """
+
+    heads: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        pos = self.param("position", nn.initializers.normal(c**-0.5), (h * w, c))
+        query = self.param("query", nn.initializers.normal(c**-0.5), (1, c))
+        tokens = x.reshape(b, h * w, c) + pos.astype(self.dtype)
+        q = jnp.broadcast_to(query.astype(self.dtype), (b, 1, c))
+        out = nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype, name="attention")(q, tokens, tokens)
+        return out[:, 0]
+
+
 class Siamese(nn.Module):
     """Tower + head. ``embed`` maps images to embeddings; ``logit`` compares two embeddings."""
 
@@ -238,20 +388,33 @@ class Siamese(nn.Module):
         dense_k, dense_b = _inits(s, "dense")
         # Each layer's implementation is resolved once, here; the tower runs exactly this plan.
         self.convs = [
-            Conv(f, k, p, dtype, conv_k, conv_b, name=p.layer) for f, k, p in zip(s.filters, s.kernels, conv.plan(s))
+            Conv(f, k, p, dtype, conv_k, conv_b, name=p.layer)
+            for (_, k, _, f, _), p in zip(s.conv_layers, conv.plan(s))
         ]
-        self.norms = (
-            [nn.LayerNorm(dtype=dtype, name=f"norm{i + 1}") for i in range(len(s.filters))]
-            if s.norm == "layer"
-            else [None] * len(s.filters)
-        )
+        if s.tower == "koch":
+            norm = {
+                "layer": lambda f, name: nn.LayerNorm(dtype=dtype, name=name),
+                "group": lambda f, name: _group_norm(f, dtype, name),
+            }.get(s.norm)
+            self.norms = [norm(f, f"norm{i + 1}") if norm else None for i, f in enumerate(s.filters)]
+        else:  # pre-activation: the norm before convK (K >= 2) is normK; post_norm after the last block
+            group = s.norm == "group"
+            self.norms = [None] + [
+                _group_norm(cin, dtype, f"norm{i + 1}") if group else None
+                for i, (_, _, (_, _, cin), _, _) in enumerate(s.conv_layers[1:], 1)
+            ]
+            self.post_norm = _group_norm(s.filters[-1], dtype, "post_norm") if group else None
+            self.projs = {
+                name: nn.Dense(cout, use_bias=False, dtype=dtype, kernel_init=dense_k, name=name)
+                for name, _, cout in s.projections
+            }
+        self.attn = AttentionPool(s.attention_heads, dtype, name="attn") if s.pooling == "attention" else None
         self.fc = (
             nn.Dense(s.fc_units, dtype=dtype, kernel_init=dense_k, bias_init=dense_b, name="fc") if s.fc_units else None
         )
         self.head = Head(s.energy, s.embedding_dim, dense_k, dense_b, name="head")
 
-    def embed(self, x):
-        """(B, S, S, 1) float model input -> (B, D) float32 embeddings."""
+    def _koch(self, x):
         for layer, norm in zip(self.convs, self.norms):
             x = layer(x)
             if layer.plan.block:
@@ -259,7 +422,31 @@ class Siamese(nn.Module):
             x = nn.relu(norm(x) if norm is not None else x)
             if layer.plan.pool:
                 x = conv.POOLS[layer.plan.pool](x)
-        x = x.reshape(x.shape[0], -1)
+        return x
+
+    def _resnet(self, x):
+        s = self.spec
+
+        def pre(i, h):  # norm (if any) and ReLU before conv i
+            return nn.relu(self.norms[i](h) if self.norms[i] is not None else h)
+
+        x = self.convs[0](x)
+        i = 1
+        for pool in s.pools:
+            for _ in range(s.blocks):
+                h = self.convs[i](pre(i, x))
+                h = self.convs[i + 1](pre(i + 1, h))
+                proj = self.projs.get(f"proj{i + 1}")
+                x = (proj(x) if proj is not None else x) + h
+                i += 2
+            if pool:
+                x = conv.POOLS["max"](x)
+        return nn.relu(self.post_norm(x) if self.post_norm is not None else x)
+
+    def embed(self, x):
+        """(B, S, S, C) float model input -> (B, D) float32 embeddings."""
+        x = self._koch(x) if self.spec.tower == "koch" else self._resnet(x)
+        x = self.attn(x) if self.attn is not None else x.reshape(x.shape[0], -1)
         if self.fc is None:
             return x.astype(jnp.float32)
         return ACTIVATIONS[self.spec.fc_activation](self.fc(x)).astype(jnp.float32)
@@ -278,10 +465,21 @@ class Siamese(nn.Module):
 
 def param_count(spec: ModelSpec) -> int:
     """Parameter count from the spec alone (no initialisation needed)."""
-    count, cin = 0, 1
-    for f, k in zip(spec.filters, spec.kernels):
-        count += k * k * cin * f + f + (2 * f if spec.norm == "layer" else 0)
-        cin = f
+    count = 0
+    for i, (_, k, (_, _, cin), f, _) in enumerate(spec.conv_layers):
+        count += k * k * cin * f + f
+        if spec.norm == "layer":
+            count += 2 * f
+        elif spec.norm == "group" and spec.tower == "resnet" and i > 0:
+            count += 2 * cin  # normK before convK
+        elif spec.norm == "group" and spec.tower == "koch":
+            count += 2 * f
+    count += sum(cin * cout for _, cin, cout in spec.projections)
+    if spec.tower == "resnet" and spec.norm == "group":
+        count += 2 * spec.filters[-1]
+    if spec.pooling == "attention":
+        h, w, c = spec.feature_shape
+        count += h * w * c + c + 4 * (c * c + c)  # positions, query; q, k, v and out projections
     if spec.fc_units:
-        count += math.prod(spec.feature_shape) * spec.fc_units + spec.fc_units
+        count += spec.pooled_dim * spec.fc_units + spec.fc_units
     return count + sum(math.prod(shape) for shape in energies.get(spec.energy).head_shapes(spec.embedding_dim).values())

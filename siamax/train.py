@@ -46,12 +46,15 @@ class Objective:
     alongside by the balanced all-pairs cross-entropy on gradient-stopped embeddings, so that it
     cannot change what the metric loss learns and ``siamax.score`` is still a calibrated probability.
     ``augment``: apply the paper's random affine distortion to every image inside the step.
+    ``augment_ops``: then these ``siamax.augment.OPS`` (e.g. the photo set: crop, flip, jitter) to every
+    image, keyed by ``fold_in(step key, 1)`` (each side of a pair its own split of it).
     ``l2``: per-layer L2 weights lambda_j as ((layer, lambda), ...).
     ``margin``: contrastive / triplet only; ``miner``: triplet only, one of ``siamax.miners.MINERS``.
     """
 
     kind: str = "pairs"
     augment: bool = False
+    augment_ops: tuple[str, ...] = ()
     pair_weight: float = 1.0
     l2: tuple[tuple[str, float], ...] = ()
     margin: float = 1.0
@@ -91,13 +94,27 @@ def _distort(rng, x):
     return augment.distort(rng, x)
 
 
-def _pairs_loss(spec, weights, batch, augment, rng):
+def _photo(rng, x, ops):
+    from siamax import augment  # imported lazily: only augmenting runs need it
+
+    return augment.augment(rng, x, ops)
+
+
+def _distort_input(rng, x):
+    """Model input (B, S, S, C) distorted by the paper's affine transforms (gray: exactly as before)."""
+    return _distort(rng, x[..., 0])[..., None] if x.shape[-1] == 1 else _distort(rng, x)
+
+
+def _pairs_loss(spec, weights, batch, augment, rng, ops=()):
     x1 = api.model_input(spec, batch["x1"], "x1")
     x2 = api.model_input(spec, batch["x2"], "x2")
     if augment:
         k1, k2 = jax.random.split(rng)
-        x1 = _distort(k1, x1[..., 0])[..., None]
-        x2 = _distort(k2, x2[..., 0])[..., None]
+        x1 = _distort_input(k1, x1)
+        x2 = _distort_input(k2, x2)
+    if ops:
+        k1, k2 = jax.random.split(jax.random.fold_in(rng, 1))
+        x1, x2 = _photo(k1, x1, ops), _photo(k2, x2, ops)
     logits, labels = api.twin_logits(spec, weights, x1, x2), batch["y"]
     ce = losses.pair_cross_entropy(logits, labels)
     accuracy = ((logits > 0) == (labels > 0.5)).mean()
@@ -111,7 +128,9 @@ def _in_batch_loss(spec, weights, objective: Objective, batch, rng):
     """
     x = api.model_input(spec, batch["x"], "x")
     if objective.augment:
-        x = _distort(rng, x[..., 0])[..., None]
+        x = _distort_input(rng, x)
+    if objective.augment_ops:
+        x = _photo(jax.random.fold_in(rng, 1), x, objective.augment_ops)
     e = api._embed(spec, weights, x)
     labels = batch["labels"]
     # Logit matrix (B, B): the head is symmetric in its two inputs, so one matrix serves both roles.
@@ -143,7 +162,7 @@ def loss_fn(weights, spec, objective: Objective, batch: Mapping, rng):
     triplets with a positive loss).
     """
     if objective.kind == "pairs":
-        ce, accuracy = _pairs_loss(spec, weights, batch, objective.augment, rng)
+        ce, accuracy = _pairs_loss(spec, weights, batch, objective.augment, rng, objective.augment_ops)
         data, extra = ce, {}
     else:
         data, ce, accuracy, extra = _in_batch_loss(spec, weights, objective, batch, rng)

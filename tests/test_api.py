@@ -367,3 +367,25 @@ def test_checks_benchmark_runs(tmp_path):
         assert set(f) == {"eager_s", "jit_s", "checks_s", "ratio", "ratio_range", "checks_fraction"}
         assert min(f["eager_s"], f["jit_s"], f["checks_s"], f["ratio"]) > 0
         assert f["ratio_range"][0] <= f["ratio"] <= f["ratio_range"][1]
+
+
+def test_preprocess_keeps_colour_for_an_rgb_model():
+    """One route: preprocess gives an RGB model (B, S, S, 3) (dark ink inverts each channel, gray
+    becomes R = G = B), a gray model its luma as before."""
+    rgb_spec = siamax.MODELS["tiny"].replace(channels=3)
+    img = np.zeros((2, 40, 40, 3), np.uint8)
+    img[:, 10:30, 10:30] = (200, 40, 10)
+    x = siamax.preprocess(rgb_spec, img, ink="light")
+    chex.assert_shape(x, (2, 28, 28, 3))
+    np.testing.assert_allclose(x[0, 14, 14], np.array([200, 40, 10]) / 255, atol=1e-5)
+    inverted = siamax.preprocess(rgb_spec, 255 - img, ink="dark")
+    np.testing.assert_allclose(inverted, x, atol=1e-5)
+    gray = siamax.preprocess(rgb_spec, img[..., 0], ink="light")
+    np.testing.assert_allclose(gray, jnp.repeat(gray[..., :1], 3, axis=-1))
+    luma = siamax.preprocess("tiny", img, ink="light")
+    chex.assert_shape(luma, (2, 28, 28))
+    np.testing.assert_allclose(luma[0, 14, 14], (299 * 200 + 587 * 40 + 114 * 10) / 1000 / 255, atol=1e-5)
+    framed = siamax.preprocess(rgb_spec.replace(ink_frame=0.8), img, ink="light")
+    chex.assert_shape(framed, (2, 28, 28, 3))
+    params = siamax.init(jax.random.key(0), rgb_spec)
+    assert siamax.score(params, x, x).shape == (2,)

@@ -56,3 +56,53 @@ def test_expand_pairs_nine_x():
     again = A.expand_pairs(pairs, copies=8, seed=0)
     np.testing.assert_array_equal(aug.t1, again.t1)
     assert not np.array_equal(A.expand_pairs(pairs, copies=8, seed=1).t1, aug.t1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Photo augmentations.
+
+
+def _photos(b=4, s=16, c=3, seed=0):
+    return jax.random.uniform(jax.random.key(seed), (b, s, s, c))
+
+
+def test_photo_ops_keep_shapes_and_range():
+    x = _photos()
+    key = jax.random.key(1)
+    for name, op in A.OPS.items():
+        for images in (x, x[..., 0]):
+            y = op(key, images)
+            assert y.shape == images.shape and y.dtype == jnp.float32, name
+            assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0 + 1e-6, name
+    y = A.augment(key, x, "photo")
+    assert y.shape == x.shape and not np.allclose(y, x)
+    np.testing.assert_array_equal(A.augment(key, x, "photo"), y)  # keyed: the same key, the same draw
+    assert not np.allclose(A.augment(jax.random.key(2), x, "photo"), y)
+    np.testing.assert_array_equal(A.augment(key, x, "none"), x)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        A.augment(key, x, "crop,blur")
+
+
+def test_photo_ops_identities():
+    x, key = _photos(), jax.random.key(3)
+    np.testing.assert_array_equal(A.horizontal_flip(key, x, p=1.0), x[:, :, ::-1])
+    np.testing.assert_array_equal(A.horizontal_flip(key, x, p=0.0), x)
+    whole = A.random_resized_crop(key, x, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    np.testing.assert_allclose(whole, x, atol=1e-5)  # the whole frame resampled onto itself
+    still = A.color_jitter(key, x, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+    np.testing.assert_allclose(still, x, atol=1e-6)
+    gray = jnp.repeat(x[..., :1], 3, axis=-1)  # no chroma: saturation and hue leave gray alone
+    np.testing.assert_allclose(A.color_jitter(key, gray, 0.0, 0.0, 0.5, 0.5), gray, atol=1e-5)
+    # brightness scales every channel of an image by one factor
+    y = A.color_jitter(key, x * 0.5, brightness=0.3, contrast=0.0, saturation=0.0)
+    ratio = np.asarray(y / (x * 0.5))
+    assert np.allclose(ratio, ratio[:, :1, :1, :1], atol=1e-4) and not np.allclose(ratio, 1.0)
+
+
+def test_affine_on_colour_warps_every_channel_alike():
+    """The paper's affine path, unchanged for gray; RGB: each channel by its image's transform."""
+    x = _photos()
+    t = A.sample_affine(jax.random.key(4), 4)
+    rgb = A.apply_affine(x, t)
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[..., c], A.apply_affine(x[..., c], t))

@@ -210,8 +210,8 @@ def test_command_line_prints_the_margin(capsys):
 
 def test_one_default_preset_per_task(monkeypatch):
     for backend, expected in (
-        ("cpu", {"omniglot": "quick", "mnist": "mnist_quick", "folder": "folder", "tuning": "quick"}),
-        ("gpu", {"omniglot": "paper", "mnist": "mnist_paper", "folder": "folder", "tuning": "quick"}),
+        ("cpu", {"omniglot": "quick", "mnist": "mnist_quick", "folder": "folder", "faces": "faces", "tuning": "quick"}),
+        ("gpu", {"omniglot": "paper", "mnist": "mnist_paper", "folder": "folder", "faces": "faces", "tuning": "quick"}),
     ):
         monkeypatch.setattr(presets.jax, "default_backend", lambda b=backend: b)
         assert {task: presets.default_preset(task) for task in presets.TASKS} == expected

@@ -403,3 +403,42 @@ def test_manifest_round_trip_and_changed_folder(tmp_path, digits):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(InputError, match="not a readable class-split manifest"):
         load_class_splits(tmp_path / "bad.json", table)
+
+
+# Four colours of exactly equal BT.601 luma (299 R + 587 G + 114 B = 125,340): gray, they are one.
+EQUAL_LUMA = np.array([[245, 73, 81], [9, 207, 10], [104, 112, 250], [246, 42, 238]], np.uint8)
+
+
+def test_colour_is_detected_and_can_be_overridden(tmp_path):
+    colour, gray = tmp_path / "colour", tmp_path / "gray"
+    for c, rgb in enumerate(EQUAL_LUMA[:2]):
+        for root in (colour, gray):
+            (root / f"c{c}").mkdir(parents=True)
+        for i in range(2):
+            img = np.zeros((12, 12, 3), np.uint8)
+            img[3:9, 3 + i : 9] = rgb
+            Image.fromarray(img).save(colour / f"c{c}" / f"{i}.png")
+            Image.fromarray(np.repeat(img[..., :1], 3, axis=-1)).save(gray / f"c{c}" / f"{i}.png")  # RGB, R = G = B
+    table, report = image_folder(colour, size=12, ink="light")
+    assert table.images.shape == (4, 12, 12, 3) and table.channels == 3
+    assert (report.color, report.color_detected, report.n_colour) == ("rgb", True, 4)
+    assert "rgb (detected: 4 of 4 images have colour)" in report.summary()
+    np.testing.assert_array_equal(np.asarray(table.images)[0, 5, 5], EQUAL_LUMA[0])  # light ink: kept as it is
+    table, report = image_folder(colour, size=12, ink="light", color="gray")
+    assert table.images.shape == (4, 12, 12) and report.color == "gray" and not report.color_detected
+    assert len(np.unique(np.asarray(table.images)[:, 5, 5])) == 1  # equal luma: one gray
+    table, report = image_folder(gray, size=12, ink="light")
+    assert table.images.shape == (4, 12, 12) and (report.color, report.n_colour) == ("gray", 0)
+    table, report = image_folder(gray, size=12, ink="light", color="rgb")
+    assert table.images.shape == (4, 12, 12, 3)
+    # A model decides under "auto": a gray one converts colour (as before), an RGB one keeps it.
+    _, report = image_folder(colour, size="tiny", ink="light")
+    assert report.color == "gray" and report.n_colour == 4 and "converted to gray" in report.summary()
+    from siamax.model import MODELS
+
+    table, _ = image_folder(colour, size=MODELS["tiny"].replace(channels=3), ink="light")
+    assert table.images.shape == (4, 28, 28, 3)
+    with pytest.raises(InputError, match="the model is a gray one"):
+        image_folder(colour, size="tiny", ink="light", color="rgb")
+    with pytest.raises(InputError, match="color must be one of"):
+        image_folder(colour, size=12, color="colour")

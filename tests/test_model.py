@@ -212,3 +212,134 @@ def test_param_count_per_energy(model, energy):
     assert head == (spec.embedding_dim + 1 if energy == "weighted_l1" else 2)
     if model == "paper":
         assert siamax.param_count(spec) == 38_951_745 - (4096 + 1) + head
+
+
+# ---------------------------------------------------------------------------------------------
+# The model registry: every tower keeps the twin property; colour; specs written before issue 22.
+
+
+def _registered(name):
+    """The registered model, at a smaller input size where its layers allow (the twin property does not
+    depend on the size; the 105x105 towers take seconds to compile here)."""
+    spec = siamax.MODELS[name].replace(conv_impl="xla")  # the property is the implementations' too (plans: below)
+    try:
+        return spec.replace(input_size=min(spec.input_size, 35))
+    except ValueError:
+        return spec
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet_105" else n for n in sorted(siamax.MODELS)]
+)
+def test_every_registered_model_is_a_twin(name):
+    """One parameter tree (its top-level layers are the spec's), both images through the same tower by
+    vmap (twin_logits == the head on each image's own embedding), a symmetric score, the shapes, and no
+    statistics shared across a batch (an image's embedding does not depend on the others)."""
+    from siamax import api
+
+    spec = _registered(name)
+    params = siamax.init(jax.random.key(0), spec)
+    assert sum(x.size for x in jax.tree.leaves(params)) == siamax.param_count(spec)
+    owners = {("conv" + k[4:]) if k.startswith("norm") else k for k in params.weights}
+    assert owners == set(spec.layer_names)
+    k1, k2 = jax.random.split(jax.random.key(1))
+    x1 = jax.random.uniform(k1, siamax.input_shape(spec, 3))
+    x2 = jax.random.uniform(k2, siamax.input_shape(spec, 3))
+    e1, e2 = siamax.embed(params, x1), siamax.embed(params, x2)
+    chex.assert_shape([e1, e2], (3, spec.embedding_dim))
+    twin = jax.jit(api.twin_logits, static_argnums=0)(spec, params.weights, x1, x2)
+    chex.assert_trees_all_close(twin, siamax.logits_from_embeddings(params, e1, e2), atol=1e-5)
+    chex.assert_trees_all_close(siamax.score(params, x1, x2), siamax.score(params, x2, x1), atol=1e-6)
+    chex.assert_shape(siamax.score(params, x1, x2), (3,))
+    chex.assert_trees_all_close(siamax.embed(params, x1[:1]), e1[:1], atol=1e-4, rtol=1e-4)
+
+
+def test_registered_model_sizes():
+    """The presets of the issue: CPU-sized residual towers (a few hundred thousand parameters)."""
+    counts = {name: siamax.param_count(spec) for name, spec in siamax.MODELS.items()}
+    assert counts["paper"] == 38_951_745 and counts["small"] == 111_681
+    assert 100_000 < counts["resnet"] < 500_000 and 100_000 < counts["resnet_attn"] < 500_000
+    assert siamax.MODELS["resnet"].tower == "resnet" and siamax.MODELS["resnet_attn"].pooling == "attention"
+    assert siamax.MODELS["resnet_attn"].embedding_dim == 128
+
+
+def test_model_help_lists_every_model_with_its_parameter_count():
+    from siamax import flags
+
+    text = flags.models_help()
+    for name, spec in siamax.MODELS.items():
+        assert f"{name}: {siamax.param_count(spec):,} parameters" in text
+
+
+def test_rgb_model_takes_colour():
+    spec = TINY.replace(channels=3)
+    params = siamax.init(jax.random.key(0), spec)
+    assert params.weights["conv1"]["kernel"].shape == (3, 3, 3, 4)
+    assert siamax.param_count(spec) == sum(x.size for x in jax.tree.leaves(params))
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+    chex.assert_shape(siamax.embed(params, x), (2, 16))
+    assert siamax.score(params, x[0], x[1]).shape == ()  # one (S, S, 3) pair: a scalar
+    assert not np.allclose(siamax.embed(params, x), siamax.embed(params, x[..., ::-1]))  # the colour counts
+    with pytest.raises(ValueError, match=r"RGB model takes \(B, 16, 16, 3\)"):
+        siamax.embed(params, x[..., 0])
+    with pytest.raises(ValueError, match="colour"):
+        siamax.embed(siamax.init(jax.random.key(0), TINY), x)  # a gray model refuses colour, as before
+    with pytest.raises(ValueError, match="channels must be one of"):
+        TINY.replace(channels=2)
+
+
+def test_specs_written_before_the_new_fields_still_load():
+    from siamax import checkpoint
+
+    for name in ("paper", "small", "tiny"):
+        old = {k: v for k, v in siamax.MODELS[name].to_dict().items() if k not in checkpoint.LATER_FIELDS}
+        assert ModelSpec.from_dict(json.loads(json.dumps(old))) == siamax.MODELS[name]
+    # ... and a model keeps its fingerprint: the new fields at their defaults are left out of it.
+    params = siamax.init(jax.random.key(0), TINY)
+    old_spec = {k: v for k, v in TINY.to_dict().items() if k not in checkpoint.LATER_FIELDS}
+    old_spec.pop("conv_impl")
+    assert checkpoint.fingerprint(params) != checkpoint.fingerprint(params.replace(spec=TINY.replace(channels=3)))
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(old_spec, sort_keys=True).encode())
+    for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params.weights)[0], key=lambda p: str(p[0])):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    assert checkpoint.fingerprint(params) == h.hexdigest()
+
+
+RESNET = ModelSpec(
+    input_size=16,
+    filters=(4, 8),
+    kernels=(3, 3),
+    pools=(True, True),
+    padding="SAME",
+    fc_units=0,
+    norm="group",
+    init="lecun",
+    tower="resnet",
+    pooling="attention",
+    attention_heads=2,
+)
+
+
+def test_resnet_conv_plan():
+    """conv.plan plans every convolution of the residual tower (stem + 2 per block); each implementation
+    computes the same tower, and a per-layer conv_impl takes one name per convolution."""
+    assert [name for name, *_ in RESNET.conv_layers] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert [p.layer for p in conv.plan(RESNET, "cpu")] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert not any(p.block or p.pool for p in conv.plan(RESNET, "cpu"))  # pooling is on the residual stream
+    assert RESNET.projections == (("proj4", 4, 8),)
+    params = siamax.init(jax.random.key(0), RESNET)
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16))
+    e = siamax.embed(params, x)
+    for impl in (("direct", "matmul", "xla", "winograd", "fft"),):
+        other = params.replace(spec=RESNET.replace(conv_impl=impl))
+        chex.assert_trees_all_close(siamax.embed(other, x), e, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"one per conv layer \(5\)"):
+        RESNET.replace(conv_impl=("xla", "xla"))
+    with pytest.raises(ValueError, match="resnet tower needs padding 'SAME'"):
+        RESNET.replace(padding="VALID", kernels=(3, 3))
+    with pytest.raises(ValueError, match="attention_heads"):
+        RESNET.replace(attention_heads=3)

@@ -259,3 +259,44 @@ def test_metric_objectives_train_the_head_only_by_calibration():
         for layer in ("conv1", "conv2", "fc"):
             assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(calibration[layer]))
         assert all(float(jnp.abs(g).max()) > 0.0 for g in jax.tree.leaves(calibration["head"]))
+
+
+# Four colours of exactly equal BT.601 luma (299 R + 587 G + 114 B = 125,340): gray, they are one.
+EQUAL_LUMA = np.array([[245, 73, 81], [9, 207, 10], [104, 112, 250], [246, 42, 238]], np.uint8)
+
+
+def _hue_images(classes, rng, size=16):
+    """Raw uint8 RGB images: a random filled box on black, coloured by its class only."""
+    out = np.zeros((len(classes), size, size, 3), np.uint8)
+    for i, c in enumerate(classes):
+        h, w = rng.integers(4, 11, 2)
+        top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
+        out[i, top : top + h, left : left + w] = EQUAL_LUMA[c]
+    return out
+
+
+def _hue_pairs(spec, rng, b):
+    from siamax.data.labelled import model_format
+
+    c1 = rng.integers(0, 4, b)
+    same = rng.random(b) < 0.5
+    c2 = np.where(same, c1, (c1 + rng.integers(1, 4, b)) % 4)
+    x1, x2 = (model_format(spec, _hue_images(c, rng), ink="light") for c in (c1, c2))  # the one route
+    return {"x1": x1, "x2": x2, "y": same.astype(np.float32)}
+
+
+def test_colour_alone_separates_classes_an_rgb_model_beats_a_gray_one():
+    """Classes that differ only by hue (equal luma, the same shapes): the gray model sees one class and
+    stays at chance, the RGB model (the same tower with 3 input channels) learns them."""
+    accuracy = {}
+    for channels in (1, 3):
+        spec = TINY.replace(channels=channels)
+        rng = np.random.default_rng(0)
+        state = train.create_train_state(siamax.init(jax.random.key(0), spec), optim.adam(3e-3, 100))
+        batches = [_hue_pairs(spec, rng, 32) for _ in range(12)]
+        for step in range(300):
+            state, _ = train.train_step(state, batches[step % 12], jax.random.key(step))
+        test = _hue_pairs(spec, np.random.default_rng(1), 400)
+        p = np.asarray(siamax.score(state.params, test["x1"], test["x2"]))
+        accuracy[channels] = float(((p > 0.5) == (test["y"] > 0.5)).mean())
+    assert accuracy[3] >= 0.8 and accuracy[1] <= 0.65 and accuracy[3] > accuracy[1] + 0.25, accuracy

@@ -215,12 +215,14 @@ def plan_layer(
 
 
 def plan(spec, backend: str | None = None) -> tuple[LayerPlan, ...]:
-    """One :class:`LayerPlan` per conv layer of ``spec`` (a ModelSpec) on ``backend`` (default: JAX's).
+    """One :class:`LayerPlan` per conv layer of ``spec`` (a ModelSpec: its ``conv_layers``) on ``backend``
+    (default: JAX's).
 
     ``spec.conv_impl`` is one :data:`IMPLS` name for every layer or a tuple of one per layer;
     the model's tower runs exactly this plan.
     """
-    n = len(spec.filters)
+    layers = spec.conv_layers
+    n = len(layers)
     impls = spec.conv_impl
     if isinstance(impls, str):
         impls = (impls,) * n
@@ -228,12 +230,11 @@ def plan(spec, backend: str | None = None) -> tuple[LayerPlan, ...]:
         raise ConfigError(
             f"conv_impl must be one of {IMPLS} or a tuple of one per conv layer ({n}), got {spec.conv_impl!r}"
         )
-    plans, size, cin = [], spec.input_size, 1
-    for i, (impl, f, k, pooled, out) in enumerate(zip(impls, spec.filters, spec.kernels, spec.pools, spec.conv_sizes)):
-        layer = f"conv{i + 1}"
-        plans.append(plan_layer(impl, layer, k, (size, size, cin), spec.padding, pooled, spec.norm != "none", backend))
-        size, cin = (out // 2 if pooled else out), f
-    return tuple(plans)
+    norm = spec.norm != "none"
+    return tuple(
+        plan_layer(impl, layer, k, in_shape, spec.padding, pooled, norm, backend)
+        for impl, (layer, k, in_shape, _, pooled) in zip(impls, layers)
+    )
 
 
 def plan_dict(spec, backend: str | None = None) -> list[dict]:

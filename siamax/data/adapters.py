@@ -14,9 +14,12 @@ when asked for, after training: model selection never sees them.
   a small folder, validation on held-out images of the training classes.
 * :func:`folder_tests`: the test sets of a table whose classes are all new to the model (``siamax
   evaluate`` and ``ImageFolder``'s test part).
+* :class:`Faces`: ORL faces split by person (train / validation / test people, seeded): verification
+  and N-way one-shot identification of unseen people, next to raw pixels and eigenfaces.
 
 Each test set also names the baseline embedders run through the same evaluator on the same trials
-(``"pixels"``: raw pixels, Euclidean; ``"pixels_cosine"``). The pipeline writes a test set's result
+(``"pixels"``: raw pixels, Euclidean; ``"pixels_cosine"``; ``"eigenfaces"``, fitted on the run's
+training images, ``Prepared.baseline_fit``). The pipeline writes a test set's result
 under its name, a baseline's under ``results[baseline][name]``; a name ``"a/b"`` nests as
 ``results[a][b]``, and the groupings of a one-shot test set (``by``) go to ``results[name]["by"]`` (the
 first) and ``results["by_" + grouping][name]`` (the others). ``legacy`` keeps the keys earlier
@@ -36,7 +39,7 @@ import numpy as np
 
 from siamax import rng
 from siamax.data import folder as fo
-from siamax.data import lake, mnist, omniglot, samplers, splits, tasks
+from siamax.data import lake, mnist, omniglot, orl, samplers, splits, tasks
 from siamax.data.class_splits import class_splits, hold_out, small_folder_sizes
 from siamax.data.labelled import LabelledImages
 from siamax.data.require import require
@@ -83,6 +86,7 @@ class Prepared:
     paper: Mapping | None = None  # the published numbers to report beside
     trial_grid: Callable[[], list] | None = None  # tasks for the one-shot trial figure
     extra: Mapping = dataclasses.field(default_factory=dict)  # more top-level results keys
+    baseline_fit: np.ndarray | None = None  # training images (model format) a fitted baseline learns from
 
 
 class Dataset(Protocol):
@@ -423,6 +427,110 @@ class ImageFolder:
                 "folder": dataclasses.asdict(report),
             },
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Faces: ORL split by person.
+
+
+def face_splits(table: LabelledImages, people: Sequence[int] = (26, 6, 6), seed: int = 0):
+    """``siamax.data.class_splits`` of a face table by person: ``people`` = how many people go to
+    train, validation and test (no person in two parts), drawn from ``seed``."""
+    people = tuple(int(k) for k in people)
+    if len(people) != 3 or min(people) < 0 or people[0] < 1 or sum(people) != table.n_classes:
+        raise InputError(
+            f"people {list(people)} must be 3 counts (train >= 1, validation, test) adding up to the "
+            f"{table.n_classes} people of {table.name or 'the table'}"
+        )
+    return class_splits(table, tuple(k / sum(people) for k in people), seed=seed, sizes=people)
+
+
+@dataclasses.dataclass(frozen=True)
+class Faces:
+    """ORL faces (``siamax.data.orl``), split by person with ``cfg.data.split_seed`` (``face_splits``):
+    trained on the training people only; the checkpoint (``N``-way one-shot accuracy, N = the
+    validation people) and the same/different threshold (the most accurate on validation pairs) are
+    chosen on the validation people only; tested on the unseen test people (:func:`face_tests`), next
+    to raw pixels and eigenfaces (PCA fitted on the training people's images) on the same trials."""
+
+    people: tuple[int, int, int] = (26, 6, 6)
+    name = "faces"
+
+    @property
+    def identity(self) -> dict:
+        return {"people": list(self.people)}
+
+    def requires(self, test: bool) -> list[str]:
+        return ["orl_faces"]
+
+    def prepare_run(self, cfg) -> Prepared:
+        t0 = time.perf_counter()
+        data = orl.load_orl()
+        table = orl.orl_table(data, cfg.spec)  # model format, on the device
+        split = face_splits(table, self.people, cfg.data.split_seed)
+        train, val, test = split.parts()
+        tasks.require_classes(val, 2, "the validation people's one-shot tasks", per_class=2)
+        seeds = rng.eval_seeds(cfg.eval.eval_seed)
+        n_way = val.n_classes
+        val_tasks = tasks.episodes(
+            val,
+            n_way=n_way,
+            n_query=1,
+            n_episodes=math.ceil(cfg.eval.val_trials / n_way),
+            seed=seeds["validation_tasks"],
+        )
+        images, pairs = _pairs_of(val, cfg.eval.verification_pairs, seeds["verification_validation"])
+        summary = (
+            f"data ready in {time.perf_counter() - t0:.1f}s: ORL faces, people {train.n_classes} train / "
+            f"{val.n_classes} validation / {test.n_classes} test (split seed {cfg.data.split_seed}), "
+            f"{table.size}x{table.size}; validation: {len(val_tasks)} {n_way}-way one-shot tasks"
+        )
+        return Prepared(
+            train=train,
+            validation_tasks=val_tasks,
+            threshold_images=images,
+            threshold_pairs=pairs,
+            threshold_rule="accuracy",
+            tests=lambda: face_tests(cfg, test, (images, pairs)),
+            ink=data.ink,
+            summary=summary,
+            write_manifest=lambda workdir: split.save(workdir / "splits.json"),
+            info={
+                "name": "orl_faces",
+                "images": table.n_images,
+                "classes": table.n_classes,
+                "split_seed": cfg.data.split_seed,
+                "people_per_part": [t.n_classes for t in split.parts()],
+                "people": {p: list(t.class_names) for p, t in zip(("train", "validation", "test"), split.parts())},
+            },
+            baseline_fit=np.asarray(train.images),  # eigenfaces: fitted on the training people only
+        )
+
+
+FACE_BASELINES = ("pixels", "eigenfaces")
+
+
+def face_tests(cfg, test: LabelledImages, validation, trials: int = 400) -> dict[str, TestSet]:
+    """The face test sets of the test people ``test``: verification pairs (threshold from the
+    ``validation`` pairs), 5-way and N-way (N = all test people) one-shot identification (``trials``
+    queries each), and retrieval; every one scored by ``FACE_BASELINES`` too, on the same pairs and trials."""
+    seeds = rng.eval_seeds(cfg.eval.eval_seed)
+    out = folder_tests(
+        test,
+        eval_seed=cfg.eval.eval_seed,
+        n_way=min(5, test.n_classes),
+        trials=trials,
+        pairs=cfg.eval.verification_pairs,
+        validation=validation,
+        rule="accuracy",
+    )
+    n = test.n_classes
+    if n > 5:
+        episodes = tasks.episodes(
+            test, n_way=n, n_query=1, n_episodes=math.ceil(trials / n), seed=[seeds["test_tasks"], n]
+        )
+        out[f"random_{n}way_1shot"] = TestSet("oneshot", {"tasks": episodes, "seed": seeds["test_candidates"]})
+    return {k: dataclasses.replace(ts, baselines=FACE_BASELINES) for k, ts in out.items()}
 
 
 def archives(dataset, test: bool) -> Sequence[str]:

@@ -34,6 +34,13 @@ Speed: files are decoded in threads; the jitted ``preprocess`` compiles once per
 shape (images are grouped by shape), so a folder of same-sized scans compiles once, and a folder of
 many differently sized photos pays one compilation (~0.1-0.5 s on CPU) per size.
 
+Colour (``color="auto"``): an image has colour when some pixel's channels differ by more than 8 of
+255 (JPEG rounding of gray stays below; transparent pixels of RGBA are not looked at). Given a
+model (a name, ModelSpec or Params), its ``channels`` decide (``color="auto"``; a contradicting
+``"rgb"`` / ``"gray"`` is an error); given a bare size, the folder is loaded as RGB if any image
+has colour, else gray. ``"rgb"`` / ``"gray"`` force it. The report says what was found
+(``n_colour``) and what was chosen (``color``, ``color_detected``).
+
 Polarity (``ink="auto"``): for each image, the mean gray value (BT.601 luma, in [0, 1]) of its
 border, a frame ``max(1, min(H, W) // 16)`` pixels wide, is its *paper* brightness. For RGBA whose
 border is mostly transparent (mean alpha < 0.5) the paper is the opposite of the ink, ``1 -`` the
@@ -63,6 +70,7 @@ from siamax.errors import DataError, InputError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 LAYOUTS = ("auto", "classes", "groups")
 INKS = ("auto", "dark", "light")
+COLORS = ("auto", "rgb", "gray")
 FLAT_GROUP = "all"  # the one group of the DIR/<class>/<image> layout
 
 _IGNORED = frozenset({"__MACOSX", "Thumbs.db", "desktop.ini"})
@@ -73,6 +81,7 @@ _MIN_SIDE = 5  # siamax.preprocess's smallest raw image
 _SHOWN = 5  # names listed in one-line messages before "and N more"
 _SIDE = {"dark": 1.0, "light": -1.0}  # which side of the middle grey the paper of each polarity is on
 _EXPECTED = "DIR/<class>/<image> or DIR/<group>/<class>/<image>"
+_COLOUR_TOLERANCE = 8 / 255  # channels further apart than this on some pixel: a colour image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +100,9 @@ class FolderReport:
       n_images, n_classes, n_groups: what the table holds.
       n_shapes: distinct decoded image shapes (one ``preprocess`` compilation each).
       n_reduced: images box-reduced before preprocessing (long side > 4 x size).
+      color: what the table holds, "rgb" ((N, S, S, 3)) or "gray" ((N, S, S)).
+      color_detected: True when ``color="auto"`` chose it from the images (not the model or the caller).
+      n_colour: images that have colour (channels that differ).
     """
 
     root: str
@@ -105,13 +117,16 @@ class FolderReport:
     n_groups: int
     n_shapes: int
     n_reduced: int
+    color: str = "gray"
+    color_detected: bool = False
+    n_colour: int = 0
 
     def summary(self) -> str:
         """One line: what was loaded, the polarity and why, and what was skipped (by name)."""
         how = f"detected from the borders, median paper brightness {self.paper:.2f}" if self.ink_detected else "given"
         line = (
             f"{self.root}: {self.n_images} images of {self.n_classes} classes in {self.n_groups} groups "
-            f"(layout {self.layout!r}), ink {self.ink!r} ({how})"
+            f"(layout {self.layout!r}), ink {self.ink!r} ({how}), {self.color} ({self._colour_reason()})"
         )
         if self.ink_outliers:
             line += (
@@ -121,6 +136,14 @@ class FolderReport:
         if self.skipped:
             line += f"; skipped {len(self.skipped)} file(s): " + _some([f"{p} ({why})" for p, why in self.skipped])
         return line
+
+    def _colour_reason(self) -> str:
+        found = f"{self.n_colour} of {self.n_images} images have colour"
+        if self.color_detected:
+            return f"detected: {found}"
+        if self.color == "gray" and self.n_colour:
+            return f"{found}, converted to gray: a gray model or color='gray'"
+        return found
 
 
 def _some(names: Sequence[str]) -> str:
@@ -335,21 +358,53 @@ def _decode(path: Path, size: int):
     return x, _paper(x), f > 1
 
 
-def _spec_and_size(size):
-    """(what model_format takes, the input size S) for an int size or a model (name, ModelSpec, Params)."""
+def _has_colour(x: np.ndarray) -> bool:
+    """Whether some (visible) pixel's channels differ by more than the tolerance."""
+    if x.ndim != 3 or x.shape[-1] < 3:
+        return False
+    v = _unit(x)
+    spread = v[..., :3].max(-1) - v[..., :3].min(-1)
+    if x.shape[-1] == 4:
+        spread = np.where(v[..., 3] > 0, spread, 0.0)
+    return bool(spread.max() > _COLOUR_TOLERANCE)
+
+
+def _spec_and_size(size, channels: int = 1):
+    """(what model_format takes, the input size S, the model's channels or None for a bare size) for an
+    int size or a model (name, ModelSpec, Params); ``channels`` is the bare size's."""
     from siamax.model import ModelSpec, get_spec  # pylint: disable=g-import-not-at-top
 
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         if size < 1:
             raise InputError(f"size must be the model's input size, a positive number of pixels; got {size}")
-        # preprocess reads only input_size; the smallest valid spec carries it.
-        return ModelSpec(input_size=int(size), filters=(1,), kernels=(1,), pools=(False,), fc_units=0), int(size)
+        # preprocess reads only input_size and channels; the smallest valid spec carries them.
+        spec = ModelSpec(
+            input_size=int(size), filters=(1,), kernels=(1,), pools=(False,), fc_units=0, channels=channels
+        )
+        return spec, int(size), None
     spec = getattr(size, "spec", size)
     if not isinstance(spec, (ModelSpec, str)):
         raise InputError(
             f"size must be the model's input size (e.g. 105 or 35), a model name, a ModelSpec or Params; got {size!r}"
         )
-    return size, get_spec(spec).input_size
+    spec = get_spec(spec)
+    return size, spec.input_size, spec.channels
+
+
+def _decided_channels(color: str, model_channels: int | None, n_colour: int, where) -> tuple[int, bool]:
+    """(channels of the table, whether detection chose them)."""
+    asked = {"rgb": 3, "gray": 1}.get(color)
+    if model_channels is not None:
+        if asked is not None and asked != model_channels:
+            kind = "an RGB" if model_channels == 3 else "a gray"
+            raise InputError(
+                f"{where}: color={color!r}, but the model is {kind} one (channels={model_channels}); "
+                f"pass color='auto' or a model with channels={asked}"
+            )
+        return model_channels, False
+    if asked is not None:
+        return asked, False
+    return (3 if n_colour else 1), True
 
 
 def _decided_ink(ink: str, papers: list[float | None], root: Path) -> tuple[str, float]:
@@ -374,6 +429,7 @@ def image_folder(
     ink: str = "auto",
     min_images: int = 2,
     progress: bool | None = None,
+    color: str = "auto",
 ) -> tuple[LabelledImages, FolderReport]:
     """A folder of images, one sub-folder per class, as a table in model format, and what was done.
 
@@ -388,9 +444,11 @@ def image_folder(
       min_images: the fewest images a class may have: 2 (a positive pair needs two); 1 for a gallery
         of one image per class (e.g. the support set of a one-shot task).
       progress: show a progress bar; None (default) shows one for folders of 1000 files or more.
+      color: "auto" (the model's channels; for a bare ``size``, RGB if any image has colour; module
+        docstring), "rgb" or "gray".
 
     Returns:
-      ``(table, report)``: the :class:`LabelledImages` (uint8 (N, S, S), ink = 255; classes in
+      ``(table, report)``: the :class:`LabelledImages` (uint8 (N, S, S), or (N, S, S, 3) for RGB, ink = 255; classes in
       natural order of their folders, images in natural order within a class; ``paths`` relative to
       ``path`` with ``/`` separators; ``name`` the folder's name) and a :class:`FolderReport`, whose
       ``skipped`` and ``ink_outliers`` list what was skipped and which images' borders disagree with
@@ -402,7 +460,9 @@ def image_folder(
       InputError (a ValueError): an empty folder, a tree in no supported layout, a class with fewer
         than ``min_images`` readable images, polarity that ``ink="auto"`` cannot tell, bad arguments.
     """
-    spec, s = _spec_and_size(size)
+    spec, s, model_channels = _spec_and_size(size)
+    if color not in COLORS:
+        raise InputError(f"color must be one of {COLORS} ('auto': from the images, or the model's), got {color!r}")
     if layout not in LAYOUTS:
         raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if ink not in INKS:
@@ -444,7 +504,11 @@ def image_folder(
         )
     asked = ink
     ink, median = _decided_ink(ink, papers, root)
-    images, n_shapes = _to_model(spec, s, [x for _, _, x in kept], ink)
+    n_colour = sum(_has_colour(x) for _, _, x in kept)
+    channels, color_detected = _decided_channels(color, model_channels, n_colour, root)
+    if model_channels is None:
+        spec, s, _ = _spec_and_size(s, channels)
+    images, n_shapes = _to_model(spec, s, [x for _, _, x in kept], ink, channels)
 
     group_names = list(dict.fromkeys(g for g, _, _ in classes))
     table = LabelledImages(
@@ -471,6 +535,9 @@ def image_folder(
         n_groups=table.n_groups,
         n_shapes=n_shapes,
         n_reduced=reduced,
+        color="rgb" if channels == 3 else "gray",
+        color_detected=color_detected,
+        n_colour=n_colour,
     )
     return table, report
 
@@ -489,31 +556,39 @@ def _decode_all(root: Path, paths: list[str], size: int, progress: bool | None) 
         return list(tqdm(results, total=len(paths), desc=f"reading {root.name}", unit="img", disable=not show))
 
 
-def _to_model(spec, size: int, images: list[np.ndarray], ink: str) -> tuple[jax.Array, int]:
+def _to_model(spec, size: int, images: list[np.ndarray], ink: str, channels: int = 1) -> tuple[jax.Array, int]:
     """Model format of every image, through ``model_format`` once per distinct (shape, dtype)."""
     by_shape: dict[tuple, list[int]] = {}
     for i, x in enumerate(images):
         by_shape.setdefault((x.shape, x.dtype.str), []).append(i)
-    out = np.empty((len(images), size, size), np.uint8)
+    out = np.empty((len(images), size, size) + ((3,) if channels == 3 else ()), np.uint8)
     for index in by_shape.values():
         out[index] = np.asarray(model_format(spec, np.stack([images[i] for i in index]), ink))
     return jax.device_put(out), len(by_shape)
 
 
 def image_files(
-    paths: Sequence[str | os.PathLike], *, size, ink: str = "auto", fallback: str | None = None
+    paths: Sequence[str | os.PathLike],
+    *,
+    size,
+    ink: str = "auto",
+    fallback: str | None = None,
+    color: str = "auto",
 ) -> tuple[jax.Array, str]:
     """Single image files (the images to verify, the queries to identify) in model format, by the same
-    route as :func:`image_folder`: ``(uint8 (N, S, S) on the device, the ink used)``.
+    route as :func:`image_folder`: ``(uint8 (N, S, S) on the device, or (N, S, S, 3) for RGB, the ink
+    used)``. ``color``: as :func:`image_folder`'s (a model's channels decide under "auto").
 
     ``ink``: "auto" tells the polarity from these images' borders (their median, as for a folder);
     where the borders cannot tell, ``fallback`` (e.g. the polarity the model was trained with, which
     ``siamax train`` stores with it) is used if given. A file that is missing raises DataError; one
     that is not a readable image, InputError naming it.
     """
-    spec, s = _spec_and_size(size)
+    spec, s, model_channels = _spec_and_size(size)
     if ink not in INKS:
         raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
+    if color not in COLORS:
+        raise InputError(f"color must be one of {COLORS} ('auto': from the images, or the model's), got {color!r}")
     paths = [Path(p).expanduser() for p in paths]
     if not paths:
         raise InputError("no image files given")
@@ -530,5 +605,9 @@ def image_files(
         if ink != "auto" or fallback not in ("dark", "light"):
             raise
         ink = fallback
-    images, _ = _to_model(spec, s, [x for x, _, _ in decoded], ink)
+    n_colour = sum(_has_colour(x) for x, _, _ in decoded)
+    channels, _ = _decided_channels(color, model_channels, n_colour, paths[0].parent)
+    if model_channels is None:
+        spec, s, _ = _spec_and_size(s, channels)
+    images, _ = _to_model(spec, s, [x for x, _, _ in decoded], ink, channels)
     return images, ink

@@ -5,7 +5,8 @@ and every sampler, task generator, verification pair set, evaluation and report 
 images are converted once, by :func:`model_format` (``siamax.preprocess``, then rounded to
 uint8), so training and evaluation see exactly the same pixels.
 
-Model format: uint8 ``(N, S, S)``, ink = 255, paper = 0, ``S`` the model's input size. Classes
+Model format: uint8 ``(N, S, S)``, ink = 255, paper = 0, ``S`` the model's input size; for an RGB
+model (``spec.channels == 3``) uint8 ``(N, S, S, 3)``, each channel so. Classes
 are ``0 .. C-1`` (``labels``, one per image); each class belongs to one group (``groups``: an
 Omniglot alphabet, a folder of classes; one group ``0`` when the data has none), the unit that
 within-group tasks and hard negatives use.
@@ -27,7 +28,8 @@ INK = 255  # the value of ink in model format (paper is 0)
 
 
 def to_model(spec, images, ink: str) -> jax.Array:
-    """Raw images -> uint8 (B, S, S) model format; pure and jittable (what :func:`model_format` runs).
+    """Raw images -> uint8 (B, S, S) model format ((B, S, S, 3) for an RGB model); pure and jittable (what
+    :func:`model_format` runs).
 
     The one route from raw pixels to the tower: ``siamax.preprocess`` (invert dark ink, pad to a
     square, antialiased resize to S x S), then rounded to uint8. Evaluation calls it on every raw
@@ -40,7 +42,8 @@ def to_model(spec, images, ink: str) -> jax.Array:
 
 def model_format(spec, images, ink: str, *, chunk: int = 1024) -> jax.Array:
     """Native images ``(N, H, W)`` (or ``(N, H, W, C)``, any dtype ``siamax.preprocess`` takes) ->
-    uint8 ``(N, S, S)`` model format for ``spec`` (a ModelSpec, a model name or Params), on the device.
+    uint8 ``(N, S, S)`` model format (``(N, S, S, 3)`` for an RGB model) for ``spec`` (a ModelSpec, a model
+    name or Params), on the device.
 
     :func:`to_model` in jitted chunks of a fixed size (the last one padded), so one compilation
     serves any number of images.
@@ -66,7 +69,7 @@ class LabelledImages:
     """Images in model format on the device, a class per image, a group per class, names for reports.
 
     Attributes:
-      images: uint8 (N, S, S), ink = 255, on the device.
+      images: uint8 (N, S, S), or (N, S, S, 3) for RGB, ink = 255, on the device.
       labels: int32 (N,), the class of each image, in [0, C).
       class_names: (C,) a name per class (e.g. "Greek/character03", "7", a folder name).
       groups: int32 (C,), the group of each class, in [0, G).
@@ -91,9 +94,11 @@ class LabelledImages:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         object.__setattr__(self, "group_names", tuple(self.group_names))
         object.__setattr__(self, "paths", tuple(self.paths))
-        if self.images.ndim != 3 or self.images.dtype != jnp.uint8 or self.images.shape[1] != self.images.shape[2]:
-            got = f"{self.images.dtype}{tuple(self.images.shape)}"
-            raise InputError(f"images must be uint8 (N, S, S) in model format, got {got}")
+        shape = tuple(self.images.shape)
+        rgb = len(shape) == 4 and shape[-1] == 3
+        if not (len(shape) == 3 or rgb) or self.images.dtype != jnp.uint8 or shape[1] != shape[2]:
+            got = f"{self.images.dtype}{shape}"
+            raise InputError(f"images must be uint8 (N, S, S) or (N, S, S, 3) in model format, got {got}")
         n, c = self.images.shape[0], len(self.class_names)
         if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= c)):
             raise InputError(f"labels must be (N,) = ({n},) classes in [0, {c}), got {labels.shape}")
@@ -109,6 +114,11 @@ class LabelledImages:
     def size(self) -> int:
         """S, the side of the (square) images."""
         return int(self.images.shape[1])
+
+    @property
+    def channels(self) -> int:
+        """1 (gray, (N, S, S)) or 3 (RGB, (N, S, S, 3))."""
+        return 3 if self.images.ndim == 4 else 1
 
     @property
     def n_images(self) -> int:
@@ -151,4 +161,5 @@ class LabelledImages:
         return (
             f"{self.name or 'images'}: {self.n_images} images of {self.n_classes} classes in {self.n_groups} groups, "
             f"{counts.min()}-{counts.max()} images per class, {self.size}x{self.size}"
+            + (" RGB" if self.channels == 3 else "")
         )

@@ -338,10 +338,11 @@ def _class_sampler(cfg, table: LabelledImages, idx: ClassIndex, key, steps_per_e
 
 
 def thicken(key, x: jax.Array, p: float) -> jax.Array:
-    """(B, S, S) model-format images, each with probability ``p`` dilated by a 3x3 max filter (its
-    strokes one pixel thicker on every side)."""
-    dilated = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.max, (1, 3, 3), (1, 1, 1), "SAME")
-    coin = jax.random.bernoulli(key, p, (x.shape[0], 1, 1))
+    """(B, S, S) (or RGB (B, S, S, 3)) model-format images, each with probability ``p`` dilated by a 3x3
+    max filter (its strokes one pixel thicker on every side)."""
+    window = (1, 3, 3) + (1,) * (x.ndim - 3)
+    dilated = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.max, window, (1,) * x.ndim, "SAME")
+    coin = jax.random.bernoulli(key, p, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(coin, dilated, x)
 
 

@@ -6,14 +6,22 @@
 * ``"retrieval"``: :class:`Retrieval` (labelled images; precision@1, recall@k, MAP@R).
 
 ``model`` is what the images go through: siamax Params or an embedder (``embedders``):
-:class:`ModelEmbedder` (a siamax network) or :class:`PixelEmbedder` (raw pixels, the baseline), so
+:class:`ModelEmbedder` (a siamax network), :class:`PixelEmbedder` (raw pixels, the baseline) or
+:class:`EigenfaceEmbedder` (PCA fitted on training images, the face baseline), so
 the model and its baselines are scored by one evaluator on the very same trials. After ``run`` an
 evaluator's ``figures`` hold what the plots need (arrays, not in the result), or ``None``.
 """
 
 from __future__ import annotations
 
-from siamax.evaluators.embedders import ModelEmbedder, PixelEmbedder, as_embedder, ink_vectors, score_pairs
+from siamax.evaluators.embedders import (
+    EigenfaceEmbedder,
+    ModelEmbedder,
+    PixelEmbedder,
+    as_embedder,
+    ink_vectors,
+    score_pairs,
+)
 from siamax.evaluators.oneshot import TIES, OneShot, one_shot_accuracy, proportion, trial_credit, wilson_interval
 from siamax.evaluators.retrieval import Retrieval
 from siamax.evaluators.verification import Verification
@@ -23,6 +31,7 @@ REGISTRY = {"oneshot": OneShot, "verification": Verification, "retrieval": Retri
 __all__ = [
     "REGISTRY",
     "TIES",
+    "EigenfaceEmbedder",
     "ModelEmbedder",
     "OneShot",
     "PixelEmbedder",
