@@ -1,4 +1,5 @@
-"""Compare configs on the validation alphabets only: the way siamax chooses presets and settings.
+"""Compare configs on validation data only (the validation alphabets; with ``--dataset faces`` ORL's
+validation people): the way siamax chooses presets and settings.
 
 Each variant is a name and config flags (the same flags as ``experiments.omniglot_oneshot``); every
 variant is trained for each seed in its own sub-folder of --workdir (re-running resumes), and
@@ -24,6 +25,10 @@ from siamax import data as sd
 from siamax import errors, experiment, flags, presets, provenance, runtime
 from siamax.data import adapters
 from siamax.errors import ConfigError
+
+# --dataset: the adapter, and whether each seed also draws its own class split (faces: a different
+# split of the people per seed, as experiments.face_verification does; Omniglot's split is fixed).
+DATASETS = {"omniglot": (adapters.Omniglot, False), "faces": (adapters.Faces, True)}
 
 
 def _variant(text: str) -> tuple[str, list[str]]:
@@ -51,6 +56,12 @@ def _add_arguments(parser):
         required=True,
         metavar="NAME[=FLAGS]",
         help="a variant: a name, optionally '=' and config flags, e.g. 'rot=--rotations true'",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="omniglot",
+        help="omniglot: the validation alphabets; faces: ORL's validation people (each seed its own split)",
     )
     parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds; each variant runs per seed")
     parser.add_argument("--workdir", default="runs/validation_sweep", help="one sub-folder per variant and seed")
@@ -89,12 +100,13 @@ def main(argv=None):
     out = {"preset": preset, "seeds": args.seeds, "command": sys.argv, **provenance.provenance(), "runs": []}
     for name, cfg in cfgs.items():
         for seed in args.seeds:
-            run_cfg = cfg.override(seed=seed)
+            make_dataset, split_per_seed = DATASETS[args.dataset]
+            run_cfg = cfg.override(seed=seed, **({"split_seed": seed} if split_per_seed else {}))
             changed = experiment.config_diff(base, run_cfg.flat())
             print(f"== {name} seed {seed}: {changed or 'preset as is'}", flush=True)
             run_dir = workdir / f"{name}_seed{seed}"
             summary = experiment.train_and_evaluate(
-                run_cfg, run_dir, adapters.Omniglot(), preset=preset, progress=not args.no_progress, test=False
+                run_cfg, run_dir, make_dataset(), preset=preset, progress=not args.no_progress, test=False
             )
             history = [json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").open()]
             if args.transfer_validation:
@@ -123,7 +135,7 @@ def main(argv=None):
         if args.transfer_validation:
             line += f" {statistics.mean(r['transfer_validation']['accuracy'] for r in runs):>19.2%}"
         print(line)
-    print(f"(validation alphabets only; {workdir / 'sweep.json'})")
+    print(f"(validation {'people' if args.dataset == 'faces' else 'alphabets'} only; {workdir / 'sweep.json'})")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
-"""The ``siamax`` command: Siamese networks on your own folders of images.
+"""The ``siamax`` command: Siamese networks on your own folders of images or sound clips.
 
-    siamax train DATA --workdir W [--preset folder] [--objective ...] [--energy ...] [--image-size S]
-                 [--max-minutes M]
+    siamax train DATA --workdir W [--preset P] [--color auto|rgb|gray] [--objective ...] [--energy ...]
+                 [--image-size S] [--max-minutes M]
     siamax evaluate MODEL DATA [--n-way N] [--shots K] [--trials T] [--json PATH]
     siamax verify MODEL IMAGE_A IMAGE_B [--json]
     siamax identify MODEL GALLERY QUERY... [-k K] [--json]
     siamax index build MODEL GALLERY INDEX [--overwrite]
     siamax index search INDEX QUERY... [-k K] [--json]
 
-DATA and GALLERY are folders laid out DIR/<class>/<image> or DIR/<group>/<class>/<image>; MODEL is a
-work directory of `siamax train` (or of the main job) or a model.msgpack. `siamax COMMAND --help`
-explains each command. A mistake gets one `error:` line and exit status 2.
+DATA and GALLERY are folders laid out DIR/<class>/<image> or DIR/<group>/<class>/<image>, or of sound
+clips, DIR/<class>/<clip> (.wav, .flac: told from the files); MODEL is a work directory of `siamax
+train` (or of the main job) or a model.msgpack, which remembers what it was trained on (ink drawings,
+photos or audio; gray or RGB; the audio front-end): the files given to it must be of that kind.
+Without --preset, `siamax train` chooses one for what DATA holds (ink drawings: folder, photos:
+faces, audio clips: spoken_digits) and says which. `siamax COMMAND --help` explains each command. A mistake
+gets one `error:` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from siamax import commands, errors, flags, report, runtime
+from siamax import commands, errors, flags, presets, report, runtime
 
 PROG = "siamax"
 TRIALS = 400  # siamax evaluate's one-shot trials, rounded up to whole episodes
@@ -72,7 +76,10 @@ def _print(obj, as_json: bool, table: str) -> None:
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "data", metavar="DATA", help="folder of images: DATA/<class>/<image> or DATA/<group>/<class>/<image>"
+        "data",
+        metavar="DATA",
+        help="folder of images, DATA/<class>/<image> or DATA/<group>/<class>/<image>, or of sound clips, "
+        "DATA/<class>/<clip> (.wav, .flac)",
     )
     parser.add_argument("--workdir", required=True, help="where checkpoints, the model, results and plots go")
     parser.add_argument(
@@ -94,10 +101,23 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout", choices=("auto", "classes", "groups"), default="auto", help="folder layout (auto: detect)"
     )
+    parser.add_argument(
+        "--color",
+        choices=("auto", "rgb", "gray"),
+        default="auto",
+        help="images in colour (rgb: a 3-channel model) or gray; auto: rgb if some image of the folder has colour. "
+        "Sets the model's channels unless --channels is given (images only)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
 def train(argv: Sequence[str]) -> int:
+    kinds = {}
+
+    def task_of(args) -> tuple[str, str]:  # without --preset: the preset for what the folder holds
+        kinds["kind"] = kind = commands.folder_kind(args.data, color=args.color, layout=args.layout)
+        return presets.folder_task(kind.modality), kind.describe()
+
     args, preset, cfg = flags.command_line(
         f"{PROG} train",
         "Train a Siamese network on the classes of a folder of images: the classes are split into train, "
@@ -105,11 +125,16 @@ def train(argv: Sequence[str]) -> int:
         "the validation classes (on a folder with too few classes for that: on held-out images of the training "
         "classes, said so); W/model.msgpack carries the same/different threshold chosen on them (the EER point); "
         "the test classes are scored at the end next to raw pixels (W/results.json, plots). Rerun the same "
-        "command to resume.",
+        "command to resume. Folders of photos and of sound clips (told from the files) train as well: without "
+        "--preset, with the preset for what the folder holds (ink drawings: folder, photos: faces, audio clips: "
+        "spoken_digits; said on the first line).",
         argv,
         task="folder",
         add_arguments=_train_arguments,
+        task_of=task_of,
     )
+    kind = kinds.get("kind") or commands.folder_kind(args.data, color=args.color, layout=args.layout)
+    cfg = commands.folder_config(cfg, kind, color=args.color, channels_given=args.channels is not None)
     results = commands.train_folder(
         cfg,
         args.data,
@@ -120,6 +145,8 @@ def train(argv: Sequence[str]) -> int:
         ink=args.ink,
         layout=args.layout,
         progress=not args.no_progress,
+        color=args.color,
+        kind=kind,
     )
     print(report.table(results))
     return 0
@@ -235,7 +262,10 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="score a model on a folder whose classes are all new to it", allow_abbrev=False)
     e.add_argument("model", metavar="MODEL", help=model_help)
     e.add_argument(
-        "data", metavar="DATA", help="folder of images: DATA/<class>/<image> or DATA/<group>/<class>/<image>"
+        "data",
+        metavar="DATA",
+        help="folder of the model's kind: images, DATA/<class>/<image> or DATA/<group>/<class>/<image>, or sound "
+        "clips, DATA/<class>/<clip>",
     )
     e.add_argument("--n-way", type=_at_least_two, default=5, help="classes per one-shot trial, 2 or more (default 5)")
     e.add_argument("--shots", type=_positive, default=1, help="support images per class (default 1)")
@@ -263,15 +293,15 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="same class or not: the probability for two images", allow_abbrev=False)
     v.add_argument("model", metavar="MODEL", help=model_help)
-    v.add_argument("image_a", metavar="IMAGE_A", help="an image file")
-    v.add_argument("image_b", metavar="IMAGE_B", help="another image file")
+    v.add_argument("image_a", metavar="IMAGE_A", help="an image file (a sound file for a model trained on audio)")
+    v.add_argument("image_b", metavar="IMAGE_B", help="another one")
     v.add_argument("--json", action="store_true", help='print {"probability", "same", "threshold"} as JSON')
     v.set_defaults(run=_verify)
 
     i = sub.add_parser("identify", help="the nearest classes of a gallery for each query image", allow_abbrev=False)
     i.add_argument("model", metavar="MODEL", help=model_help)
-    i.add_argument("gallery", metavar="GALLERY", help="class-folder tree, one or more images per class")
-    i.add_argument("queries", metavar="QUERY", nargs="+", help="image files to identify")
+    i.add_argument("gallery", metavar="GALLERY", help="class-folder tree, one or more images (or clips) per class")
+    i.add_argument("queries", metavar="QUERY", nargs="+", help="image (or sound) files to identify")
     i.add_argument("-k", type=_positive, default=5, help="classes per query (default 5)")
     i.add_argument("--json", action="store_true", help="print the matches as JSON")
     i.set_defaults(run=_identify)
@@ -280,7 +310,7 @@ def _parser() -> argparse.ArgumentParser:
     xs = x.add_subparsers(dest="action", metavar="ACTION", required=True)
     b = xs.add_parser("build", help="embed GALLERY with MODEL into the index folder INDEX", allow_abbrev=False)
     b.add_argument("model", metavar="MODEL", help=model_help)
-    b.add_argument("gallery", metavar="GALLERY", help="class-folder tree, one or more images per class")
+    b.add_argument("gallery", metavar="GALLERY", help="class-folder tree, one or more images (or clips) per class")
     b.add_argument("index", metavar="INDEX", help="new folder for the index (and a copy of the model)")
     b.add_argument(
         "--overwrite", action="store_true", help="replace the index already in INDEX (without it, that is refused)"
@@ -288,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
     b.set_defaults(run=_index_build)
     s = xs.add_parser("search", help="the nearest classes in INDEX for each query (the answers of identify)")
     s.add_argument("index", metavar="INDEX", help="an index folder made by 'siamax index build'")
-    s.add_argument("queries", metavar="QUERY", nargs="+", help="image files to identify")
+    s.add_argument("queries", metavar="QUERY", nargs="+", help="image (or sound) files to identify")
     s.add_argument("-k", type=_positive, default=5, help="classes per query (default 5)")
     s.add_argument("--json", action="store_true", help="print the matches as JSON")
     s.set_defaults(run=_index_search)

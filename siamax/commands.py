@@ -12,8 +12,11 @@ For a folder of one's own images (``DIR/<class>/<image>`` or ``DIR/<group>/<clas
 * :func:`verify`, :func:`identify`, :func:`build_index` / :func:`search_index`: same or different,
   the nearest classes of a gallery, the same with the gallery's embeddings computed once and stored.
 
-Every image reaches the tower by the one route (``image_folder`` / ``image_files`` ->
-``model_format``), with the ink polarity the model was trained with.
+Every image reaches the tower by the one route (``adapters.read_folder`` / ``read_files``: images
+through ``image_folder`` / ``image_files`` -> ``model_format``, sound clips through ``audio_folder`` /
+``audio_files`` as log-mel images), with what the model was trained with: its modality (ink drawings,
+photos or audio: files of another kind are refused), ink polarity, channels (gray or RGB) and audio
+front-end (``siamax.audio.MelConfig``), all stored in ``model.msgpack``'s metadata.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from siamax import api, checkpoint, config, evaluators, experiment
-from siamax import data as sd
+from siamax.audio import MelConfig
 from siamax.data import adapters
 from siamax.errors import InputError, ModelError
 from siamax.index import INDEX_NAME, Index
@@ -36,13 +39,16 @@ MODEL_NAME = checkpoint.EXPORT_NAME
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """An exported model and what was chosen with it: the same/different threshold and the ink polarity."""
+    """An exported model and what was chosen with it: the same/different threshold, the ink polarity, the
+    modality of its training data and, for audio, the front-end that made its log-mel images."""
 
     params: api.Params
     threshold: float  # p >= threshold means "same"
     threshold_from: str  # "validation" (chosen on validation classes) or "default" (0.5: none was stored)
     ink: str  # the polarity its training images had: "dark", "light" (or "auto": unknown, tell from the images)
     path: Path
+    modality: str = "ink"  # adapters.MODALITIES: "ink" drawings (also every model from before), "photos", "audio"
+    mel: MelConfig | None = None  # the audio front-end (audio models only)
 
 
 def load_model(path: str | Path) -> Model:
@@ -53,17 +59,77 @@ def load_model(path: str | Path) -> Model:
     ink = meta.get("ink", "auto")
     if ink not in ("dark", "light", "auto"):
         raise ModelError(f"{path}: the model's stored ink {ink!r} is not 'dark' or 'light'")
+    modality = meta.get("modality", "ink")
+    if modality not in adapters.MODALITIES:
+        raise ModelError(f"{path}: the model's stored modality {modality!r} is not one of {adapters.MODALITIES}")
+    mel = None
+    if modality == "audio":
+        try:  # stored by siamax train; none: the front-end audio_folder uses by default, square at the input size
+            mel = MelConfig(**meta["mel"]) if meta.get("mel") else MelConfig.square(params.spec.input_size)
+        except (TypeError, ValueError) as e:
+            raise ModelError(
+                f"{path}: the model's stored audio front-end {meta.get('mel')!r} is not usable: {e}"
+            ) from e
     return Model(
         params=params,
         threshold=0.5 if threshold is None else float(threshold),
         threshold_from="default" if threshold is None else "validation",
         ink=ink,
         path=Path(path),
+        modality=modality,
+        mel=mel,
     )
 
 
-def _embed_table(params: api.Params, table: sd.LabelledImages):
+def _embed_table(params: api.Params, table):
     return evaluators.ModelEmbedder(params).embed(np.asarray(table.images), "light")
+
+
+def _read_folder(model: Model, data, *, ink: str = "auto", min_images: int = 2, progress=None):
+    """``(table, report)`` of a folder, read as ``model`` was trained (adapters.read_folder)."""
+    table, report, _ = adapters.read_folder(
+        data,
+        model.params.spec,
+        modality=model.modality,
+        ink=ink,
+        mel=model.mel,
+        min_images=min_images,
+        progress=progress,
+        fallback=model.ink,
+    )
+    return table, report
+
+
+def _read_files(model: Model, paths):
+    return adapters.read_files(
+        list(paths), model.params.spec, modality=model.modality, fallback=model.ink, mel=model.mel
+    )
+
+
+def folder_kind(data, *, color: str = "auto", layout: str = "auto") -> adapters.FolderKind:
+    """What a training folder holds (ink drawings, photos, audio clips; gray or colour): ``adapters.folder_kind``."""
+    return adapters.folder_kind(data, color=color, layout=layout)
+
+
+def folder_config(cfg: config.Config, kind: adapters.FolderKind, *, color: str = "auto", channels_given: bool = False):
+    """``cfg`` with the channels of the folder's images (``kind.color``) unless ``--channels`` was given;
+    ``--color`` / ``--channels`` that contradict the folder or each other are refused."""
+    if kind.modality == "audio":
+        if color != "auto":
+            raise InputError(f"--color {color} is for images, and the folder holds audio clips: drop --color")
+        if cfg.model.channels != 1:
+            raise InputError(
+                f"--channels {cfg.model.channels}: log-mel images of audio clips have 1 channel; drop --channels"
+            )
+        return cfg
+    want = 3 if kind.color == "rgb" else 1
+    if not channels_given:
+        return cfg.override(channels=want)
+    if color != "auto" and want != cfg.model.channels:
+        raise InputError(
+            f"--color {color} asks for {want} channel(s), --channels {cfg.model.channels}: give one of the two"
+        )
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,10 +147,25 @@ def train_folder(
     ink: str = "auto",
     layout: str = "auto",
     progress: bool = True,
+    color: str = "auto",
+    kind: adapters.FolderKind | None = None,
 ) -> dict:
     """Train on a folder's classes in ``workdir`` (resumable: the same command carries on), export the
-    model with its validation threshold and ink, and score the held-out test classes next to raw pixels."""
-    dataset = adapters.ImageFolder(data, fractions=tuple(fractions), ink=ink, layout=layout, progress=progress)
+    model with its validation threshold, ink, modality (and audio front-end), and score the held-out
+    test classes next to raw pixels. ``cfg`` must already have the folder's channels (:func:`folder_config`);
+    ``kind``: :func:`folder_kind` of ``data`` (None: told here)."""
+    kind = kind or folder_kind(data, color=color, layout=layout)
+    mel = MelConfig.square(cfg.spec.input_size) if kind.modality == "audio" else None
+    dataset = adapters.ImageFolder(
+        data,
+        fractions=tuple(fractions),
+        ink=ink,
+        layout=layout,
+        progress=progress,
+        modality=kind.modality,
+        color=color,
+        mel=mel,
+    )
     results = experiment.train_and_evaluate(
         cfg,
         workdir,
@@ -116,7 +197,7 @@ def evaluate_folder(
     alone): verification at the model's stored threshold (pixels, which have none, at the EER threshold
     of these very pairs: an optimistic figure, flagged), ``n_way``-way ``shots``-shot one-shot episodes,
     retrieval. Writes ``out/evaluation.json`` (the one results schema) and the plots."""
-    table, folder = sd.image_folder(data, size=model.params.spec, ink=ink, progress=progress)
+    table, folder = _read_folder(model, data, ink=ink, progress=progress)
     print(folder.summary())
     tests = adapters.folder_tests(
         table,
@@ -151,15 +232,15 @@ def evaluate_folder(
 
 def verify(model: Model, image_a: str | Path, image_b: str | Path) -> dict:
     """``{"probability", "same", "threshold"}`` for two image files."""
-    x, _ = sd.image_files([image_a, image_b], size=model.params.spec, fallback=model.ink)
+    x = _read_files(model, [image_a, image_b])
     p = float(api.score(model.params, x[:1], x[1:])[0])
     return {"probability": p, "same": p >= model.threshold, "threshold": model.threshold}
 
 
 def gallery_index(model: Model, gallery: str | Path, *, ink: str = "auto", progress: bool | None = None) -> Index:
     """The index of a class-folder gallery (one image per class is enough)."""
-    table, folder = sd.image_folder(gallery, size=model.params.spec, ink=ink, min_images=1, progress=progress)
-    if folder.skipped or folder.ink_outliers:
+    table, folder = _read_folder(model, gallery, ink=ink, min_images=1, progress=progress)
+    if folder.skipped or (model.modality == "ink" and folder.ink_outliers):  # photos have no ink to disagree on
         print(folder.summary())
     emb = _embed_table(model.params, table)
     return Index.build(
@@ -176,7 +257,7 @@ def _top_classes(model: Model, index: Index, queries: Sequence[str | Path], k: i
     classes = len(set(labels.tolist()))
     if not 1 <= k <= classes:
         raise InputError(f"k={k}, but the gallery has {classes} classes: choose k in 1..{classes}")
-    x, _ = sd.image_files(queries, size=model.params.spec, fallback=model.ink)
+    x = _read_files(model, queries)
     q = np.asarray(api.embed(model.params, x))
     # The k best classes lie among the k * (most images of one class) best items, whatever the ranking.
     most = max(np.unique(labels, return_counts=True)[1])
@@ -196,6 +277,7 @@ def _top_classes(model: Model, index: Index, queries: Sequence[str | Path], k: i
 
 def identify(model: Model, gallery: str | Path, queries: Sequence[str | Path], k: int = 5) -> list[dict]:
     """The top-k classes of ``gallery`` for each query image."""
+    adapters.check_files(list(queries), model.modality)  # before the gallery is read
     return _top_classes(model, gallery_index(model, gallery), queries, k)
 
 

@@ -97,13 +97,17 @@ def command_line(
     *,
     task: str,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    task_of: Callable[[argparse.Namespace], tuple[str, str]] | None = None,
 ) -> tuple[argparse.Namespace, str, Config]:
     """Parse a command line of ``task`` (a name in ``presets.TASKS``): ``(args, preset, config)``.
 
     In this order, because each step needs the one before: the multi-process start-up (before
     anything asks JAX about devices), then ``--preset`` (its default, ``presets.default_preset(task)``,
     may depend on the backend), then the full parser, whose ``--help`` shows that preset's values as
-    the defaults. ``add_arguments(parser)`` adds the command's own flags.
+    the defaults. ``add_arguments(parser)`` adds the command's own flags. ``task_of(args)``, when given,
+    tells the task from the parsed command line (``siamax train``: from what the data folder holds) as
+    ``(task, what)``; without ``--preset`` its default preset is used and ``what`` said with it (``--help``
+    shows ``task``'s).
     """
     early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     early.add_argument("--preset", choices=presets.preset_names(), default=None)
@@ -127,10 +131,15 @@ def command_line(
     sharding.add_arguments(parser)
     _config_arguments(parser, preset)
     args = parser.parse_args(argv)
+    what = ""
+    if known.preset is None and task_of is not None:
+        task, what = task_of(args)
+        preset = presets.default_preset(task)
     cfg = from_args(args, preset)
     if sharding.is_primary():
         if known.preset is None:
-            print(f"no --preset given: using {preset!r} on this {jax.default_backend()} machine")
+            why = f" for {what}" if what else ""
+            print(f"no --preset given: using {preset!r}{why} on this {jax.default_backend()} machine")
         line = margin_line(args, preset, cfg)
         if line:
             print(line)

@@ -118,6 +118,25 @@ PRESETS["faces"] = PRESETS["folder"].override(
     patience=0,
 )
 
+# `siamax train` on a folder of sound clips (log-mel images, siamax.data.audio_folder), until a preset
+# chosen on spoken-digit validation speakers exists: the folder preset's 35x35 small tower, without the
+# rotations-as-classes (a turned spectrogram is no sound) and the ink framing (a spectrogram has no ink).
+PRESETS["audio"] = PRESETS["folder"].override(model="small", image_size=0, rotations=False, ink_frame=0.0)
+
+# FSDD in speaker folds (experiments.spoken_digits: 3 folds x 3 runs in <= 15 minutes on 2 cores): the
+# audio preset's small tower on 35x35 log-mels (~2,000 clips/s on 2 cores), episodic on the euclidean
+# energy, all ten digits x 8 clips a batch (the experiment caps P at a run's classes and raises K to keep
+# 80 clips), 8 epochs of 100 steps. Chosen on the validation takes of the training speakers only.
+PRESETS["spoken_digits"] = PRESETS["audio"].override(
+    image_size=35,
+    episode_chars=10,
+    episode_drawers=8,
+    epochs=8,
+    steps_per_epoch=100,
+    patience=0,
+    val_trials=400,
+)
+
 
 def preset_names() -> Sequence[str]:
     return sorted(PRESETS)
@@ -131,16 +150,30 @@ def config(name: str, **overrides) -> Config:
 
 
 # task -> (preset on CPU, preset on an accelerator). omniglot: the main job; mnist: the transfer;
-# folder: `siamax train` on one's own folders; faces: the face verification experiment (ORL);
+# folder: `siamax train` on one's own folders of ink drawings, folder_photos / folder_audio: of photos / of
+# sound clips (FOLDER_TASKS: the modality's task); faces: the face verification experiment (ORL);
 # tuning: the validation sweeps and the optuna study, whose variants and tuning spaces are sized
 # around quick's CPU budget, on any backend.
 TASKS: dict[str, tuple[str, str]] = {
     "omniglot": ("quick", "paper"),
     "mnist": ("mnist_quick", "mnist_paper"),
     "folder": ("folder", "folder"),
+    "folder_photos": ("faces", "faces"),
+    "folder_audio": ("spoken_digits", "spoken_digits"),
     "faces": ("faces", "faces"),
+    "spoken_digits": ("spoken_digits", "spoken_digits"),
     "tuning": ("quick", "quick"),
 }
+
+# What a folder given to `siamax train` holds (siamax.data.adapters.folder_kind) -> its task in TASKS.
+FOLDER_TASKS: dict[str, str] = {"ink": "folder", "photos": "folder_photos", "audio": "folder_audio"}
+
+
+def folder_task(modality: str) -> str:
+    """The task of ``siamax train`` on a folder of ``modality`` ("ink", "photos" or "audio")."""
+    if modality not in FOLDER_TASKS:
+        raise ConfigError(f"unknown modality {modality!r}; valid: {sorted(FOLDER_TASKS)}")
+    return FOLDER_TASKS[modality]
 
 
 def default_preset(task: str) -> str:

@@ -280,21 +280,21 @@ def test_fsdd_download_refuses_a_wrong_archive(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # reads the real data
 def test_fsdd_download_verifies_and_fills_in(siamax_data_dir, tmp_path, monkeypatch):
-    from siamax.data import fsdd
+    from siamax.data import _paths, fsdd
 
     files = {f"recordings/{r.rsplit('/', 1)[1]}": (siamax_data_dir / r).read_bytes() for r in fsdd.RELPATHS}
     _serve(monkeypatch, _github_archive(files))
     paths = fsdd.fsdd_files(tmp_path)  # fresh download: the same content digest as the project's copy
-    assert len(paths) == fsdd.N_FILES and fsdd.content_digest(paths) == fsdd.DIGEST
+    assert len(paths) == fsdd.N_FILES and _paths.content_digest(paths) == fsdd.DIGEST
     (tmp_path / fsdd.RELPATHS[5]).unlink()  # one file lost: fetched again, the others kept
     assert fsdd.fsdd_files(tmp_path)[fsdd.RELPATHS[5]].read_bytes() == files[f"recordings/{fsdd.RELPATHS[5][16:]}"]
 
 
 @pytest.mark.slow
 def test_fsdd_real_data(siamax_data_dir, siamax_tfds_dir):
-    from siamax.data import fsdd
+    from siamax.data import _paths, fsdd
 
-    assert fsdd.content_digest(fsdd.fsdd_files(siamax_data_dir, download=False)) == fsdd.DIGEST
+    assert _paths.content_digest(fsdd.fsdd_files(siamax_data_dir, download=False)) == fsdd.DIGEST
     data = fsdd.load_fsdd(siamax_data_dir, siamax_tfds_dir, download=False)
     assert len(data) == 3000 and data.sample_rate == 8000
     assert (np.bincount(data.digits) == 300).all() and (np.bincount(data.speakers) == 500).all()

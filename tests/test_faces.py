@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from siamax import evaluators, experiment, presets
-from siamax.data import adapters, orl, require
+from siamax.data import _paths, adapters, orl, require
 from siamax.data.labelled import LabelledImages
 from siamax.errors import DataError
 
@@ -100,7 +100,7 @@ def test_orl_real_data(siamax_data_dir, siamax_tfds_dir):
     )
     assert hashlib.sha256("".join(f"{p} {s}\n" for p, s in lines).encode()).hexdigest() == orl.DIGEST
     assert [p for p, _ in lines] == sorted(orl.RELPATHS)
-    assert orl.content_digest(orl.orl_files(data_dir)) == orl.DIGEST  # the files themselves
+    assert _paths.content_digest(orl.orl_files(data_dir)) == orl.DIGEST  # the files themselves
     data = orl.load_orl(data_dir, siamax_tfds_dir)
     assert data.images.shape == (380, 112, 92) and data.images.dtype == np.uint8
     assert np.bincount(data.labels).tolist() == [10] * 38 and len(data.people) == 38

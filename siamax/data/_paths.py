@@ -155,6 +155,13 @@ def verify(path: str | os.PathLike, name: str) -> None:
         )
 
 
+def content_digest(paths: dict[str, Path]) -> str:
+    """A folder of files as one checksum (a dataset without one archive: ORL, FSDD): sha256 of the
+    sorted ``"relpath sha256\\n"`` lines of ``{relpath: path}``."""
+    lines = "".join(f"{r} {sha256(paths[r])}\n" for r in sorted(paths))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def sha256(path: str | os.PathLike) -> str:
     """sha256 of a file, cached per (path, size, mtime)."""
     st = os.stat(path)

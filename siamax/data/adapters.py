@@ -10,12 +10,17 @@ when asked for, after training: model selection never sees them.
   Lake's runs do not use to validate; Lake's 20 runs, within-alphabet N-way tasks, random N-way K-shot
   episodes, verification and retrieval on the test alphabets).
 * :class:`MnistTransfer`: Omniglot's, plus the paper's 10-way one-shot MNIST transfer test.
-* :class:`ImageFolder`: a user's folder of classes, split by class (``class_splits``, a manifest); for
-  a small folder, validation on held-out images of the training classes.
+* :class:`ImageFolder`: a user's folder of classes, of images or of sound clips (:func:`folder_kind`
+  tells which, :func:`read_folder` / :func:`read_files` read either kind into the one table), split by
+  class (``class_splits``, a manifest); for a small folder, validation on held-out images of the
+  training classes.
 * :func:`folder_tests`: the test sets of a table whose classes are all new to the model (``siamax
   evaluate`` and ``ImageFolder``'s test part).
 * :class:`Faces`: ORL faces split by person (train / validation / test people, seeded): verification
   and N-way one-shot identification of unseen people, next to raw pixels and eigenfaces.
+* :class:`SpokenDigits`: FSDD in speaker folds (4 training, 2 unseen test speakers): cross-speaker one-shot
+  word recognition (10-way, and N-way over digits held out of training) or speaker verification, next to
+  MFCC + DTW, mean MFCCs and raw log-mel pixels.
 
 Each test set also names the baseline embedders run through the same evaluator on the same trials
 (``"pixels"``: raw pixels, Euclidean; ``"pixels_cosine"``; ``"eigenfaces"``, fitted on the run's
@@ -29,6 +34,7 @@ versions wrote (``one_nn`` = ``pixels/lake20``) for the code that reads them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +46,7 @@ import numpy as np
 from siamax import rng
 from siamax.data import folder as fo
 from siamax.data import lake, mnist, omniglot, orl, samplers, splits, tasks
+from siamax.data.audio_folder import audio_files, audio_folder, is_audio_file, is_audio_folder
 from siamax.data.class_splits import class_splits, hold_out, small_folder_sizes
 from siamax.data.labelled import LabelledImages
 from siamax.data.require import require
@@ -310,6 +317,152 @@ def folder_tests(
     }
 
 
+MODALITIES = ("ink", "photos", "audio")  # what a folder of one's own holds (folder_kind)
+_KIND_SAMPLE = 256  # images folder_kind decodes (spread over the folder) to tell photos from ink drawings
+_PAPER_SHARE = 0.5  # ink drawings: at least this share of an image's pixels is paper (median over the sample)
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderKind:
+    """What a folder holds (:func:`folder_kind`): ``modality`` "ink" (drawings: ink on plain paper),
+    "photos" or "audio" (sound clips), and ``color`` "rgb" or "gray" (the images' channels; "gray" for
+    audio), with what told it: over ``n_looked`` decoded images, ``n_colour`` had colour, ``paper`` is
+    the median border brightness and ``paper_share`` the median share of pixels as bright (or as dark)
+    as paper (NaN for audio)."""
+
+    modality: str
+    color: str
+    n_looked: int = 0
+    n_colour: int = 0
+    paper: float = math.nan
+    paper_share: float = math.nan
+
+    def describe(self) -> str:
+        """E.g. "a folder of colour photos (12 of 40 images looked at have colour)"."""
+        if self.modality == "audio":
+            return "a folder of audio clips"
+        looked = f"of {self.n_looked} images looked at"
+        if self.n_colour:
+            return f"a folder of colour photos ({self.n_colour} {looked} have colour)"
+        paper = f"median border brightness {self.paper:.2f}, {self.paper_share:.0%} of the pixels paper-like"
+        what = "gray photos" if self.modality == "photos" else "ink drawings"
+        return f"a folder of {what} ({paper}, {looked})"
+
+
+def folder_kind(path, *, color: str = "auto", layout: str = "auto") -> FolderKind:
+    """Whether the folder ``path`` holds sound clips (``siamax.data.is_audio_folder``: by the files'
+    extensions), photos or ink drawings, and in what colour, told from up to ``_KIND_SAMPLE`` of its
+    images spread over the folder (decoded by ``image_folder``'s route, at a small size):
+
+    * colour: some image has colour (``image_folder``'s rule), unless ``color`` forces "rgb" / "gray";
+    * photos: some image has colour, or the borders cannot tell a polarity (``image_folder``'s ink rule:
+      median paper brightness within 0.5 +- 0.1), or fewer than half the pixels of the median image are
+      paper (as bright as light paper, >= 0.75, or as dark as dark paper, <= 0.25): a photo's background
+      is not plain paper (ORL's faces: 22%);
+    * ink drawings otherwise (Omniglot, MNIST, scans: 80-95% paper).
+
+    Raises ``image_folder``'s errors for a folder it cannot read (missing, no class folders, ...)."""
+    if color not in fo.COLORS:
+        raise InputError(f"color must be one of {fo.COLORS}, got {color!r}")
+    root = Path(path).expanduser()
+    if is_audio_folder(root):
+        return FolderKind("audio", "gray")
+    if not root.is_dir():
+        fo.image_folder(root, size=8)  # the DataError saying what is missing
+    _, classes, _ = fo._scan(root.resolve(), layout)  # pylint: disable=protected-access
+    files = [p for _, _, paths in classes for p in paths]
+    if not files:
+        fo.image_folder(root, size=8, layout=layout)  # the InputError saying what is there instead
+    picks = np.unique(np.linspace(0, len(files) - 1, min(len(files), _KIND_SAMPLE)).round().astype(int))
+    decoded = [fo._decode(root / files[i], 32) for i in picks]  # pylint: disable=protected-access
+    images = [(x, paper) for x, paper, _ in decoded if x is not None and paper is not None]
+    n_colour = sum(fo._has_colour(x) for x, _ in images)  # pylint: disable=protected-access
+    channels = {"rgb": "rgb", "gray": "gray"}.get(color, "rgb" if n_colour else "gray")
+    if not images:
+        return FolderKind("photos" if n_colour else "ink", channels)
+    paper = float(np.median([p for _, p in images]))
+    share = float(np.median([_paper_share(x, p) for x, p in images]))
+    ink = not n_colour and abs(paper - 0.5) >= fo._AMBIGUOUS and share >= _PAPER_SHARE  # pylint: disable=protected-access
+    return FolderKind("ink" if ink else "photos", channels, len(images), n_colour, paper, share)
+
+
+def _paper_share(x: np.ndarray, paper: float) -> float:
+    """The share of an image's pixels on its paper's side: luma >= 0.75 on light paper, <= 0.25 on dark."""
+    v = fo._unit(x)  # pylint: disable=protected-access
+    if v.ndim == 3:
+        v = v[..., :3] @ np.float32([0.299, 0.587, 0.114]) if v.shape[-1] >= 3 else v[..., 0]
+    return float((v >= 0.75).mean() if paper > 0.5 else (v <= 0.25).mean())
+
+
+def _photo_ink(modality: str, ink: str, fallback: str | None) -> str:
+    """Photos keep their own values (ink "light", as ``siamax.data.orl``) unless told otherwise: no
+    polarity is guessed from a photo's borders; a model's stored polarity (``fallback``) wins."""
+    if modality != "photos" or ink != "auto":
+        return ink
+    return fallback if fallback in ("dark", "light") else "light"
+
+
+def _refuse_modality(where, audio: bool, modality: str, files: bool = False) -> None:
+    """The one error line for files (``files``) or a folder of the other kind than the model's ``modality``."""
+    holds = ("is", "are")[files and ", " in str(where)] if files else "holds"
+    if audio and modality != "audio":
+        raise InputError(
+            f"{where} {holds} audio, but the model was trained on images ({modality}): give images, or a "
+            "model that 'siamax train' trained on a folder of clips"
+        )
+    if not audio and modality == "audio":
+        raise InputError(
+            f"{where} {holds} {'not audio' if files else 'images'}, but the model was trained on audio clips: "
+            "give .wav or .flac files (a folder DIR/<class>/<clip>), or a model trained on images"
+        )
+
+
+def read_folder(
+    path,
+    spec,
+    *,
+    modality: str,
+    ink: str = "auto",
+    layout: str = "auto",
+    color: str = "auto",
+    mel=None,
+    min_images: int = 2,
+    progress: bool | None = None,
+    fallback: str | None = None,
+):
+    """A class folder of ``modality`` (:data:`MODALITIES`) as the one table, for the model ``spec``:
+    ``(LabelledImages, report, ink)``. Images through ``image_folder`` (photos keep their own values
+    unless ``ink`` says otherwise: :func:`_photo_ink`), sound clips through ``audio_folder`` with the
+    front-end ``mel`` (a ``siamax.audio.MelConfig``; None: ``MelConfig.square`` of the input size), as
+    1-channel log-mel images ("light": 255 = loudest). A folder of the other kind is refused."""
+    _refuse_modality(path, is_audio_folder(path), modality)
+    if modality == "audio":
+        table, report = audio_folder(path, size=spec, config=mel, min_clips=min_images, progress=progress)
+        return table, report, "light"
+    ink = _photo_ink(modality, ink, fallback)
+    table, report = fo.image_folder(
+        path, size=spec, layout=layout, ink=ink, min_images=min_images, progress=progress, color=color
+    )
+    return table, report, report.ink
+
+
+def check_files(paths, modality: str) -> None:
+    """Refuse (InputError naming them) files of another kind than ``modality``, by their extensions."""
+    other = [str(p) for p in paths if is_audio_file(p) != (modality == "audio")]
+    if other:
+        _refuse_modality(fo._some(other), modality != "audio", modality, files=True)  # pylint: disable=protected-access
+
+
+def read_files(paths, spec, *, modality: str, ink: str = "auto", fallback: str | None = None, mel=None):
+    """Single files (to verify, to identify) by :func:`read_folder`'s route: model-format images on the
+    device. Files of the other kind than ``modality`` are refused, naming them."""
+    check_files(paths, modality)
+    if modality == "audio":
+        return audio_files(paths, size=spec, config=mel)
+    x, _ = fo.image_files(paths, size=spec, ink=_photo_ink(modality, ink, fallback), fallback=fallback)
+    return x
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageFolder:
     """A folder ``DIR/<class>/<image>`` (or ``DIR/<group>/<class>/<image>``) split by class into train,
@@ -320,6 +473,12 @@ class ImageFolder:
     classes instead (``siamax.data.class_splits.hold_out``: 2 images of every class that has 4 or more); where no
     class has 4, on the training images themselves (said so: an optimistic choice). A test part of fewer
     than 2 classes is left empty (evaluate elsewhere with ``siamax evaluate``).
+
+    Images or sound clips (``DIR/<class>/<clip>``): ``modality`` "auto" tells them apart
+    (:func:`folder_kind`), and :func:`read_folder` reads either into the one table (clips as log-mel
+    images through the front-end ``mel``, None: ``MelConfig.square`` of the input size); all that
+    follows is shared. The modality (and the front-end) of a folder of photos or clips goes into
+    ``identity``, hence into the exported model's metadata, so the commands read new files as in training.
     """
 
     path: str | Path
@@ -327,22 +486,46 @@ class ImageFolder:
     ink: str = "auto"
     layout: str = "auto"
     progress: bool = True
+    modality: str = "auto"  # "auto" (folder_kind), or one of MODALITIES
+    color: str = "auto"  # image_folder's: under "auto" the model's channels decide
+    mel: object = None  # siamax.audio.MelConfig of a folder of clips (None: MelConfig.square(input size))
     name = "folder"
 
     @property
     def root(self) -> Path:
         return Path(self.path).expanduser().resolve()
 
+    @functools.cached_property
+    def kind(self) -> str:
+        """The modality: given, or told from the folder."""
+        if self.modality == "auto":
+            return folder_kind(self.root, color=self.color, layout=self.layout).modality
+        if self.modality not in MODALITIES:
+            raise InputError(f"modality must be 'auto' or one of {MODALITIES}, got {self.modality!r}")
+        return self.modality
+
     @property
     def identity(self) -> dict:
-        return {"data": str(self.root), "fractions": list(self.fractions)}
+        out = {"data": str(self.root), "fractions": list(self.fractions)}
+        if self.kind != "ink":  # ink drawings, the first kind, record nothing: their runs resume as before
+            out["modality"] = self.kind
+        if self.kind == "audio" and self.mel is not None:
+            out["mel"] = dataclasses.asdict(self.mel)
+        return out
 
     def requires(self, test: bool) -> list[str]:
         return []
 
     def prepare_run(self, cfg) -> Prepared:
-        table, report = fo.image_folder(
-            self.root, size=cfg.spec, layout=self.layout, ink=self.ink, progress=self.progress
+        table, report, ink = read_folder(
+            self.root,
+            cfg.spec,
+            modality=self.kind,
+            ink=self.ink,
+            layout=self.layout,
+            color=self.color,
+            mel=self.mel,
+            progress=self.progress,
         )
         seeds = rng.eval_seeds(cfg.eval.eval_seed)
         sizes = small_folder_sizes(table.n_classes, self.fractions)
@@ -414,7 +597,7 @@ class ImageFolder:
             threshold_pairs=pairs,
             threshold_rule="eer",
             tests=tests,
-            ink=report.ink,
+            ink=ink,
             summary="\n".join(lines),
             write_manifest=write_manifest,
             info={
@@ -531,6 +714,145 @@ def face_tests(cfg, test: LabelledImages, validation, trials: int = 400) -> dict
         )
         out[f"random_{n}way_1shot"] = TestSet("oneshot", {"tasks": episodes, "seed": seeds["test_candidates"]})
     return {k: dataclasses.replace(ts, baselines=FACE_BASELINES) for k, ts in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Spoken digits: FSDD in speaker folds.
+
+SPOKEN_BASELINES = ("mfcc_dtw", "mfcc_cosine", "pixels")
+SPOKEN_LABELS = ("digit", "speaker")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpokenDigits:
+    """FSDD (``siamax.data.fsdd``) as log-mel images (``MelConfig.square`` of the model's input size) in
+    speaker folds (``siamax.data.speaker_folds``): fold ``fold`` trains on its 4 training speakers and
+    tests on its 2 unseen ones.
+
+    ``label="digit"``: classes are the words, trained on ``train_digits`` only (None: all ten); tests:
+    ``oneshot_10way`` (support clip of every digit from one test speaker, query from the other) and,
+    where digits are held out of training, ``heldout_{N}way`` over those alone (the true one-shot case:
+    words and speakers both new). ``label="speaker"``: classes are the speakers; test:
+    ``verification``, same/different-speaker pairs of the 2 test speakers (ROC AUC, EER, accuracy at the
+    validation threshold).
+
+    Validation: ``val_takes`` of the 50 takes (the same take numbers for every training speaker and
+    digit, drawn from ``cfg.data.split_seed``) are kept out of training; the checkpoint (cross-speaker
+    one-shot word tasks on them, or 4-way speaker identification) and the threshold (pairs of them, EER
+    rule) are chosen there. No test speaker's clip is read before the test sets are built. Every test set
+    is also scored by ``SPOKEN_BASELINES`` on the same trials and pairs."""
+
+    fold: int = 0
+    label: str = "digit"
+    train_digits: tuple[int, ...] | None = None
+    val_takes: int = 10
+    trials: int = 400
+    name = "spoken_digits"
+
+    def __post_init__(self):
+        from siamax.data import fsdd, speaker_folds  # pylint: disable=g-import-not-at-top
+
+        n_folds = len(speaker_folds.speaker_folds(len(fsdd.SPEAKERS)))
+        if not 0 <= self.fold < n_folds:
+            raise InputError(f"fold must be in 0..{n_folds - 1}, got {self.fold}")
+        if self.label not in SPOKEN_LABELS:
+            raise InputError(f"label must be one of {SPOKEN_LABELS}, got {self.label!r}")
+        digits = self.train_digits
+        if digits is not None and (len(set(digits)) < 2 or not set(digits) <= set(range(fsdd.DIGITS))):
+            raise InputError(f"train_digits must be >= 2 distinct digits in 0..9, got {digits}")
+
+    @property
+    def identity(self) -> dict:
+        digits = None if self.train_digits is None else sorted(self.train_digits)
+        return {"fold": self.fold, "label": self.label, "train_digits": digits, "val_takes": self.val_takes}
+
+    def requires(self, test: bool) -> list[str]:
+        return ["fsdd"]
+
+    def prepare_run(self, cfg) -> Prepared:
+        from siamax import audio  # pylint: disable=g-import-not-at-top
+        from siamax.data import fsdd  # pylint: disable=g-import-not-at-top
+        from siamax.data import speaker_folds as sf  # pylint: disable=g-import-not-at-top
+
+        t0 = time.perf_counter()
+        data = fsdd.load_fsdd()
+        table = fsdd.fsdd_table(data, audio.MelConfig.square(cfg.spec.input_size), label=self.label)
+        fold = sf.speaker_folds(len(fsdd.SPEAKERS))[self.fold]
+        digits = tuple(range(fsdd.DIGITS)) if self.train_digits is None else tuple(sorted(self.train_digits))
+        held = sf.held_out_takes(fsdd.REPETITIONS, self.val_takes, cfg.data.split_seed)
+        mine = np.isin(data.speakers, fold.train) & np.isin(data.digits, digits)
+        val_rows = np.flatnonzero(mine & np.isin(data.indices, held))
+        train_rows = np.flatnonzero(mine & ~np.isin(data.indices, held))
+        train, val = table.take(train_rows, name="fsdd/train"), table.take(val_rows, name="fsdd/validation")
+        seeds = rng.eval_seeds(cfg.eval.eval_seed)
+        images = np.asarray(table.images)
+        if self.label == "digit":  # the test's protocol on the held-out takes of the training speakers
+            val_tasks = sf.cross_speaker_tasks(
+                images, data.digits, data.speakers, val_rows, speakers_of_task=fold.train, classes=digits,
+                n_tasks=math.ceil(cfg.eval.val_trials / len(digits)), seed=seeds["validation_tasks"],
+            )  # fmt: skip
+        else:
+            val_tasks = tasks.episodes(
+                val, n_way=val.n_classes, n_query=1, n_episodes=math.ceil(cfg.eval.val_trials / val.n_classes),
+                seed=seeds["validation_tasks"],
+            )  # fmt: skip
+        v_images, v_pairs = _pairs_of(val, cfg.eval.verification_pairs, seeds["verification_validation"])
+        names = [fsdd.SPEAKERS[s] for s in fold.train], [fsdd.SPEAKERS[s] for s in fold.test]
+        summary = (
+            f"data ready in {time.perf_counter() - t0:.1f}s: FSDD fold {self.fold}, {self.label} labels, train "
+            f"speakers {', '.join(names[0])} (digits {''.join(map(str, digits))}), test speakers "
+            f"{', '.join(names[1])}; {train.n_images} training clips, validation on {val.n_images} clips of "
+            f"takes {held.tolist()}: {len(val_tasks)} tasks ({sum(len(t.query) for t in val_tasks)} trials)"
+        )
+
+        def tests() -> dict[str, TestSet]:
+            test_rows = np.flatnonzero(np.isin(data.speakers, fold.test))
+            shuffle = seeds["test_candidates"]
+            if self.label == "speaker":
+                test = table.take(test_rows, name="fsdd/test speakers")
+                pairs = samplers.make_pairs(test, cfg.eval.verification_pairs, seed=seeds["verification_test"])
+                v = {"images": np.asarray(test.images), "pairs": pairs, "validation": (v_images, v_pairs)}
+                return {"verification": TestSet("verification", {**v, "rule": "eer"}, SPOKEN_BASELINES)}
+            out = {}
+            held_out = tuple(d for d in range(fsdd.DIGITS) if d not in digits)
+            for key, classes in (
+                ("oneshot_10way", tuple(range(fsdd.DIGITS))),
+                (f"heldout_{len(held_out)}way", held_out),
+            ):
+                if len(classes) < 2:
+                    continue
+                trial_tasks = sf.cross_speaker_tasks(
+                    images, data.digits, data.speakers, test_rows, speakers_of_task=fold.test, classes=classes,
+                    n_tasks=math.ceil(self.trials / len(classes)), seed=[seeds["test_tasks"], len(classes)],
+                    name=key,
+                )  # fmt: skip
+                out[key] = TestSet(
+                    "oneshot", {"tasks": trial_tasks, "seed": shuffle, "by": _alphabet}, SPOKEN_BASELINES
+                )
+            return out
+
+        return Prepared(
+            train=train,
+            validation_tasks=val_tasks,
+            threshold_images=v_images,
+            threshold_pairs=v_pairs,
+            threshold_rule="eer",
+            tests=tests,
+            ink="light",
+            summary=summary,
+            info={
+                "name": f"fsdd/{self.label}",
+                "fold": self.fold,
+                "train_speakers": names[0],
+                "test_speakers": names[1],
+                "train_digits": list(digits),
+                "validation_takes": held.tolist(),
+                "images": table.n_images,
+                "train_images": train.n_images,
+                "validation_images": val.n_images,
+                "mel": dataclasses.asdict(audio.MelConfig.square(cfg.spec.input_size)),
+            },
+        )
 
 
 def archives(dataset, test: bool) -> Sequence[str]:

@@ -11,7 +11,7 @@ folders nested deeper are refused with an :class:`~siamax.errors.InputError` say
 entries (names starting with ``.``) and the operating systems' own ``__MACOSX``, ``Thumbs.db`` and
 ``desktop.ini`` are ignored. Folders and files are read in natural order (``2`` before ``10``).
 
-Files: ``.png .jpg .jpeg .bmp .gif .tif .tiff`` (any case), any size of at least 5 x 5 pixels,
+Files: ``.png .jpg .jpeg .bmp .gif .tif .tiff .pgm .ppm .pnm`` (any case), any size of at least 5 x 5 pixels,
 decoded with PIL into an array ``siamax.preprocess`` takes, which then does everything else (gray
 conversion, polarity, padding to a square, antialiased resize: the one route, through
 ``siamax.data.labelled.model_format``): 1-bit -> bool, 8-bit gray -> uint8, 16-bit gray -> uint16,
@@ -67,7 +67,7 @@ import numpy as np
 from siamax.data.labelled import LabelledImages, model_format
 from siamax.errors import DataError, InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm", ".pnm")
 LAYOUTS = ("auto", "classes", "groups")
 INKS = ("auto", "dark", "light")
 COLORS = ("auto", "rgb", "gray")

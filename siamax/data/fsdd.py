@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 import re
 import shutil
@@ -153,12 +152,6 @@ def fsdd_table(data: Fsdd, cfg=None, *, label: str = "digit") -> LabelledImages:
 # The files: present and verified, or downloaded.
 
 
-def content_digest(paths: dict[str, Path]) -> str:
-    """sha256 of the sorted ``"relpath sha256\\n"`` lines of ``{relpath: path}`` (each file's own sha256)."""
-    lines = "".join(f"{r} {_paths.sha256(paths[r])}\n" for r in sorted(paths))
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
 def fsdd_files(data_dir=None, *, download: bool = True) -> dict[str, Path]:
     """The 3,000 WAV files, ``{relpath: path}`` in canonical order, checked against :data:`DIGEST`;
     missing ones are downloaded (:data:`URL`) first where ``download`` and the network allow.
@@ -171,7 +164,7 @@ def fsdd_files(data_dir=None, *, download: bool = True) -> dict[str, Path]:
     missing = [r for r, p in paths.items() if not p.is_file()]
     if missing:
         _fetch(root, missing, download)
-    actual = content_digest(paths)
+    actual = _paths.content_digest(paths)
     if actual != DIGEST:
         raise ChecksumError(
             f"FSDD in {root / FOLDER}: content digest {actual}, expected {DIGEST} (sha256 of the sorted "
@@ -221,7 +214,7 @@ def _fetch(root: Path, missing: list[str], download: bool) -> None:
                 f"downloading {URL} to {dest} failed: {one_line(e)}. Try again, or put the {N_FILES} recordings "
                 f"there yourself (from {REPOSITORY}, commit {COMMIT[:12]})"
             ) from e
-        actual = content_digest(got)
+        actual = _paths.content_digest(got)
         if actual != DIGEST:
             raise ChecksumError(
                 f"downloaded {URL}: its {len(got)} recordings have content digest {actual}, expected {DIGEST} "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +87,7 @@ def orl_files(data_dir=None) -> dict[str, Path]:
     missing = [r for r, p in paths.items() if not p.is_file()]
     if missing:
         raise DataError(_missing_line(root, missing))
-    actual = content_digest(paths)
+    actual = _paths.content_digest(paths)
     if actual != DIGEST:
         raise ChecksumError(
             f"ORL faces in {root / FOLDER}: content digest {actual}, expected {DIGEST} (sha256 of the sorted "
@@ -96,12 +95,6 @@ def orl_files(data_dir=None) -> dict[str, Path]:
             "Check them against the project's shared/data/SHA256SUMS (sha256sum -c) and replace those that differ"
         )
     return paths
-
-
-def content_digest(paths: dict[str, Path]) -> str:
-    """sha256 of the sorted ``"relpath sha256\\n"`` lines of ``{relpath: path}`` (each file's own sha256)."""
-    lines = "".join(f"{r} {_paths.sha256(paths[r])}\n" for r in sorted(paths))
-    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def read_pgm(path) -> np.ndarray:

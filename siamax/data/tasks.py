@@ -53,8 +53,11 @@ class Task:
     alphabet: str = ""
 
     def __post_init__(self):
-        if self.support.ndim != 3 or self.query.ndim != 3 or self.support.shape[1:] != self.query.shape[1:]:
-            raise ValueError(f"support {self.support.shape} and query {self.query.shape} must be (n, H, W)")
+        rgb = self.support.ndim == 4 and self.support.shape[-1] == 3  # an RGB model's tasks: (n, H, W, 3)
+        if self.support.ndim != 3 + rgb or self.query.ndim != 3 + rgb or self.support.shape[1:] != self.query.shape[1:]:
+            raise ValueError(
+                f"support {self.support.shape} and query {self.query.shape} must be (n, H, W) or (n, H, W, 3)"
+            )
         if self.answers.shape != (self.query.shape[0],):
             raise ValueError(f"answers {self.answers.shape} must be (Q,) = ({self.query.shape[0]},)")
         if self.ink not in ("dark", "light"):
