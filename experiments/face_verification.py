@@ -15,7 +15,6 @@ Data: SIAMAX_DATA_DIR holding ``orl_faces/s3..s40/*.pgm`` (the project's shared/
 official download. Rerun with the same --workdir to resume.
 """
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,19 +58,6 @@ def main(argv=None):
     print(f"summary in {root / 'summary.json'} and {root / 'summary.md'}")
 
 
-def _stats(values: list[float]) -> dict:
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": values,
-    }
-
-
-def _value(results: dict, embedder: str, section: str, measure: str):
-    part = results if embedder == "siamax" else results.get(embedder, {})
-    return part.get(section, {}).get(measure)
-
-
 def summarize(runs: list[dict]) -> dict:
     """Mean, std (n - 1) and per-seed values of every row for siamax and each baseline, plus time."""
     out = {
@@ -81,29 +67,19 @@ def summarize(runs: list[dict]) -> dict:
         "eval_seed": runs[0]["eval_seed"],
         "presets": sorted({str(r["preset"]) for r in runs}),
         "commits": sorted({str(r.get("git_commit", "?"))[:7] for r in runs}),
+        **report.compare(runs, ROWS, EMBEDDERS),
+        "best_val_accuracy": report.stats([r["training"]["best_val_accuracy"] for r in runs]),
+        "validation_threshold_accuracy": report.stats([r["training"]["threshold_validation_accuracy"] for r in runs]),
+        "wall_minutes": report.stats([r["wall_seconds"] / 60 for r in runs]),
+        "device": runs[0].get("device"),
     }
-    for section, measure, _ in ROWS:
-        for e in EMBEDDERS:
-            values = [_value(r, e, section, measure) for r in runs]
-            if all(v is not None for v in values):
-                out.setdefault(f"{section}/{measure}", {})[e] = _stats(values)
-    out["best_val_accuracy"] = _stats([r["training"]["best_val_accuracy"] for r in runs])
-    out["validation_threshold_accuracy"] = _stats([r["training"]["threshold_validation_accuracy"] for r in runs])
-    out["wall_minutes"] = _stats([r["wall_seconds"] / 60 for r in runs])
-    out["device"] = runs[0].get("device")
     return out
 
 
 def table(summary: dict) -> str:
     """The summary as Markdown: a row per measure, mean ± std over the seeds per embedder."""
     seeds = ", ".join(str(s) for s in summary["seeds"])
-    head = " | ".join(EMBEDDERS)
-    lines = [f"| unseen people, mean ± std over seeds {seeds} | {head} |", "|---" * (len(EMBEDDERS) + 1) + "|"]
-    for section, measure, label in ROWS:
-        row = summary.get(f"{section}/{measure}")
-        if row:
-            cells = [f"{row[e]['mean']:.2%} ± {row[e]['std']:.2%}" if e in row else "" for e in EMBEDDERS]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines = report.compare_lines(summary, ROWS, EMBEDDERS, f"unseen people, mean ± std over seeds {seeds}")
     v = summary["best_val_accuracy"]
     lines.append(f"| best validation one-shot accuracy (validation people) | {v['mean']:.2%} ± {v['std']:.2%} |")
     w = summary["wall_minutes"]

@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from siamax import errors
+from siamax import errors, report
 from siamax.errors import InputError
 
 # (key in results.json, row label); rows a run does not have are left out.
@@ -50,14 +50,6 @@ def _load(paths, by_alphabet: bool) -> list[dict]:
     return runs
 
 
-def _stats(values: list[float]) -> dict:
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "values": values,
-    }
-
-
 def summarize(runs: list[dict]) -> dict:
     """Mean, std and values of every protocol's accuracy, best validation accuracy and wall time."""
     out = {
@@ -69,9 +61,9 @@ def summarize(runs: list[dict]) -> dict:
     }
     for key, _ in ROWS:
         if all(key in r for r in runs):
-            out[key] = _stats([r[key]["accuracy"] for r in runs])
-    out["best_val_accuracy"] = _stats([r["training"]["best_val_accuracy"] for r in runs])
-    out["wall_minutes"] = _stats([r["wall_seconds"] / 60 for r in runs if "wall_seconds" in r])
+            out[key] = report.stats([r[key]["accuracy"] for r in runs])
+    out["best_val_accuracy"] = report.stats([r["training"]["best_val_accuracy"] for r in runs])
+    out["wall_minutes"] = report.stats([r["wall_seconds"] / 60 for r in runs if "wall_seconds" in r])
     return out
 
 

@@ -38,6 +38,8 @@ BASELINES = {
     "pixels": lambda fit=None: evaluators.PixelEmbedder("euclidean"),
     "pixels_cosine": lambda fit=None: evaluators.PixelEmbedder("cosine"),
     "eigenfaces": _eigenfaces,
+    "mfcc_dtw": lambda fit=None: evaluators.MfccDtwEmbedder(),
+    "mfcc_cosine": lambda fit=None: evaluators.MfccMeanEmbedder(),
 }
 
 

@@ -8,6 +8,8 @@ under ``pixels``; the published numbers under ``paper`` where the dataset has th
 
 from __future__ import annotations
 
+import statistics
+
 # Row labels of the known one-shot test sets (others are named from their keys: random_5way_1shot ->
 # "random 5-way 1-shot"), in the order the table shows them.
 LABELS = {
@@ -106,3 +108,37 @@ def table(results: dict, names=None) -> str:
             f"objective {t['objective']}) on {results.get('device')}; wall time {results.get('wall_seconds', 0):.0f}s"
         )
     return "\n".join(lines)
+
+
+# ---- Over runs: the experiments' summaries of several seeds or folds -------------------------------
+
+
+def stats(values: list[float]) -> dict:
+    """Mean, standard deviation (``n - 1``; 0 for one value) and the values themselves."""
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": list(values)}  # fmt: skip
+
+
+def compare(runs: list[dict | None], rows, embedders) -> dict:
+    """``"{section}/{measure}" -> {embedder: stats}`` over ``runs`` for each ``(section, measure, label)``
+    of ``rows``: siamax's own figure (``"siamax"``) or a baseline's (``results[embedder][section]``). A
+    row or embedder missing from any run is left out (never a mean of some runs)."""
+    out: dict = {}
+    for section, measure, _ in rows:
+        for e in embedders:
+            values = [None if r is None else (r if e == "siamax" else r.get(e, {})).get(section, {}).get(measure)
+                      for r in runs]  # fmt: skip
+            if values and all(v is not None for v in values):
+                out.setdefault(f"{section}/{measure}", {})[e] = stats(values)
+    return out
+
+
+def compare_lines(summary: dict, rows, embedders, title: str) -> list[str]:
+    """Markdown rows of :func:`compare`'s ``summary``: a row per measure, mean ± std per embedder."""
+    lines = [f"| {title} | " + " | ".join(embedders) + " |", "|---" * (len(embedders) + 1) + "|"]
+    for section, measure, label in rows:
+        row = summary.get(f"{section}/{measure}")
+        if row:
+            cells = [f"{row[e]['mean']:.2%} ± {row[e]['std']:.2%}" if e in row else "" for e in embedders]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines

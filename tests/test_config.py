@@ -209,9 +209,11 @@ def test_command_line_prints_the_margin(capsys):
 
 
 def test_one_default_preset_per_task(monkeypatch):
+    same = {"folder": "folder", "faces": "faces", "tuning": "quick", "spoken_digits": "spoken_digits"}
+    same |= {"folder_photos": "faces", "folder_audio": "spoken_digits"}  # `siamax train` on photos, on clips
     for backend, expected in (
-        ("cpu", {"omniglot": "quick", "mnist": "mnist_quick", "folder": "folder", "faces": "faces", "tuning": "quick"}),
-        ("gpu", {"omniglot": "paper", "mnist": "mnist_paper", "folder": "folder", "faces": "faces", "tuning": "quick"}),
+        ("cpu", {"omniglot": "quick", "mnist": "mnist_quick", **same}),
+        ("gpu", {"omniglot": "paper", "mnist": "mnist_paper", **same}),
     ):
         monkeypatch.setattr(presets.jax, "default_backend", lambda b=backend: b)
         assert {task: presets.default_preset(task) for task in presets.TASKS} == expected

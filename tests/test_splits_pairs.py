@@ -185,6 +185,15 @@ def test_class_batches_on_uneven_classes():
     for step in range(5):
         b = wide.batch(step)
         assert b["x"].shape == (20, 4, 4) and len(set(np.asarray(b["labels"]).tolist())) <= 3
+    # More images a class than any class has (a small folder under a preset of K = 8): every image of a
+    # class appears, then repeats; the batch keeps its size and its labels.
+    deep = D.make_sampler(config.DataConfig(episode_chars=2, episode_drawers=8), "classes", t, 0, steps_per_epoch=5)
+    for step in range(5):
+        b = deep.batch(step)
+        ids, y = np.asarray(b["x"])[:, 0, 0], np.asarray(b["labels"])
+        assert ids.shape == (16,) and (labels[ids] == y).all()
+        for c in set(y.tolist()):
+            assert set(ids[y == c].tolist()) == set(np.flatnonzero(labels == c).tolist())
 
 
 # ---- pairs ---------------------------------------------------------------------------------------

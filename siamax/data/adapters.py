@@ -563,6 +563,12 @@ class ImageFolder:
         ]
         if note:
             lines.append(note)
+        most = int(train.class_counts().max())
+        if cfg.objective.kind != "pairs" and cfg.data.episode_drawers > most:
+            lines.append(
+                f"batches: {cfg.data.episode_drawers} images a class (--episode-drawers) but no training class has "
+                f"more than {most}: images repeat within a class"
+            )
         if test.n_classes < 2:
             lines.append(
                 "test: none (too few classes to hold 2 out); evaluate the model elsewhere with siamax evaluate"
@@ -842,6 +848,7 @@ class SpokenDigits:
             summary=summary,
             info={
                 "name": f"fsdd/{self.label}",
+                "classes": table.n_classes,
                 "fold": self.fold,
                 "train_speakers": names[0],
                 "test_speakers": names[1],

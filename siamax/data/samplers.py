@@ -191,7 +191,7 @@ def _class_batch_indices(key, index: ClassIndex, n_groups: int, classes_per_grou
 
     classes = jax.vmap(classes_of)(jax.random.split(k_c, n_groups), groups).reshape(-1)
     count = index.class_count[classes][:, None]
-    m = index.max_class_count
+    m = max(index.max_class_count, k)  # k above every class's count: each class repeats images
     d = jnp.argsort(jax.random.uniform(k_i, (classes.shape[0], m)) + (jnp.arange(m) >= count), axis=1)[:, :k]
     d = jnp.where(d < count, d, d % count)
     flat = index.order[index.class_start[classes][:, None] + d]
@@ -311,8 +311,6 @@ def _class_sampler(cfg, table: LabelledImages, idx: ClassIndex, key, steps_per_e
         raise ConfigError(f"episode_chars ({p}) must divide by episode_alphabets ({g})")
     if g > idx.n_groups:
         raise ConfigError(f"episode_alphabets={g} but the training data has {idx.n_groups} groups")
-    if k > idx.max_class_count:
-        raise ConfigError(f"episode_drawers={k} but no training class has more than {idx.max_class_count} images")
     if not steps_per_epoch:
         raise ConfigError("class batches are drawn on the fly: set steps_per_epoch > 0")
     b = p * k

@@ -7,7 +7,8 @@
 
 ``model`` is what the images go through: siamax Params or an embedder (``embedders``):
 :class:`ModelEmbedder` (a siamax network), :class:`PixelEmbedder` (raw pixels, the baseline) or
-:class:`EigenfaceEmbedder` (PCA fitted on training images, the face baseline), so
+:class:`EigenfaceEmbedder` (PCA fitted on training images, the face baseline), :class:`MfccDtwEmbedder` and
+:class:`MfccMeanEmbedder` (MFCCs of log-mel images by DTW or by their mean: the audio baselines), so
 the model and its baselines are scored by one evaluator on the very same trials. After ``run`` an
 evaluator's ``figures`` hold what the plots need (arrays, not in the result), or ``None``.
 """
@@ -16,9 +17,12 @@ from __future__ import annotations
 
 from siamax.evaluators.embedders import (
     EigenfaceEmbedder,
+    MfccDtwEmbedder,
+    MfccMeanEmbedder,
     ModelEmbedder,
     PixelEmbedder,
     as_embedder,
+    dtw_distance,
     ink_vectors,
     score_pairs,
 )
@@ -32,12 +36,15 @@ __all__ = [
     "REGISTRY",
     "TIES",
     "EigenfaceEmbedder",
+    "MfccDtwEmbedder",
+    "MfccMeanEmbedder",
     "ModelEmbedder",
     "OneShot",
     "PixelEmbedder",
     "Retrieval",
     "Verification",
     "as_embedder",
+    "dtw_distance",
     "ink_vectors",
     "make",
     "one_shot_accuracy",
