@@ -1,5 +1,6 @@
 """Compare configs on validation data only (the validation alphabets; with ``--dataset faces`` ORL's
-validation people): the way siamax chooses presets and settings.
+validation people; with ``--dataset spoken_digits`` two of a fold's training speakers): the way siamax
+chooses presets and settings.
 
 Each variant is a name and config flags (the same flags as ``experiments.omniglot_oneshot``); every
 variant is trained for each seed in its own sub-folder of --workdir (re-running resumes), and
@@ -26,9 +27,15 @@ from siamax import errors, experiment, flags, presets, provenance, runtime
 from siamax.data import adapters
 from siamax.errors import ConfigError
 
-# --dataset: the adapter, and whether each seed also draws its own class split (faces: a different
-# split of the people per seed, as experiments.face_verification does; Omniglot's split is fixed).
-DATASETS = {"omniglot": (adapters.Omniglot, False), "faces": (adapters.Faces, True)}
+# --dataset: the adapter of a seed, and whether each seed also draws its own class split (faces: a different
+# split of the people per seed, as experiments.face_verification does; Omniglot's split is fixed; spoken
+# digits: seed k is speaker fold k % 3, validated on 2 of its training speakers, trained on the other 2).
+DATASETS = {
+    "omniglot": (lambda seed: adapters.Omniglot(), False),
+    "faces": (lambda seed: adapters.Faces(), True),
+    "spoken_digits": (lambda seed: adapters.SpokenDigits(fold=seed % 3, validation="speakers"), False),
+}
+WHAT = {"omniglot": "alphabets", "faces": "people", "spoken_digits": "speakers of the training speakers"}
 
 
 def _variant(text: str) -> tuple[str, list[str]]:
@@ -61,7 +68,8 @@ def _add_arguments(parser):
         "--dataset",
         choices=sorted(DATASETS),
         default="omniglot",
-        help="omniglot: the validation alphabets; faces: ORL's validation people (each seed its own split)",
+        help="omniglot: the validation alphabets; faces: ORL's validation people (each seed its own split); "
+        "spoken_digits: word recognition across 2 validation speakers of FSDD fold (seed %% 3)'s training speakers",
     )
     parser.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds; each variant runs per seed")
     parser.add_argument("--workdir", default="runs/validation_sweep", help="one sub-folder per variant and seed")
@@ -106,7 +114,7 @@ def main(argv=None):
             print(f"== {name} seed {seed}: {changed or 'preset as is'}", flush=True)
             run_dir = workdir / f"{name}_seed{seed}"
             summary = experiment.train_and_evaluate(
-                run_cfg, run_dir, make_dataset(), preset=preset, progress=not args.no_progress, test=False
+                run_cfg, run_dir, make_dataset(seed), preset=preset, progress=not args.no_progress, test=False
             )
             history = [json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").open()]
             if args.transfer_validation:
@@ -135,7 +143,7 @@ def main(argv=None):
         if args.transfer_validation:
             line += f" {statistics.mean(r['transfer_validation']['accuracy'] for r in runs):>19.2%}"
         print(line)
-    print(f"(validation {'people' if args.dataset == 'faces' else 'alphabets'} only; {workdir / 'sweep.json'})")
+    print(f"(validation {WHAT[args.dataset]} only; {workdir / 'sweep.json'})")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ per image from a ``jax.random`` key, on model-format float images (B, S, S) or (
 saturation, hue), and :func:`augment`, which applies a named set of :data:`OPS` (``"affine"``, the
 paper's distortion, among them) in the order given. The paper's path (``distort``, ``apply_affine``)
 is untouched by them.
+
+Log-mel augmentations (``siamax.audio``'s images, not in the paper): :func:`time_shift`, :func:`gain`
+and :func:`spec_mask` (SpecAugment's time and frequency masks), the set ``"audio"``.
 """
 
 from __future__ import annotations
@@ -211,14 +214,75 @@ def color_jitter(
     return x[..., 0] if added else x
 
 
+# ---- Log-mel images (siamax.audio: row = mel band, column = frame, 1 = the clip's loudest cell, 0 = its
+# floor, top_db below): time shift, gain, SpecAugment's masks (Park et al. 2019).
+
+AUDIO = {"shift": 0.15, "gain_db": 6.0, "top_db": 80.0, "time_mask": 0.15, "freq_mask": 0.15}
+
+
+@functools.partial(jax.jit, static_argnames=("fraction",))
+def time_shift(key: jax.Array, images: jax.Array, fraction: float = AUDIO["shift"]) -> jax.Array:
+    """Each spectrogram moved along time (columns) by up to +-``fraction`` of its frames, the frames
+    shifted in silent (the floor, 0), as the same word said a little earlier or later. (B, M, T)."""
+    images = jnp.asarray(images, jnp.float32)
+    chex.assert_rank(images, 3)
+    t = images.shape[2]
+    most = int(fraction * t)
+    if not most:
+        return images
+    shift = jax.random.randint(key, (images.shape[0], 1, 1), -most, most + 1)
+    src = jnp.arange(t)[None, None, :] - shift
+    rolled = jnp.take_along_axis(images, jnp.clip(src, 0, t - 1), axis=2)
+    return jnp.where((src >= 0) & (src < t), rolled, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("gain_db", "top_db"))
+def gain(key: jax.Array, images: jax.Array, gain_db: float = AUDIO["gain_db"], top_db: float = AUDIO["top_db"]):
+    """Each spectrogram louder or quieter by up to +-``gain_db`` against the floor: the cells above the
+    floor move by ``g / top_db`` (the image's scale), clipped to [0, 1], the floor stays silent. (B, M, T)."""
+    images = jnp.asarray(images, jnp.float32)
+    chex.assert_rank(images, 3)
+    g = jax.random.uniform(key, (images.shape[0], 1, 1), minval=-gain_db, maxval=gain_db) / top_db
+    return jnp.where(images > 0, jnp.clip(images + g, 0.0, 1.0), 0.0)
+
+
+def _band_mask(key, b: int, n: int, fraction: float) -> jax.Array:
+    """(b, n) True inside one random band of 0 .. ``fraction * n`` of the ``n`` positions per row."""
+    k_w, k_0 = jax.random.split(key)
+    width = jax.random.randint(k_w, (b, 1), 0, max(1, int(fraction * n)) + 1)
+    start = (jax.random.uniform(k_0, (b, 1)) * (n - width + 1)).astype(jnp.int32)
+    pos = jnp.arange(n)[None, :]
+    return (pos >= start) & (pos < start + width)
+
+
+@functools.partial(jax.jit, static_argnames=("time", "freq"))
+def spec_mask(key: jax.Array, images: jax.Array, time: float = AUDIO["time_mask"], freq: float = AUDIO["freq_mask"]):
+    """SpecAugment's masks: one band of up to ``time`` of the frames and one of up to ``freq`` of the mel
+    bands set to the floor (0), each image its own bands (widths from 0). (B, M, T)."""
+    images = jnp.asarray(images, jnp.float32)
+    chex.assert_rank(images, 3)
+    b, m, t = images.shape
+    k_t, k_f = jax.random.split(key)
+    masked = _band_mask(k_t, b, t, time)[:, None, :] | _band_mask(k_f, b, m, freq)[:, :, None]
+    return jnp.where(masked, 0.0, images)
+
+
 # What ``augment`` applies by name: (key, (B, S, S[, C]) float images) -> the same shape.
 OPS: dict[str, Callable] = {
     "affine": distort,
     "crop": random_resized_crop,
     "flip": horizontal_flip,
     "jitter": color_jitter,
+    "shift": time_shift,
+    "gain": gain,
+    "mask": spec_mask,
 }
-SETS: dict[str, tuple[str, ...]] = {"none": (), "paper": ("affine",), "photo": ("crop", "flip", "jitter")}
+SETS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "paper": ("affine",),
+    "photo": ("crop", "flip", "jitter"),
+    "audio": ("shift", "gain", "mask"),
+}
 
 
 def op_names(names: str | Sequence[str]) -> tuple[str, ...]:

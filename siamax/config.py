@@ -26,7 +26,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from siamax import augment as photo_ops
+from siamax import augment as _augment
 from siamax import energies, losses, miners
 from siamax.errors import ConfigError
 from siamax.model import MODELS
@@ -156,11 +156,11 @@ class DataConfig:
         1, "alphabets a batch's characters come from (1 = within-alphabet batches, like the test's trials)"
     )
     augment: bool = _f(False, "distort every image on the fly with the paper's affine ranges")
-    photo_augment: str = _f(
+    augment_ops: str = _f(
         "",
-        "photo augmentations of every training image inside the step, on the device (siamax.augment): '' = none, "
-        f"a set ({', '.join(k + ': ' + ('+'.join(v) or 'nothing') for k, v in photo_ops.SETS.items())}) or "
-        f"comma-separated names of {', '.join(photo_ops.OPS)}",
+        "augmentations of every training image inside the step, on the device (siamax.augment): '' = none, "
+        f"a set ({', '.join(k + ': ' + ('+'.join(v) or 'nothing') for k, v in _augment.SETS.items())}) or "
+        f"comma-separated names of {', '.join(_augment.OPS)}",
     )
     thicken: float = _f(
         0.0,
@@ -182,9 +182,9 @@ class DataConfig:
         if not 0.0 <= self.thicken <= 1.0:
             raise ConfigError(f"thicken is a probability, got {self.thicken}")
         try:
-            photo_ops.op_names(self.photo_augment)
+            _augment.op_names(self.augment_ops)
         except ValueError as e:
-            raise ConfigError(f"photo_augment: {e}") from None
+            raise ConfigError(f"augment_ops: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,9 +273,28 @@ class EvalConfig:
         "fixed by default, so runs with different --seed are scored on identical trials",
     )
 
+    test_sets: str = _f(
+        "",
+        "comma-separated test sets to score, e.g. 'lake20,verification' (default: all the dataset has; the "
+        "names are results.json's test_sets). Training and validation do not read it: a finished run can be "
+        "rerun with other test sets",
+    )
+
     def __post_init__(self):
         _check_at_least(self, 1, ("val_trials", "verification_pairs"))
+        names = self.test_names
+        if len(set(names)) != len(names) or self.test_sets.strip() and not names:
+            raise ConfigError(f"--test-sets must name test sets once each, comma-separated; got {self.test_sets!r}")
 
+    @property
+    def test_names(self) -> tuple[str, ...]:
+        """The test sets asked for (empty: all of them)."""
+        return tuple(n.strip() for n in self.test_sets.split(",") if n.strip())
+
+
+# Flags that change what is scored after training, never the run itself: a work directory's run resumes
+# (and is scored again) with other values of them.
+EVALUATION_ONLY = ("test_sets",)
 
 SECTIONS = {
     "model": ModelConfig,
@@ -338,6 +357,12 @@ class Config:
             raise ConfigError(
                 f"layer_l2 names the head, but the {self.model.energy} head has no weight matrix (only a scale and "
                 "a bias): the setting would be ignored"
+            )
+        spectrogram_ops = set(_augment.op_names(self.data.augment_ops)) & set(_augment.SETS["audio"])
+        if spectrogram_ops and self.spec.channels != 1:
+            raise ConfigError(
+                f"augment_ops {sorted(spectrogram_ops)} act on 1-channel log-mel images; this model has "
+                f"{self.spec.channels} channels"
             )
         layers = self.spec.layer_names
         for name in ("layer_learning_rates", "layer_momenta", "layer_l2"):

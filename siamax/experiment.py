@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from siamax import api, augment, checkpoint, config, evaluators, metrics, optim, plots, provenance, rng, sharding, train
 from siamax.data import adapters, samplers
-from siamax.errors import WorkdirError
+from siamax.errors import ConfigError, WorkdirError
 
 
 def _eigenfaces(fit=None):
@@ -49,7 +49,8 @@ def config_diff(a: dict, b: dict) -> dict:
     A config field that one side lacks (a run from before the field existed) counts as its default."""
     defaults = config.Config().flat()
     a, b = ({k: v for k, v in defaults.items() if k not in ab and k in (set(a) | set(b))} | ab for ab in (a, b))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    keys = sorted((set(a) | set(b)) - set(config.EVALUATION_ONLY))
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
 
 
 def claim_workdir(workdir: Path, cfg: config.Config, preset: str, extra: dict | None = None) -> None:
@@ -99,7 +100,7 @@ def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True,
     objective = train.Objective(
         kind=cfg.objective.kind,
         augment=cfg.data.augment,
-        augment_ops=augment.op_names(cfg.data.photo_augment),
+        augment_ops=augment.op_names(cfg.data.augment_ops),
         l2=optim.l2_lambdas(cfg.optim, cfg.spec.layer_names),
         margin=cfg.margin,
         miner=cfg.objective.miner,
@@ -222,8 +223,15 @@ def train_and_evaluate(
     results = {"preset": preset, "seed": cfg.seed, "eval_seed": cfg.eval.eval_seed, "config": cfg.to_dict()}
     results["data"] = dict(prepared.info)
     tests = prepared.tests()
-    results["test_sets"] = list(tests)
-    scored, figures = evaluate(model, tests, progress=progress, fit=prepared.baseline_fit)
+    only = cfg.eval.test_names
+    unknown = sorted(set(only) - set(tests))
+    if unknown:
+        raise ConfigError(
+            f"--test-sets: this dataset has no test sets {unknown}, only {list(tests)}. The trained model is "
+            f"exported in {workdir}: the same command with --test-sets naming some of those scores it"
+        )
+    results["test_sets"] = [n for n in tests if not only or n in only]
+    scored, figures = evaluate(model, tests, only=only, progress=progress, fit=prepared.baseline_fit)
     results.update(scored)
     results.update(legacy_keys(results, prepared.legacy))
     results["training"] = training

@@ -198,6 +198,19 @@ def test_end_to_end_run_report_export_and_refusal(omniglot, tfds_env, tmp_path, 
             cfg.replace(learning_rate=1e-2), tmp_path, adapters.Omniglot(), preset="tiny-test", progress=False
         )
     assert (tmp_path / "config.json").read_text() == before
+    # Other test sets of the finished run: no training, only those scored; a name the dataset lacks is refused
+    # with the names it has (the model is exported: nothing is lost).
+    epochs = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(errors.ConfigError, match=r"no test sets \['bogus'\], only \['lake20'"):
+        experiment.train_and_evaluate(cfg.replace(test_sets="lake20,bogus"), tmp_path, adapters.Omniglot(),
+                                      preset="tiny-test", progress=False)  # fmt: skip
+    again = experiment.train_and_evaluate(
+        cfg.replace(test_sets="lake20"), tmp_path, adapters.Omniglot(), preset="tiny-test", progress=False
+    )
+    assert again["test_sets"] == ["lake20"] and "verification" not in again and "retrieval" not in again["pixels"]
+    assert again["lake20"] == saved["lake20"] and (tmp_path / "metrics.jsonl").read_text() == epochs
+    with pytest.raises(errors.ConfigError, match="once each"):
+        config.Config.from_flat({**TINY, "test_sets": "lake20,lake20"})
 
 
 def test_load_rejects_non_models(tmp_path):

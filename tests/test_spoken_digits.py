@@ -174,3 +174,19 @@ def test_adapter_end_to_end_on_fsdd(tmp_path):
     assert s["test_sets"] == ["verification"] and s["verification"]["threshold_from"] == "validation"
     for b in adapters.SPOKEN_BASELINES:
         assert 0.0 <= s[b]["verification"]["eer"] <= 1.0 and s[b]["verification"]["pairs"] == 200
+
+
+def test_speaker_validation_never_trains_on_the_validation_speakers(siamax_data_dir):
+    """For choosing settings: 2 of the fold's training speakers are validation speakers, none of their clips
+    in training, the validation tasks across them; the test speakers are in neither."""
+    from siamax.data import fsdd
+
+    cfg = presets.config("spoken_digits", val_trials=40)
+    p = adapters.SpokenDigits(fold=0, validation="speakers").prepare_run(cfg)
+    fold = speaker_folds.speaker_folds(6)[0]
+    assert p.info["validation_speakers"] == [fsdd.SPEAKERS[s] for s in fold.train[2:]]
+    assert p.info["train_speakers"] == [fsdd.SPEAKERS[s] for s in fold.train[:2]]
+    assert p.train.n_images == 2 * 10 * 50 and len(p.validation_tasks) * 10 >= 40
+    assert {t.alphabet for t in p.validation_tasks} <= {f"{a}->{b}" for a in fold.train[2:] for b in fold.train[2:]}
+    with pytest.raises(Exception, match="word labels"):
+        adapters.SpokenDigits(label="speaker", validation="speakers")

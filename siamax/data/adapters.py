@@ -746,13 +746,20 @@ class SpokenDigits:
     digit, drawn from ``cfg.data.split_seed``) are kept out of training; the checkpoint (cross-speaker
     one-shot word tasks on them, or 4-way speaker identification) and the threshold (pairs of them, EER
     rule) are chosen there. No test speaker's clip is read before the test sets are built. Every test set
-    is also scored by ``SPOKEN_BASELINES`` on the same trials and pairs."""
+    is also scored by ``SPOKEN_BASELINES`` on the same trials and pairs.
+
+    ``validation="speakers"`` is for choosing settings (``experiments.validation_sweep --dataset
+    spoken_digits``): the fold's last 2 training speakers become validation speakers, never trained on,
+    and the validation tasks are the test's protocol on them (cross-speaker words, or speaker pairs);
+    the model trains on the first 2 training speakers only. The held-out takes track seen speakers
+    (99% while unseen speakers stay near 50%), so they cannot tell settings apart."""
 
     fold: int = 0
     label: str = "digit"
     train_digits: tuple[int, ...] | None = None
     val_takes: int = 10
     trials: int = 400
+    validation: str = "takes"
     name = "spoken_digits"
 
     def __post_init__(self):
@@ -761,6 +768,10 @@ class SpokenDigits:
         n_folds = len(speaker_folds.speaker_folds(len(fsdd.SPEAKERS)))
         if not 0 <= self.fold < n_folds:
             raise InputError(f"fold must be in 0..{n_folds - 1}, got {self.fold}")
+        if self.validation not in ("takes", "speakers"):
+            raise InputError(f"validation must be 'takes' or 'speakers', got {self.validation!r}")
+        if self.validation == "speakers" and self.label == "speaker":
+            raise InputError("validation on held-out speakers is for word labels: 2 training speakers are 2 classes")
         if self.label not in SPOKEN_LABELS:
             raise InputError(f"label must be one of {SPOKEN_LABELS}, got {self.label!r}")
         digits = self.train_digits
@@ -770,7 +781,8 @@ class SpokenDigits:
     @property
     def identity(self) -> dict:
         digits = None if self.train_digits is None else sorted(self.train_digits)
-        return {"fold": self.fold, "label": self.label, "train_digits": digits, "val_takes": self.val_takes}
+        out = {"fold": self.fold, "label": self.label, "train_digits": digits, "val_takes": self.val_takes}
+        return out | ({"validation": self.validation} if self.validation != "takes" else {})
 
     def requires(self, test: bool) -> list[str]:
         return ["fsdd"]
@@ -786,15 +798,23 @@ class SpokenDigits:
         fold = sf.speaker_folds(len(fsdd.SPEAKERS))[self.fold]
         digits = tuple(range(fsdd.DIGITS)) if self.train_digits is None else tuple(sorted(self.train_digits))
         held = sf.held_out_takes(fsdd.REPETITIONS, self.val_takes, cfg.data.split_seed)
-        mine = np.isin(data.speakers, fold.train) & np.isin(data.digits, digits)
-        val_rows = np.flatnonzero(mine & np.isin(data.indices, held))
-        train_rows = np.flatnonzero(mine & ~np.isin(data.indices, held))
+        trained, val_speakers = fold.train, fold.train
+        if self.validation == "speakers":
+            trained, val_speakers = fold.train[:2], fold.train[2:]
+            held = np.arange(fsdd.REPETITIONS)  # every take of the validation speakers; none is trained on
+        spoken = np.isin(data.digits, digits)
+        val_rows = np.flatnonzero(spoken & np.isin(data.speakers, val_speakers) & np.isin(data.indices, held))
+        train_rows = np.flatnonzero(
+            spoken
+            & np.isin(data.speakers, trained)
+            & ~(np.isin(data.speakers, val_speakers) & np.isin(data.indices, held))
+        )
         train, val = table.take(train_rows, name="fsdd/train"), table.take(val_rows, name="fsdd/validation")
         seeds = rng.eval_seeds(cfg.eval.eval_seed)
         images = np.asarray(table.images)
         if self.label == "digit":  # the test's protocol on the held-out takes of the training speakers
             val_tasks = sf.cross_speaker_tasks(
-                images, data.digits, data.speakers, val_rows, speakers_of_task=fold.train, classes=digits,
+                images, data.digits, data.speakers, val_rows, speakers_of_task=val_speakers, classes=digits,
                 n_tasks=math.ceil(cfg.eval.val_trials / len(digits)), seed=seeds["validation_tasks"],
             )  # fmt: skip
         else:
@@ -803,12 +823,17 @@ class SpokenDigits:
                 seed=seeds["validation_tasks"],
             )  # fmt: skip
         v_images, v_pairs = _pairs_of(val, cfg.eval.verification_pairs, seeds["verification_validation"])
-        names = [fsdd.SPEAKERS[s] for s in fold.train], [fsdd.SPEAKERS[s] for s in fold.test]
+        names = [fsdd.SPEAKERS[s] for s in trained], [fsdd.SPEAKERS[s] for s in fold.test]
+        where = (
+            f"speakers {', '.join(fsdd.SPEAKERS[s] for s in val_speakers)} (never trained on)"
+            if self.validation == "speakers"
+            else f"takes {held.tolist()}"
+        )
         summary = (
             f"data ready in {time.perf_counter() - t0:.1f}s: FSDD fold {self.fold}, {self.label} labels, train "
             f"speakers {', '.join(names[0])} (digits {''.join(map(str, digits))}), test speakers "
             f"{', '.join(names[1])}; {train.n_images} training clips, validation on {val.n_images} clips of "
-            f"takes {held.tolist()}: {len(val_tasks)} tasks ({sum(len(t.query) for t in val_tasks)} trials)"
+            f"{where}: {len(val_tasks)} tasks ({sum(len(t.query) for t in val_tasks)} trials)"
         )
 
         def tests() -> dict[str, TestSet]:
@@ -854,6 +879,7 @@ class SpokenDigits:
                 "test_speakers": names[1],
                 "train_digits": list(digits),
                 "validation_takes": held.tolist(),
+                "validation_speakers": [fsdd.SPEAKERS[s] for s in val_speakers],
                 "images": table.n_images,
                 "train_images": train.n_images,
                 "validation_images": val.n_images,
