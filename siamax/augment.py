@@ -220,30 +220,39 @@ def color_jitter(
 AUDIO = {"shift": 0.15, "gain_db": 6.0, "top_db": 80.0, "time_mask": 0.15, "freq_mask": 0.15}
 
 
+def _planes(images):
+    """(B, M, T) or the model's (B, M, T, 1) as (B, M, T) float32, and the function that restores the shape."""
+    images = jnp.asarray(images, jnp.float32)
+    chex.assert_rank(images, {3, 4})
+    if images.ndim == 3:
+        return images, lambda y: y
+    chex.assert_axis_dimension(images, 3, 1)
+    return images[..., 0], lambda y: y[..., None]
+
+
 @functools.partial(jax.jit, static_argnames=("fraction",))
 def time_shift(key: jax.Array, images: jax.Array, fraction: float = AUDIO["shift"]) -> jax.Array:
     """Each spectrogram moved along time (columns) by up to +-``fraction`` of its frames, the frames
-    shifted in silent (the floor, 0), as the same word said a little earlier or later. (B, M, T)."""
-    images = jnp.asarray(images, jnp.float32)
-    chex.assert_rank(images, 3)
+    shifted in silent (the floor, 0), as the same word said a little earlier or later. (B, M, T) or (B, M, T, 1)."""
+    images, shaped = _planes(images)
     t = images.shape[2]
     most = int(fraction * t)
     if not most:
-        return images
+        return shaped(images)
     shift = jax.random.randint(key, (images.shape[0], 1, 1), -most, most + 1)
     src = jnp.arange(t)[None, None, :] - shift
     rolled = jnp.take_along_axis(images, jnp.clip(src, 0, t - 1), axis=2)
-    return jnp.where((src >= 0) & (src < t), rolled, 0.0)
+    return shaped(jnp.where((src >= 0) & (src < t), rolled, 0.0))
 
 
 @functools.partial(jax.jit, static_argnames=("gain_db", "top_db"))
 def gain(key: jax.Array, images: jax.Array, gain_db: float = AUDIO["gain_db"], top_db: float = AUDIO["top_db"]):
     """Each spectrogram louder or quieter by up to +-``gain_db`` against the floor: the cells above the
-    floor move by ``g / top_db`` (the image's scale), clipped to [0, 1], the floor stays silent. (B, M, T)."""
-    images = jnp.asarray(images, jnp.float32)
-    chex.assert_rank(images, 3)
+    floor move by ``g / top_db`` (the image's scale), clipped to [0, 1], the floor stays silent.
+    (B, M, T) or (B, M, T, 1)."""
+    images, shaped = _planes(images)
     g = jax.random.uniform(key, (images.shape[0], 1, 1), minval=-gain_db, maxval=gain_db) / top_db
-    return jnp.where(images > 0, jnp.clip(images + g, 0.0, 1.0), 0.0)
+    return shaped(jnp.where(images > 0, jnp.clip(images + g, 0.0, 1.0), 0.0))
 
 
 def _band_mask(key, b: int, n: int, fraction: float) -> jax.Array:
@@ -258,13 +267,12 @@ def _band_mask(key, b: int, n: int, fraction: float) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("time", "freq"))
 def spec_mask(key: jax.Array, images: jax.Array, time: float = AUDIO["time_mask"], freq: float = AUDIO["freq_mask"]):
     """SpecAugment's masks: one band of up to ``time`` of the frames and one of up to ``freq`` of the mel
-    bands set to the floor (0), each image its own bands (widths from 0). (B, M, T)."""
-    images = jnp.asarray(images, jnp.float32)
-    chex.assert_rank(images, 3)
+    bands set to the floor (0), each image its own bands (widths from 0). (B, M, T) or (B, M, T, 1)."""
+    images, shaped = _planes(images)
     b, m, t = images.shape
     k_t, k_f = jax.random.split(key)
     masked = _band_mask(k_t, b, t, time)[:, None, :] | _band_mask(k_f, b, m, freq)[:, :, None]
-    return jnp.where(masked, 0.0, images)
+    return shaped(jnp.where(masked, 0.0, images))
 
 
 # What ``augment`` applies by name: (key, (B, S, S[, C]) float images) -> the same shape.

@@ -53,9 +53,11 @@ def config_diff(a: dict, b: dict) -> dict:
     return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
 
 
-def claim_workdir(workdir: Path, cfg: config.Config, preset: str, extra: dict | None = None) -> None:
+def claim_workdir(
+    workdir: Path, cfg: config.Config, preset: str, extra: dict | None = None, *, check_only: bool = False
+) -> None:
     """Create ``workdir`` or check that it holds a run of exactly this config (and ``extra``: e.g. the data
-    folder of ``siamax train``) (never mix runs)."""
+    folder of ``siamax train``) (never mix runs). ``check_only``: refuse a foreign run, write nothing."""
     path = workdir / "config.json"
     mine = {"preset": preset, **cfg.flat(), **(extra or {})}
     if path.exists():
@@ -70,13 +72,14 @@ def claim_workdir(workdir: Path, cfg: config.Config, preset: str, extra: dict | 
                 f"{workdir} holds a run with a different config ({fields}). Use another --workdir, or repeat the "
                 "original settings to resume it."
             )
-    elif sharding.is_primary():
+    elif sharding.is_primary() and not check_only:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(mine, indent=1, sort_keys=True))
         except OSError as e:
             raise WorkdirError(f"cannot write the work directory {workdir}: {e}") from e
-    sharding.sync("claim_workdir")
+    if not check_only:
+        sharding.sync("claim_workdir")
 
 
 def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True, max_seconds=None, on_epoch=None):
@@ -160,6 +163,7 @@ def train_and_evaluate(
     """
     t_start = time.perf_counter()
     workdir = Path(workdir)
+    claim_workdir(workdir, cfg, preset, extra=dataset.identity, check_only=True)  # a foreign run: before any work
     adapters.archives(dataset, test)
     prepared = dataset.prepare_run(cfg)  # reads the data: a bad dataset fails before any file is written
     data_seconds = time.perf_counter() - t_start

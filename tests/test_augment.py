@@ -70,7 +70,7 @@ def test_photo_ops_keep_shapes_and_range():
     x = _photos()
     key = jax.random.key(1)
     for name, op in A.OPS.items():
-        for images in (x[..., 0],) if name in A.SETS["audio"] else (x, x[..., 0]):
+        for images in (x[..., :1], x[..., 0]) if name in A.SETS["audio"] else (x, x[..., 0]):
             y = op(key, images)
             assert y.shape == images.shape and y.dtype == jnp.float32, name
             assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0 + 1e-6, name
@@ -117,6 +117,10 @@ def test_spectrogram_ops():
     assert ((m == 0) | (m == np.asarray(x))).all() and (m == 0).sum() >= (np.asarray(x) == 0).sum()
     for op in (A.time_shift, A.gain, A.spec_mask):
         np.testing.assert_array_equal(op(key, jnp.zeros((2, 12, 20))), 0.0)
+        # the model's 1-channel images, as the train step passes them: the same draw, the shape kept
+        np.testing.assert_array_equal(op(key, x[..., None]), op(key, x)[..., None])
+    with pytest.raises(AssertionError):
+        A.gain(key, jnp.zeros((2, 12, 20, 3)))
     assert A.op_names("audio") == ("shift", "gain", "mask")
     with pytest.raises(Exception, match="1-channel"):
         from siamax import config

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import siamax
-from siamax import energies, losses, miners, optim, train
+from siamax import augment, energies, losses, miners, optim, train
 from siamax.model import ModelSpec, Siamese
 
 pytestmark = pytest.mark.slow  # real training steps
@@ -202,6 +202,11 @@ OBJECTIVES = [
     ("contrastive", "batch_hard"),
 ]
 OBJECTIVES += [("triplet", miner) for miner in miners.MINERS]
+# Every objective with every energy; the triplet miners choose rows of the same distance matrix whatever the
+# energy, so the other miners run with one energy each (their own tests:
+# tests/test_losses.py).
+GRID = [(k, m, e) for k, m in OBJECTIVES if m == "batch_hard" for e in energies.ENERGIES]
+GRID += [(k, m, e) for (k, m), e in zip((o for o in OBJECTIVES if o[1] != "batch_hard"), list(energies.ENERGIES)[1:])]
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +216,7 @@ def tiny_params():
     return {energy: siamax.init(jax.random.key(0), spec.replace(energy=energy)) for energy in energies.ENERGIES}
 
 
-@pytest.mark.parametrize("energy", energies.ENERGIES)
-@pytest.mark.parametrize("kind,miner", OBJECTIVES)
+@pytest.mark.parametrize("kind,miner,energy", GRID)
 def test_every_objective_and_energy_trains(tiny_params, kind, miner, energy):
     """A jitted train step of each objective x energy lowers the loss on a fixed synthetic batch, with
     finite metrics, its own terms reported and loss = its terms + l2."""
@@ -300,3 +304,23 @@ def test_colour_alone_separates_classes_an_rgb_model_beats_a_gray_one():
         p = np.asarray(siamax.score(state.params, test["x1"], test["x2"]))
         accuracy[channels] = float(((p > 0.5) == (test["y"] > 0.5)).mean())
     assert accuracy[3] >= 0.8 and accuracy[1] <= 0.65 and accuracy[3] > accuracy[1] + 0.25, accuracy
+
+
+@pytest.mark.parametrize("kind", ["pairs", "episodic"])
+def test_every_augmentation_set_runs_in_the_train_step(kind):
+    """Each set of siamax.augment inside a jitted train step, on the model's own input shape (B, S, S, C):
+    photos on an RGB tower, log-mels on a 1-channel one; finite metrics, and the images really change
+    (the same step without the set gives another loss)."""
+    protos, rng = _prototypes(size=28), np.random.default_rng(0)
+    batch = _pair_batch(protos, rng, b=8) if kind == "pairs" else _class_batch(protos, rng, p=2, k=2)
+    for ops, channels in (("photo", 3), ("audio", 1)):
+        spec = siamax.MODELS["tiny"].replace(conv_impl="xla", channels=channels)
+        rgb = {k: np.repeat(v[..., None], channels, -1) if k.startswith("x") else v for k, v in batch.items()}
+        losses_ = []
+        for names in (augment.op_names(ops), ()):
+            params = siamax.init(jax.random.key(0), spec)
+            state = train.create_train_state(params, optim.adam(1e-3, 10), train.Objective(kind, augment_ops=names))
+            _, m = train.train_step(state, rgb, jax.random.key(1))
+            assert all(bool(jnp.isfinite(v)) for v in m.values()), (ops, m)
+            losses_.append(float(m["loss"]))
+        assert losses_[0] != losses_[1], ops
