@@ -27,15 +27,19 @@ from siamax import errors, experiment, flags, presets, provenance, runtime
 from siamax.data import adapters
 from siamax.errors import ConfigError
 
-# --dataset: the adapter of a seed, and whether each seed also draws its own class split (faces: a different
+# --dataset: the adapter of a seed, whether each seed also draws its own class split (faces: a different
 # split of the people per seed, as experiments.face_verification does; Omniglot's split is fixed; spoken
-# digits: seed k is speaker fold k % 3, validated on 2 of its training speakers, trained on the other 2).
+# digits: seed k is speaker fold k % 3, validated on 2 of its training speakers, trained on the other 2),
+# and what the validation data are.
 DATASETS = {
-    "omniglot": (lambda seed: adapters.Omniglot(), False),
-    "faces": (lambda seed: adapters.Faces(), True),
-    "spoken_digits": (lambda seed: adapters.SpokenDigits(fold=seed % 3, validation="speakers"), False),
+    "omniglot": (lambda seed: adapters.Omniglot(), False, "alphabets"),
+    "faces": (lambda seed: adapters.Faces(), True, "people"),
+    "spoken_digits": (
+        lambda seed: adapters.SpokenDigits(fold=seed % 3, validation="speakers"),
+        False,
+        "speakers of the training speakers",
+    ),
 }
-WHAT = {"omniglot": "alphabets", "faces": "people", "spoken_digits": "speakers of the training speakers"}
 
 
 def _variant(text: str) -> tuple[str, list[str]]:
@@ -108,7 +112,7 @@ def main(argv=None):
     out = {"preset": preset, "seeds": args.seeds, "command": sys.argv, **provenance.provenance(), "runs": []}
     for name, cfg in cfgs.items():
         for seed in args.seeds:
-            make_dataset, split_per_seed = DATASETS[args.dataset]
+            make_dataset, split_per_seed, _ = DATASETS[args.dataset]
             run_cfg = cfg.override(seed=seed, **({"split_seed": seed} if split_per_seed else {}))
             changed = experiment.config_diff(base, run_cfg.flat())
             print(f"== {name} seed {seed}: {changed or 'preset as is'}", flush=True)
@@ -143,7 +147,7 @@ def main(argv=None):
         if args.transfer_validation:
             line += f" {statistics.mean(r['transfer_validation']['accuracy'] for r in runs):>19.2%}"
         print(line)
-    print(f"(validation {WHAT[args.dataset]} only; {workdir / 'sweep.json'})")
+    print(f"(validation {DATASETS[args.dataset][2]} only; {workdir / 'sweep.json'})")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -234,8 +234,9 @@ def train_and_evaluate(
             f"--test-sets: this dataset has no test sets {unknown}, only {list(tests)}. The trained model is "
             f"exported in {workdir}: the same command with --test-sets naming some of those scores it"
         )
-    results["test_sets"] = [n for n in tests if not only or n in only]
-    scored, figures = evaluate(model, tests, only=only, progress=progress, fit=prepared.baseline_fit)
+    tests = {n: t for n, t in tests.items() if not only or n in only}
+    results["test_sets"] = list(tests)
+    scored, figures = evaluate(model, tests, progress=progress, fit=prepared.baseline_fit)
     results.update(scored)
     results.update(legacy_keys(results, prepared.legacy))
     results["training"] = training
@@ -281,24 +282,19 @@ def evaluate(
     params: api.Params,
     tests: Mapping,
     *,
-    only: Sequence[str] | None = None,
     progress: bool = True,
     fit=None,
 ) -> tuple[dict, dict]:
-    """Score ``params`` on every test set (``{name: adapters.TestSet}``; ``only``: those names), and each
+    """Score ``params`` on every test set (``{name: adapters.TestSet}``), and each
     test set's baselines on the very same trials and pairs (each baseline made once, ``BASELINES[name](fit)``:
     ``fit`` the training images a fitted baseline learns from). Returns ``(results, figures)``: the
     JSON-able results (schema: module docstring of ``siamax.data.adapters``) and, per test set, what
     the plots need (verification scores per embedder, retrieval embeddings)."""
-    unknown = sorted(set(only or ()) - set(tests))
-    if unknown:
-        raise ValueError(f"no test sets {unknown}; this dataset has {sorted(tests)}")
     model = evaluators.ModelEmbedder(params)
     results: dict = {}
     figures: dict = {}
-    chosen = [(n, t) for n, t in tests.items() if not only or n in only]
-    baselines = {b: BASELINES[b](fit) for b in dict.fromkeys(b for _, ts in chosen for b in ts.baselines)}
-    for name, ts in tqdm(chosen, desc="evaluating", unit="test set", disable=not progress, leave=False):
+    baselines = {b: BASELINES[b](fit) for b in dict.fromkeys(b for ts in tests.values() for b in ts.baselines)}
+    for name, ts in tqdm(tests.items(), desc="evaluating", unit="test set", disable=not progress, leave=False):
         evaluator = evaluators.make(ts.kind, **ts.args, **ts.model_args)
         _put(results, name, evaluator.run(model))
         figures[name] = {"siamax": evaluator.figures}

@@ -203,8 +203,7 @@ OBJECTIVES = [
 ]
 OBJECTIVES += [("triplet", miner) for miner in miners.MINERS]
 # Every objective with every energy; the triplet miners choose rows of the same distance matrix whatever the
-# energy, so the other miners run with one energy each (their own tests:
-# tests/test_losses.py).
+# energy, so the other miners run with one energy each (their own tests: tests/test_losses.py).
 GRID = [(k, m, e) for k, m in OBJECTIVES if m == "batch_hard" for e in energies.ENERGIES]
 GRID += [(k, m, e) for (k, m), e in zip((o for o in OBJECTIVES if o[1] != "batch_hard"), list(energies.ENERGIES)[1:])]
 
@@ -315,12 +314,12 @@ def test_every_augmentation_set_runs_in_the_train_step(kind):
     batch = _pair_batch(protos, rng, b=8) if kind == "pairs" else _class_batch(protos, rng, p=2, k=2)
     for ops, channels in (("photo", 3), ("audio", 1)):
         spec = siamax.MODELS["tiny"].replace(conv_impl="xla", channels=channels)
-        rgb = {k: np.repeat(v[..., None], channels, -1) if k.startswith("x") else v for k, v in batch.items()}
+        images = {k: np.repeat(v[..., None], channels, -1) if k.startswith("x") else v for k, v in batch.items()}
         losses_ = []
         for names in (augment.op_names(ops), ()):
             params = siamax.init(jax.random.key(0), spec)
             state = train.create_train_state(params, optim.adam(1e-3, 10), train.Objective(kind, augment_ops=names))
-            _, m = train.train_step(state, rgb, jax.random.key(1))
+            _, m = train.train_step(state, images, jax.random.key(1))
             assert all(bool(jnp.isfinite(v)) for v in m.values()), (ops, m)
             losses_.append(float(m["loss"]))
         assert losses_[0] != losses_[1], ops
