@@ -166,6 +166,7 @@ def test_a_colour_folder_trains_an_rgb_model_that_verifies_and_identifies(tmp_pa
     data = _colour_folder(tmp_path / "colour", classes=8, per_class=8)
     workdir, out = _train(tmp_path_factory, data, capsys)
     assert "using 'faces' for a folder of colour photos" in out and "rgb (64 of 64 images have colour)" in out
+    assert "ink 'light' (photos keep their stored values)" in out  # neither given nor read off the borders
     model = commands.load_model(workdir)
     assert model.params.spec.channels == 3 and model.modality == "photos"
     capsys.readouterr()

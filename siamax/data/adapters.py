@@ -46,7 +46,7 @@ import numpy as np
 from siamax import rng
 from siamax.data import folder as fo
 from siamax.data import lake, mnist, omniglot, orl, samplers, splits, tasks
-from siamax.data.audio_folder import audio_files, audio_folder, is_audio_file, is_audio_folder
+from siamax.data.audio_folder import audio_bytes, audio_files, audio_folder, is_audio_file, is_audio_folder
 from siamax.data.class_splits import class_splits, hold_out, small_folder_sizes
 from siamax.data.labelled import LabelledImages
 from siamax.data.require import require
@@ -439,10 +439,13 @@ def read_folder(
     if modality == "audio":
         table, report = audio_folder(path, size=spec, config=mel, min_clips=min_images, progress=progress)
         return table, report, "light"
-    ink = _photo_ink(modality, ink, fallback)
+    chosen = _photo_ink(modality, ink, fallback)
     table, report = fo.image_folder(
-        path, size=spec, layout=layout, ink=ink, min_images=min_images, progress=progress, color=color
+        path, size=spec, layout=layout, ink=chosen, min_images=min_images, progress=progress, color=color
     )
+    if chosen != ink:  # photos: not "given" by the user, and not read off the borders either
+        how = "the model's" if fallback in ("dark", "light") else "photos keep their stored values"
+        report = dataclasses.replace(report, ink_how=how)
     return table, report, report.ink
 
 
@@ -460,6 +463,15 @@ def read_files(paths, spec, *, modality: str, ink: str = "auto", fallback: str |
     if modality == "audio":
         return audio_files(paths, size=spec, config=mel)
     x, _ = fo.image_files(paths, size=spec, ink=_photo_ink(modality, ink, fallback), fallback=fallback)
+    return x
+
+
+def read_bytes(blobs, spec, *, modality: str, ink: str = "auto", fallback: str | None = None, mel=None, names=None):
+    """:func:`read_files` for files held in memory (uploads to ``siamax serve``): the same decoders and route.
+    The bytes carry no extension, so they are decoded as ``modality`` says (what is not, is InputError)."""
+    if modality == "audio":
+        return audio_bytes(blobs, size=spec, config=mel, names=names)
+    x, _ = fo.image_bytes(blobs, size=spec, ink=_photo_ink(modality, ink, fallback), fallback=fallback, names=names)
     return x
 
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -103,6 +104,8 @@ class FolderReport:
       color: what the table holds, "rgb" ((N, S, S, 3)) or "gray" ((N, S, S)).
       color_detected: True when ``color="auto"`` chose it from the images (not the model or the caller).
       n_colour: images that have colour (channels that differ).
+      ink_how: why ``ink`` was chosen when the caller decided it for the user (photos keep their stored
+        values); empty: ``ink_detected`` says whether it was detected or given.
     """
 
     root: str
@@ -120,10 +123,13 @@ class FolderReport:
     color: str = "gray"
     color_detected: bool = False
     n_colour: int = 0
+    ink_how: str = ""
 
     def summary(self) -> str:
         """One line: what was loaded, the polarity and why, and what was skipped (by name)."""
-        how = f"detected from the borders, median paper brightness {self.paper:.2f}" if self.ink_detected else "given"
+        how = self.ink_how or (
+            f"detected from the borders, median paper brightness {self.paper:.2f}" if self.ink_detected else "given"
+        )
         line = (
             f"{self.root}: {self.n_images} images of {self.n_classes} classes in {self.n_groups} groups "
             f"(layout {self.layout!r}), ink {self.ink!r} ({how}), {self.color} ({self._colour_reason()})"
@@ -336,8 +342,9 @@ def _paper(x: np.ndarray) -> float | None:
     return float(1.0 - (luma(v) * alpha).sum() / alpha.sum())  # transparent paper: the opposite of the ink
 
 
-def _decode(path: Path, size: int):
-    """(array, paper, reduced) for a readable image, else (None, reason, False)."""
+def _decode(path: Path | io.BytesIO, size: int):
+    """(array, paper, reduced) for a readable image (a path, or a file object: ``image_bytes``), else
+    (None, reason, False)."""
     from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
 
     try:
@@ -584,7 +591,7 @@ def image_files(
     ``siamax train`` stores with it) is used if given. A file that is missing raises DataError; one
     that is not a readable image, InputError naming it.
     """
-    spec, s, model_channels = _spec_and_size(size)
+    _, s, _ = _spec_and_size(size)
     if ink not in INKS:
         raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
     if color not in COLORS:
@@ -596,17 +603,46 @@ def image_files(
     if missing:
         raise DataError(f"image file(s) not found: {_some(missing)}")
     decoded = [_decode(p, s) for p in paths]
-    bad = [f"{p} ({why})" for p, (x, why, _) in zip(paths, decoded) if x is None]
+    return _decoded_to_model(decoded, paths, paths[0].parent, size, ink, fallback, color)
+
+
+def image_bytes(
+    blobs: Sequence[bytes],
+    *,
+    size,
+    names: Sequence[str] | None = None,
+    ink: str = "auto",
+    fallback: str | None = None,
+    color: str = "auto",
+) -> tuple[jax.Array, str]:
+    """:func:`image_files` for images held in memory (uploads): the same decoder and route, the file's
+    bytes in place of its path. ``names``: what error messages call each one (default "image 1", ...)."""
+    _, s, _ = _spec_and_size(size)
+    if ink not in INKS:
+        raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
+    if color not in COLORS:
+        raise InputError(f"color must be one of {COLORS} ('auto': from the images, or the model's), got {color!r}")
+    if not blobs:
+        raise InputError("no images given")
+    names = list(names or [f"image {i + 1}" for i in range(len(blobs))])
+    decoded = [_decode(io.BytesIO(b), s) for b in blobs]
+    return _decoded_to_model(decoded, names, "the uploaded image(s)", size, ink, fallback, color)
+
+
+def _decoded_to_model(decoded: list, names: Sequence, where, size, ink: str, fallback, color: str):
+    """The part of :func:`image_files` after decoding: ``(model-format images, ink)``."""
+    spec, s, model_channels = _spec_and_size(size)
+    bad = [f"{p} ({why})" for p, (x, why, _) in zip(names, decoded) if x is None]
     if bad:
         raise InputError(f"not readable as images: {_some(bad)}; siamax reads {', '.join(IMAGE_SUFFIXES)}")
     try:
-        ink, _ = _decided_ink(ink, [paper for _, paper, _ in decoded], paths[0].parent)
+        ink, _ = _decided_ink(ink, [paper for _, paper, _ in decoded], where)
     except InputError:
         if ink != "auto" or fallback not in ("dark", "light"):
             raise
         ink = fallback
     n_colour = sum(_has_colour(x) for x, _, _ in decoded)
-    channels, _ = _decided_channels(color, model_channels, n_colour, paths[0].parent)
+    channels, _ = _decided_channels(color, model_channels, n_colour, where)
     if model_channels is None:
         spec, s, _ = _spec_and_size(s, channels)
     images, _ = _to_model(spec, s, [x for x, _, _ in decoded], ink, channels)
