@@ -89,7 +89,7 @@ def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True,
     Returns ``(state, summary, sampler)``; the best checkpoint is in ``workdir`` (``train.restore_best``).
     """
     mesh = sharding.make_mesh(cfg.devices or None)
-    candidates_seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]
+    candidates_seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]  # as pixels_on_validation
     sampler = samplers.make_sampler(
         cfg.data,
         cfg.objective.batch,
@@ -129,6 +129,23 @@ def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True,
         on_epoch=on_epoch,
     )
     return state, summary, sampler
+
+
+def pixels_on_validation(cfg, val_tasks: list) -> float:
+    """Raw pixels' one-shot accuracy on the very validation trials that chose the checkpoint (same seed)."""
+    seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]
+    return evaluators.OneShot(val_tasks, seed=seed).run(evaluators.PixelEmbedder())["accuracy"]
+
+
+def versus_pixels(model_accuracy: float, pixels_accuracy: float) -> str:
+    """One plain line for the user: is the model better than raw pixels on the validation trials?"""
+    line = f"validation one-shot: siamax {model_accuracy:.1%}, raw pixels {pixels_accuracy:.1%}"
+    if model_accuracy > pixels_accuracy:
+        return line
+    return (
+        f"{line}: the model is NOT better than raw pixels on these classes; comparing the images "
+        "themselves (euclidean) would serve as well. Try more images per class, longer training or another preset"
+    )
 
 
 def _threshold(params, prepared: adapters.Prepared) -> tuple[float, float]:
@@ -206,6 +223,8 @@ def train_and_evaluate(
     }
     checkpoint.export(best, workdir, metadata=metadata)
     model = checkpoint.load(workdir)  # what is scored is the exported file itself
+    pixels_val = pixels_on_validation(cfg, prepared.validation_tasks)
+    print(versus_pixels(summary["best_accuracy"], pixels_val))
     steps = summary["epoch"] * sampler.steps_per_epoch
     seconds = max(summary["train_seconds"], 1e-9)
     training = {
@@ -221,6 +240,7 @@ def train_and_evaluate(
         "threshold": threshold,
         "threshold_rule": prepared.threshold_rule,
         "threshold_validation_accuracy": threshold_accuracy,
+        "pixels_val_accuracy": pixels_val,
     }
     if not test:
         return {**validation, "wall_seconds": time.perf_counter() - t_start}

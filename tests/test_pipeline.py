@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from siamax import cli, metrics
+from siamax import cli, experiment, metrics
 from siamax.data import _paths
 from siamax.data.class_splits import hold_out, small_folder_sizes
 
@@ -90,6 +90,17 @@ def test_six_classes_validate_on_held_out_images_and_report_one_schema(tmp_path,
     v = r["verification"]
     assert v["threshold_from"] == "validation" and v["threshold_rule"] == "eer" and 0.0 < v["threshold"] < 1.0
     assert r["pixels"]["verification"]["threshold_from"] == "validation"
+    # The user is told how the model does beside raw pixels on the validation trials, in plain words.
+    t = r["training"]
+    assert 0.0 <= t["pixels_val_accuracy"] <= 1.0
+    assert experiment.versus_pixels(t["best_val_accuracy"], t["pixels_val_accuracy"]) in out
+
+
+def test_the_user_is_told_plainly_when_the_model_is_not_better_than_pixels():
+    assert experiment.versus_pixels(0.9, 0.6) == "validation one-shot: siamax 90.0%, raw pixels 60.0%"
+    worse = experiment.versus_pixels(0.5, 0.6)
+    assert worse.startswith("validation one-shot: siamax 50.0%, raw pixels 60.0%: the model is NOT better")
+    assert "NOT better" in experiment.versus_pixels(0.6, 0.6)  # a tie is not better either
 
 
 def test_eer_threshold_lies_inside_the_scores_where_the_accuracy_rule_runs_off_the_end():
