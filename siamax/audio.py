@@ -143,7 +143,8 @@ def read_audio_native(path) -> tuple[np.ndarray, int]:
     """``(mono float32 (T,), the file's sample rate)``: :func:`read_audio` before resampling."""
     import soundfile  # pylint: disable=g-import-not-at-top
 
-    x, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    source = path if hasattr(path, "read") else str(path)  # a path, or a file object (uploads: audio_bytes)
+    x, rate = soundfile.read(source, dtype="float32", always_2d=True)
     return (x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)), int(rate)
 
 

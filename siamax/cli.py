@@ -7,6 +7,8 @@
     siamax identify MODEL GALLERY QUERY... [-k K] [--json]
     siamax index build MODEL GALLERY INDEX [--overwrite]
     siamax index search INDEX QUERY... [-k K] [--json]
+    siamax export MODEL OUT [--overwrite]
+    siamax serve MODEL [--index INDEX] [--host H] [--port P] [--token-file F]
 
 DATA and GALLERY are folders laid out DIR/<class>/<image> or DIR/<group>/<class>/<image>, or of sound
 clips, DIR/<class>/<clip> (.wav, .flac: told from the files); MODEL is a work directory of `siamax
@@ -44,14 +46,18 @@ def _at_least_two(text: str) -> int:
     return value
 
 
-def _minutes(text: str) -> float:
+def _positive_number(text: str, unit: str = "") -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number{unit}, got {text!r}")
     return value
+
+
+def _minutes(text: str) -> float:
+    return _positive_number(text, " of minutes")
 
 
 def _fraction_triple(text: str) -> tuple[float, float, float]:
@@ -251,6 +257,26 @@ def _index_search(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from siamax import stablehlo  # jax.export: loaded for this command only
+
+    out = stablehlo.write(commands.load_model(args.model), args.out, overwrite=args.overwrite)
+    print(f"embed, score and score_embeddings (StableHLO) and {stablehlo.MANIFEST} written to {out}")
+    return 0
+
+
+def _serve(args) -> int:
+    from siamax import serve  # Starlette and uvicorn: loaded for this command only
+
+    limits = serve.Limits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels, max_seconds=args.max_seconds
+    )
+    serve.serve(args.model, index=args.index, host=args.host, port=args.port, token_file=args.token_file,
+                insecure=args.insecure, limits=limits, max_batch=args.max_batch, wait_s=args.batch_wait_ms / 1000,
+                timeout_s=args.timeout)  # fmt: skip
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -322,6 +348,41 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=_positive, default=5, help="classes per query (default 5)")
     s.add_argument("--json", action="store_true", help="print the matches as JSON")
     s.set_defaults(run=_index_search)
+
+    o = sub.add_parser(
+        "export", help="the model as StableHLO (jax.export) that JAX alone can run, with a manifest", allow_abbrev=False
+    )
+    o.add_argument("model", metavar="MODEL", help=model_help)
+    o.add_argument("out", metavar="OUT", help="new folder for the exported functions and manifest.json")
+    o.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    o.set_defaults(run=_export)
+
+    w = sub.add_parser(
+        "serve", help="verification and gallery search over HTTP (see docs/serve.md)", allow_abbrev=False
+    )
+    w.add_argument("model", metavar="MODEL", help=model_help)
+    w.add_argument("--index", default=None, help="index folder of 'siamax index build' to search and change "
+                   "(a new folder: an empty gallery, filled by POST /v1/index/items)")  # fmt: skip
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    w.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    w.add_argument("--token-file", default=None, help="file holding the token every request but /healthz must send "
+                   "as 'Authorization: Bearer <token>' (16+ characters)")  # fmt: skip
+    w.add_argument(
+        "--insecure", action="store_true", help="listen beyond this machine without a token (refused otherwise)"
+    )
+    w.add_argument(
+        "--max-upload-mb", type=_positive_number, default=20.0, help="largest request body, MiB (default 20)"
+    )
+    w.add_argument(
+        "--max-pixels", type=_positive, default=25_000_000, help="largest image, width x height (default 25e6)"
+    )
+    w.add_argument("--max-seconds", type=_positive_number, default=60.0, help="longest sound clip, s (default 60)")
+    w.add_argument(
+        "--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests (default 2)"
+    )
+    w.add_argument("--max-batch", type=_positive, default=32, help="most images in one device call (default 32)")
+    w.add_argument("--timeout", type=_positive_number, default=30.0, help="seconds a request may take (default 30)")
+    w.set_defaults(run=_serve)
     return parser
 
 

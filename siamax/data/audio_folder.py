@@ -19,6 +19,7 @@ Which modality a folder holds is told from its files' extensions: :func:`is_audi
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -132,8 +133,9 @@ def _config_for(size, config: MelConfig | None) -> MelConfig:
     return config
 
 
-def _decode(path: Path, rate: int):
-    """``(float32 clip at rate, native rate, native length)`` or ``(None, reason, 0)``."""
+def _decode(path: Path | io.BytesIO, rate: int):
+    """``(float32 clip at rate, native rate, native length)`` or ``(None, reason, 0)``; ``path``: a path or a
+    file object (``audio_bytes``)."""
     try:
         x, native = read_audio_native(path)
     except Exception as e:  # noqa: BLE001  any decoder failure is this file's reason to be skipped, reported
@@ -292,8 +294,23 @@ def audio_files(paths: Sequence[str | os.PathLike], *, size=None, config: MelCon
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"audio file(s) not found: {_some(missing)}")
-    decoded = [_decode(p, cfg.sample_rate) for p in paths]
-    bad = [f"{p} ({why})" for p, (x, why, _) in zip(paths, decoded) if x is None]
+    return _decoded_to_images([_decode(p, cfg.sample_rate) for p in paths], paths, cfg)
+
+
+def audio_bytes(
+    blobs: Sequence[bytes], *, size=None, config: MelConfig | None = None, names: Sequence[str] | None = None
+) -> jax.Array:
+    """:func:`audio_files` for clips held in memory (uploads): the same decoder and route, the file's bytes
+    in place of its path. ``names``: what error messages call each one (default "clip 1", ...)."""
+    cfg = _config_for(size, config)
+    if not blobs:
+        raise InputError("no audio clips given")
+    names = list(names or [f"clip {i + 1}" for i in range(len(blobs))])
+    return _decoded_to_images([_decode(io.BytesIO(b), cfg.sample_rate) for b in blobs], names, cfg)
+
+
+def _decoded_to_images(decoded: list, names: Sequence, cfg: MelConfig) -> jax.Array:
+    bad = [f"{p} ({why})" for p, (x, why, _) in zip(names, decoded) if x is None]
     if bad:
         raise InputError(f"not readable as audio: {_some(bad)}; siamax reads {', '.join(AUDIO_SUFFIXES)}")
     return clips_to_images([x for x, _, _ in decoded], cfg)
