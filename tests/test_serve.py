@@ -207,6 +207,7 @@ def test_the_command_refuses_a_public_host_without_a_token(setup, capsys):
     assert "cannot be read" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # PIL on fuzzed TIFF headers: expected
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blob=st.one_of(st.binary(max_size=3000), st.sampled_from([b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"II*\0"])
                       .flatmap(lambda head: st.binary(max_size=2000).map(lambda tail: head + tail))))  # fmt: skip
