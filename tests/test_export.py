@@ -37,6 +37,7 @@ def model(tmp_path_factory):
     return params, root / "m"
 
 
+@pytest.mark.slow  # a subprocess without siamax
 def test_export_runs_with_jax_alone_and_equals_siamax_score(model, tmp_path, capsys):
     params, path = model
     out = tmp_path / "hlo"
