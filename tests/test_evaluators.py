@@ -317,3 +317,29 @@ def test_bad_arguments():
         E.PixelEmbedder("manhattan")
     with pytest.raises(ValueError, match="rule"):
         E.Verification(np.zeros((2, 4, 4)), None, rule="f1")
+
+
+def test_an_ensemble_averages_its_members_probabilities_and_cosines(params, labelled):
+    images, labels, val, test = labelled
+    other = siamax.init(jax.random.key(7), siamax.MODELS["small"].replace(energy="cosine"))
+    members = [E.ModelEmbedder(params), E.ModelEmbedder(other)]
+    ensemble = E.EnsembleEmbedder([params, other])
+    # Pairs: the mean of the members' probabilities, each from its own head.
+    expected = np.mean([E.score_pairs(m, images, test.i1, test.i2) for m in members], axis=0)
+    np.testing.assert_allclose(E.score_pairs(ensemble, images, test.i1, test.i2), expected, rtol=1e-6)
+    r = E.Verification(images, test, validation=(images, val)).run(ensemble)
+    assert r["roc_auc"] == pytest.approx(metrics.roc_auc(expected, test.label))
+    # One-shot: every trial scored by the mean probability, so two copies of one model are that model.
+    tasks = _model_format_tasks(3)
+    twice = E.EnsembleEmbedder([params, params])
+    assert E.OneShot(tasks).run(twice)["accuracy"] == E.OneShot(tasks).run(params)["accuracy"]
+    # Retrieval ranks by the mean of the members' cosine similarities.
+    emb = [np.asarray(m.embed(images, "light"), np.float64) for m in members]
+    unit = [e / np.linalg.norm(e, axis=1, keepdims=True) for e in emb]
+    mean_cos = np.mean([u @ u.T for u in unit], axis=0)
+    got = ensemble.ranking(ensemble.embed(images, "light"))
+    np.testing.assert_allclose(got @ got.T, mean_cos, atol=1e-6)
+    r = E.Retrieval(images, labels, k=3).run(ensemble)
+    assert r == metrics.retrieval_report(got, labels, "cosine", None, 3)
+    with pytest.raises(ValueError, match="2 or more members"):
+        E.EnsembleEmbedder([params])

@@ -6,9 +6,10 @@
 * ``"retrieval"``: :class:`Retrieval` (labelled images; precision@1, recall@k, MAP@R).
 
 ``model`` is what the images go through: siamax Params or an embedder (``embedders``):
-:class:`ModelEmbedder` (a siamax network), :class:`PixelEmbedder` (raw pixels, the baseline) or
-:class:`EigenfaceEmbedder` (PCA fitted on training images, the face baseline), :class:`MfccDtwEmbedder` and
-:class:`MfccMeanEmbedder` (MFCCs of log-mel images by DTW or by their mean: the audio baselines), so
+:class:`ModelEmbedder` (a siamax network), :class:`EnsembleEmbedder` (several: mean probability),
+:class:`PixelEmbedder` (raw pixels, the baseline) or :class:`EigenfaceEmbedder` (PCA fitted on training
+images, the face baseline), :class:`MfccDtwEmbedder` and :class:`MfccMeanEmbedder` (MFCCs of log-mel
+images by DTW or by their mean: the audio baselines), so
 the model and its baselines are scored by one evaluator on the very same trials. After ``run`` an
 evaluator's ``figures`` hold what the plots need (arrays, not in the result), or ``None``.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from siamax.evaluators.embedders import (
     EigenfaceEmbedder,
+    EnsembleEmbedder,
     MfccDtwEmbedder,
     MfccMeanEmbedder,
     ModelEmbedder,
@@ -36,6 +38,7 @@ __all__ = [
     "REGISTRY",
     "TIES",
     "EigenfaceEmbedder",
+    "EnsembleEmbedder",
     "MfccDtwEmbedder",
     "MfccMeanEmbedder",
     "ModelEmbedder",

@@ -99,6 +99,46 @@ class ModelEmbedder:
         return np.asarray(jnp.concatenate(out))[:n]
 
 
+class EnsembleEmbedder:
+    """Several siamax networks as one embedder: a same-class probability is the mean of the members'
+    probabilities, and retrieval ranks by the mean of the members' cosine similarities.
+
+    ``embed`` gives the members' embeddings side by side (N, sum of D) (each member brings the images
+    to its own model format); ``pair_scores`` splits them again and averages each member's head;
+    ``ranking`` (read by ``Retrieval``) makes every member's part unit-length, so that the cosine of
+    two rows is the mean of the members' cosines: one ranking for members of any energy and head,
+    whose logits are not on one scale. ``members``: Params or ``ModelEmbedder``s (``kwargs`` go to
+    the ``ModelEmbedder`` of each Params)."""
+
+    name = "ensemble"
+    energy = "cosine"
+    head = None
+    dtype = "float32"
+
+    def __init__(self, members, **kwargs):
+        members = [m if isinstance(m, ModelEmbedder) else ModelEmbedder(m, **kwargs) for m in members]
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs 2 or more members, got {len(members)}")
+        self.members = members
+        self.bounds = np.cumsum([0] + [m.params.spec.embedding_dim for m in members])
+
+    def _parts(self, emb) -> list:
+        return [emb[:, lo:hi] for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
+
+    def embed(self, images, ink: str) -> jax.Array:
+        return jnp.concatenate([m.embed(images, ink) for m in self.members], axis=1)
+
+    def pair_scores(self, emb, i1, i2) -> np.ndarray:
+        parts = self._parts(jnp.asarray(emb))
+        return np.mean([m.pair_scores(e, i1, i2) for m, e in zip(self.members, parts)], axis=0)
+
+    def ranking(self, emb) -> np.ndarray:
+        """The vectors retrieval ranks (by cosine): each member's part divided by its norm, over sqrt(M)."""
+        parts = [np.asarray(e, np.float64) for e in self._parts(np.asarray(emb))]
+        unit = [e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12) for e in parts]
+        return np.concatenate(unit, axis=1) / np.sqrt(len(unit))
+
+
 def ink_vectors(images, ink: str) -> np.ndarray:
     """Images (N, H, W) -> float64 (N, H*W) with ink = 1, paper = 0 (uint8 divided by 255)."""
     x = np.asarray(images)
@@ -204,7 +244,7 @@ def as_embedder(model, *, score_fn: bool = False):
         return model
     if score_fn and callable(model):
         return model
-    what = "siamax Params, an embedder (ModelEmbedder, PixelEmbedder, EigenfaceEmbedder)" + (
+    what = "siamax Params, an embedder (ModelEmbedder, EnsembleEmbedder, PixelEmbedder, EigenfaceEmbedder)" + (
         " or a callable score_fn(x1, x2)" if score_fn else ""
     )
     raise TypeError(f"model must be {what}, got {type(model).__name__}")
