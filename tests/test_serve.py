@@ -6,6 +6,8 @@ by `siamax index build` from a tiny class folder (tests/test_cli.py's), Starlett
 import asyncio
 import io
 import os
+import struct
+import zlib
 
 import httpx
 import jax
@@ -149,6 +151,11 @@ def test_every_refusal_is_one_json_error(served, tmp_path):
     big = io.BytesIO()
     Image.new("L", (400, 400), 255).save(big, format="PNG")  # 160,000 pixels > 100,000, a small file
     assert "pixels" in _error(client.post("/v1/embed", files={"file": big.getvalue()}), 400)
+    # A bomb: a PNG header claiming 100,000 x 100,000 pixels; PIL's own guard fires first, still a 400.
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    chunk = lambda body: struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(ihdr) + chunk(b"IDAT" + zlib.compress(b"\0" * 64)) + chunk(b"IEND")
+    assert "pixels" in _error(client.post("/v1/embed", files={"file": bomb}), 400)
     _error(client.post("/v1/embed", files={"file": b"\0" * 300_000}), 413)
     _error(client.get("/nowhere"), 404)
     _error(client.get("/v1/verify"), 405)

@@ -48,6 +48,8 @@ def _check_image(blob: bytes, name: str, limits: Limits) -> None:
     try:
         with Image.open(io.BytesIO(blob)) as im:  # reads the header only
             w, h = im.size
+    except Image.DecompressionBombError as e:  # PIL's own guard (at --max-pixels) fires in open(): a limit
+        raise RequestError(400, f"{name} is larger than this server takes ({limits.max_pixels:,} pixels): {e}") from e
     except Exception as e:  # noqa: BLE001  PIL raises many types for what is not an image it knows
         raise RequestError(415, f"{name} is not an image siamax can read ({type(e).__name__})") from e
     if w * h > limits.max_pixels:
