@@ -30,13 +30,18 @@ TOKEN = "t0ken-of-sixteen-chars"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
+def model_and_gallery(root):
+    """A tiny untrained model in root/m, a class folder and its index root/idx: (model, folder)."""
     checkpoint.export(api.init(jax.random.key(0), "tiny"), root / "m", metadata={"ink": "dark", "threshold": 0.5})
     folder = _tiny_folder(root / "folder", classes=6, per_class=2)
     assert cli.main(["index", "build", str(root / "m"), str(folder), str(root / "idx")]) == 0
-    return commands.load_model(root / "m"), folder, root
+    return commands.load_model(root / "m"), folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    return (*model_and_gallery(root), root)
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ def browser():
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver  # a test dependency: missing, the install is broken (fail, not skip)
+
     profile = tempfile.mkdtemp(prefix="siamax-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -40,19 +41,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import jax
     import uvicorn
 
-    from siamax import api, checkpoint, cli, commands
     from siamax.serve.app import create_app
     from siamax.serve.gallery import Gallery
-    from tests.test_cli import _tiny_folder
+    from tests.test_serve import model_and_gallery
 
     root = tmp_path_factory.mktemp("browser")
-    checkpoint.export(api.init(jax.random.key(0), "tiny"), root / "m", metadata={"ink": "dark", "threshold": 0.5})
-    folder = _tiny_folder(root / "folder", classes=6, per_class=2)
-    assert cli.main(["index", "build", str(root / "m"), str(folder), str(root / "idx")]) == 0
-    model = commands.load_model(root / "m")
+    model, folder = model_and_gallery(root)
     app = create_app(model, Gallery(root / "idx", model.params))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
