@@ -8,7 +8,7 @@ embeddings of random images, 10 items per class, saved with ``Index.save``). The
 query images are synthetic (random pixels, random strokes): only speed is measured, not accuracy.
 
 Then, for ``POST /v1/verify`` (two 105 x 105 PNG drawings) and ``POST /v1/identify`` (one, k=5), at
-each of ``--connections`` (default 1, 8, 32) closed-loop clients (asyncio + httpx, one keep-alive
+each of ``--connections`` (default 1, 8, 32) closed-loop clients (plain asyncio streams, one keep-alive
 connection each, the next request sent as soon as the answer arrives) for ``--seconds`` (after a
 short untimed warm-up): requests/s, p50 and p99 latency, and the count of answers that were not 200
 (must be 0). The clients run on the same machine as the server and take part of its CPU.
@@ -199,34 +199,51 @@ def make_gallery(model_path: Path, folder: Path, n: int, seed: int = 0) -> Path:
 # -- load ---------------------------------------------------------------------------------------
 
 
-async def closed_loop(url: str, body: bytes, ctype: str, connections: int, seconds: float, warmup: float) -> dict:
-    import httpx
+async def _post(reader, writer, request: bytes) -> tuple[int, bytes]:
+    """One request on a keep-alive connection: (status, body). Plain asyncio streams, not an HTTP client
+    library: the clients share the server's CPU, and what they spend is taken from the figures."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    if length is None:
+        raise ConnectionError(f"an answer without Content-Length: {head[:200]!r}")
+    return status, await reader.readexactly(int(length.group(1)))
 
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+
+async def closed_loop(url: str, body: bytes, ctype: str, connections: int, seconds: float, warmup: float) -> dict:
+    host, port, path = re.fullmatch(r"http://([^:/]+):(\d+)(/.*)", url).groups()
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     latencies: list[float] = []
     errors: list[str] = []
-    headers = {"content-type": ctype}
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-        start = time.perf_counter()
-        t_measure, t_end = start + warmup, start + warmup + seconds
+    start = time.perf_counter()
+    t_measure, t_end = start + warmup, start + warmup + seconds
 
-        async def worker():
+    async def worker():
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             while True:
                 t0 = time.perf_counter()
                 if t0 >= t_end:
                     return
                 try:
-                    r = await client.post(url, content=body, headers=headers)
-                    ok, what = r.status_code == 200, f"{r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as e:
+                    status, answer = await asyncio.wait_for(_post(reader, writer, request), 120)
+                    ok, what = status == 200, f"{status} {answer[:200]!r}"
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as e:
                     ok, what = False, f"{type(e).__name__}: {e}"
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
                 t1 = time.perf_counter()
                 if t0 >= t_measure and t1 <= t_end:  # timed: only requests wholly inside the window
                     latencies.append(t1 - t0)
                 if not ok:  # counted at any time, warm-up included
                     errors.append(what)
+        finally:
+            writer.close()
 
-        await asyncio.gather(*[worker() for _ in range(connections)])
+    await asyncio.gather(*[worker() for _ in range(connections)])
     lat = np.asarray(latencies) * 1000
     return {
         "connections": connections,
@@ -434,7 +451,7 @@ def main(argv=None) -> dict:
                     "warmup_s": args.warmup,
                     "max_batch": args.max_batch,
                     "batch_wait_ms": args.batch_wait_ms,
-                    "client": "asyncio + httpx, one keep-alive connection each, closed loop, on the same machine",
+                    "client": "asyncio streams, prebuilt requests, a keep-alive connection each, same machine",
                     "server_tracebacks": tracebacks,
                 },
             ),

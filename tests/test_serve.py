@@ -4,9 +4,15 @@ A tiny untrained model (its answers do not matter, only that they are the librar
 by `siamax index build` from a tiny class folder (tests/test_cli.py's), Starlette's TestClient."""
 
 import asyncio
+import contextlib
 import io
 import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 import httpx
@@ -169,12 +175,31 @@ def test_every_refusal_is_one_json_error(served, tmp_path):
 def test_an_upload_larger_than_its_content_length_is_counted(served):
     client, _, _, _ = served
 
-    def body():  # chunked: no Content-Length to check first
+    def body():  # chunked: no Content-Length to check first; a well-formed start, so the parser reads on
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
         for _ in range(30):
             yield b"x" * 10_000
 
     r = client.post("/v1/embed", content=body(), headers={"content-type": "multipart/form-data; boundary=b"})
     _error(r, 413)
+
+
+def test_an_error_after_the_answer_does_not_reach_the_server(setup, monkeypatch):
+    # Starlette re-raises what its 500 handler answered; uvicorn then closes the keep-alive connection
+    # under the client's next request. The guard keeps it: the transport below would raise it.
+    model, folder, _ = setup
+    app = create_app(model)
+    monkeypatch.setattr(app.app.state.batcher, "submit", lambda *a, **k: 1 / 0)
+    png = _png(folder / "c0" / "0.png")
+
+    async def main():
+        async with app.app.router.lifespan_context(app.app):
+            transport = httpx.ASGITransport(app=app)  # raise_app_exceptions: an exception that escapes fails here
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.post("/v1/embed", files={"file": png}), await client.get("/healthz")
+
+    failed, after = asyncio.run(main())
+    assert "internal error" in _error(failed, 500) and after.status_code == 200
 
 
 def test_concurrent_requests_share_one_device_call(setup):
@@ -248,3 +273,45 @@ def test_an_audio_model_takes_clips_within_the_length_limit(setup, tmp_path):
         assert "lasts 3.0 s" in _error(client.post("/v1/embed", files={"file": wav(3)}), 400)
         _error(client.post("/v1/embed", files={"file": _png(setup[1] / "c0" / "0.png")}), 415)  # an image
         _error(client.post("/v1/identify", files={"file": wav(1)}), 404)  # no gallery
+
+
+@pytest.mark.slow  # a server process of its own (~10 s)
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(setup):
+    _, folder, root = setup
+    code = "import sys; from siamax.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", str(root / "m"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert "serving" in line, line + proc.stdout.read()
+        port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        for _ in range(240):  # listening once the warm-up compilation is done
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            time.sleep(0.25)
+        png = _png(folder / "c0" / "0.png")
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        body = head + png + b"\r\n--b--\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(
+                b"POST /v1/embed HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[:100]
+            )
+            time.sleep(0.5)  # the request is in flight: headers read, its body not yet
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            s.sendall(body[100:])
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert b'"embedding"' in answer
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "stopped by SIGTERM" in out and "Traceback" not in out
+    finally:
+        proc.kill()

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from siamax.errors import InputError
 from siamax.serve.uploads import Limits
 
 MIN_TOKEN = 16
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # uvicorn's graceful shutdown: requests in flight finish
 
 
 def is_loopback(host: str) -> bool:
@@ -77,4 +79,14 @@ def serve(model_path, *, index=None, host="127.0.0.1", port=8000, token_file=Non
     print(
         f"serving {model_path} on http://{host}:{sock.getsockname()[1]}" + ("" if token else " (no token)"), flush=True
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn re-raises the signal it stopped on once it has finished the requests in flight, with the
+    # handlers it found; these take it, so a graceful stop exits 0 (as a process manager expects)
+    stopped_by = []
+    found = {sig: signal.signal(sig, lambda sig, _: stopped_by.append(sig)) for sig in STOP_SIGNALS}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in found.items():
+            signal.signal(sig, handler)
+    if stopped_by:
+        print(f"stopped by {signal.Signals(stopped_by[-1]).name}; requests in flight were answered", flush=True)

@@ -10,6 +10,7 @@ and the gallery's files are those the index recorded (thumbnails).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hmac
 import io
@@ -32,6 +33,7 @@ from siamax.serve.uploads import Limits, RequestError, decode
 
 log = logging.getLogger("siamax.serve")
 OPEN_PATHS = ("/healthz",)
+DECODE_THREADS = 2
 MAX_K = 100
 MAX_LABEL = 200
 _ID = re.compile(r"[0-9a-f]{16}")
@@ -81,6 +83,11 @@ class Guard:
         except TimeoutError:
             if not started:
                 await _send_json(send, 504, f"the request took longer than {self.timeout_s:g} s")
+        except Exception:  # noqa: BLE001  already answered 500 and logged (_internal): Starlette re-raises it,
+            # and an exception reaching uvicorn after the answer closes the keep-alive connection under
+            # the client's next request
+            if not started:
+                await _send_json(send, 500, "internal error (logged by the server)")
 
     def _too_large(self) -> str:
         return f"the upload is larger than this server takes ({self.max_bytes:,} bytes)"
@@ -155,6 +162,9 @@ def create_app(
     ``app.state.batcher`` is its batcher (``calls`` counts device calls)."""
     limits = limits or Limits()
     batcher = Batcher(model, gallery, max_batch=max_batch, wait_s=wait_s)
+    # Uploads decode on a few threads, not on Starlette's pool of 40: decoding holds the GIL for most
+    # of its time, and 40 threads contending for it decode more slowly than two
+    decoders = concurrent.futures.ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="siamax-decode")
     spec = model.params.spec
     info = {
         "fingerprint": checkpoint.fingerprint(model.params),
@@ -171,7 +181,8 @@ def create_app(
 
     async def images(request, names):
         blobs, fields = await _uploads(request, names)
-        return await run_in_threadpool(decode, model, blobs, list(names), limits), fields
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(decoders, decode, model, blobs, list(names), limits), fields
 
     def needs_gallery():
         if gallery is None:
@@ -250,6 +261,7 @@ def create_app(
             yield
         finally:
             await batcher.stop()
+            decoders.shutdown(wait=False)
 
     routes = [
         Route("/", page),
