@@ -4,8 +4,10 @@ import importlib
 
 from siamax import losses
 from siamax.api import (
+    Ensemble,
     Params,
     embed,
+    ensemble,
     init,
     input_shape,
     logits_from_embeddings,
@@ -21,10 +23,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODELS",
+    "Ensemble",
     "Index",
     "ModelSpec",
     "Params",
     "embed",
+    "ensemble",
     "init",
     "input_shape",
     "load",

@@ -1,4 +1,4 @@
-"""The public functions: ``init``, ``embed``, ``score``, ``score_embeddings``, ``preprocess``.
+"""The public functions: ``init``, ``embed``, ``score``, ``score_embeddings``, ``preprocess``, ``ensemble``.
 
 Input convention (one place, used by training and by ``score`` alike)
 ---------------------------------------------------------------------
@@ -61,6 +61,7 @@ All functions are pure and work inside the caller's ``jax.jit``, ``vmap`` and ``
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import flax.struct
@@ -68,6 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from siamax.energies import logit_of_mean
 from siamax.errors import InputError, InputTypeError
 from siamax.model import ModelSpec, Siamese, get_spec
 
@@ -100,6 +102,61 @@ def init(key: jax.Array, model: str | ModelSpec = "paper") -> Params:
     return Params(weights=jax.tree.map(lambda w: w.astype(jnp.float32), weights), spec=spec)
 
 
+@flax.struct.dataclass
+class Ensemble:
+    """Several networks used as one (:func:`ensemble`); a pytree of their Params.
+
+    Wherever a ``Params`` goes (``embed``, ``score``, ``score_embeddings``, ``logits_from_embeddings``,
+    ``pair_logits``, ``preprocess``, ``siamax.Index``, the evaluators), an Ensemble goes too: a
+    same-class probability is the mean of its members' probabilities, and its embedding of an image is
+    its members' embeddings side by side, ``(B, D_1 + ... + D_M)``, from which ``score_embeddings``
+    gives that same mean (each member's head on its own part).
+    """
+
+    members: tuple[Params, ...]
+
+    @property
+    def embedding_dim(self) -> int:
+        return sum(m.spec.embedding_dim for m in self.members)
+
+    @property
+    def input_spec(self) -> ModelSpec:
+        """The first member's spec: what the members share is their input (size, channels, ink frame)."""
+        return self.members[0].spec
+
+
+ENSEMBLE_INPUT = ("input_size", "channels", "ink_frame")  # what every member must share: one model input
+
+
+def ensemble(members) -> Ensemble:
+    """Two or more models as one (:class:`Ensemble`): ``members`` are ``siamax.Params`` or paths of
+    saved models (``siamax.load``). They must take the same input (input size, channels, ink frame);
+    members that do not can still be combined on raw images by ``siamax.evaluators.EnsembleEmbedder``."""
+    from siamax.checkpoint import load  # pylint: disable=g-import-not-at-top  (checkpoint imports this module)
+
+    if isinstance(members, (Params, Ensemble, str)) or not hasattr(members, "__iter__"):
+        raise InputTypeError(f"ensemble: members must be a list of Params or model paths, got {_received(members)}")
+    members = tuple(load(m) if isinstance(m, (str, os.PathLike)) else m for m in members)
+    for i, m in enumerate(members):
+        if not isinstance(m, Params):
+            raise InputTypeError(f"ensemble: member {i} must be {_WHERE_PARAMS} or a model path; got {_received(m)}")
+    if len(members) < 2:
+        raise InputError(f"ensemble: needs 2 or more members, got {len(members)}")
+    inputs = [tuple(getattr(m.spec, f) for f in ENSEMBLE_INPUT) for m in members]
+    if len(set(inputs)) > 1:
+        seen = "; ".join(f"member {i}: {dict(zip(ENSEMBLE_INPUT, x))}" for i, x in enumerate(inputs))
+        raise InputError(
+            f"ensemble: the members take different inputs ({seen}); an Ensemble feeds them the same images. "
+            "siamax.evaluators.EnsembleEmbedder combines such models on raw images (each brings them to its own input)"
+        )
+    return Ensemble(members=members)
+
+
+def _parts(ens: Ensemble, e):
+    bounds = np.cumsum([0] + [m.spec.embedding_dim for m in ens.members])
+    return [e[..., lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
 # ---------------------------------------------------------------------------------------------
 # Checks.
 
@@ -112,6 +169,8 @@ def _received(x) -> str:
         return "a dict (a bare weights tree has no model spec: siamax.Params(weights=..., spec=...) holds both)"
     if isinstance(x, str):
         return f"the string {x!r} (a model name: siamax.init(jax.random.key(0), {x!r}) makes fresh params)"
+    if isinstance(x, Ensemble):
+        return f"an Ensemble of {len(x.members)} (this takes one network: one of its .members)"
     if isinstance(getattr(x, "params", None), Params):
         return f"a {name} (its .params is a siamax.Params)"
     return "None" if x is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
@@ -126,6 +185,8 @@ def _check_params(params, fn: str) -> Params:
 def _spec_of(params_or_spec) -> ModelSpec:
     if isinstance(params_or_spec, Params):
         return params_or_spec.spec
+    if isinstance(params_or_spec, Ensemble):
+        return params_or_spec.input_spec
     if isinstance(params_or_spec, (ModelSpec, str)):
         return get_spec(params_or_spec)
     raise InputTypeError(
@@ -312,8 +373,11 @@ def _embed_images(spec: ModelSpec, weights, x):
     return _embed(spec, weights, _as_input(spec, x))
 
 
-def embed(params: Params, x) -> jax.Array:
-    """Tower embeddings: model-input images (B, S, S[, 1]), or (B, S, S, 3) for an RGB model -> float32 (B, D)."""
+def embed(params: Params | Ensemble, x) -> jax.Array:
+    """Tower embeddings: model-input images (B, S, S[, 1]), or (B, S, S, 3) for an RGB model -> float32 (B, D)
+    (an Ensemble's: its members' side by side, D = the sum of theirs)."""
+    if isinstance(params, Ensemble):
+        return jnp.concatenate([embed(m, x) for m in params.members], axis=-1)
     spec = _check_params(params, "embed").spec
     return _embed_images(spec, params.weights, _model_images(spec, x, "x"))
 
@@ -332,8 +396,21 @@ def _head(spec: ModelSpec, weights, e1, e2):
     return Siamese(spec).apply({"params": weights}, e1, e2, method="logit")
 
 
-def logits_from_embeddings(params: Params, e1, e2) -> jax.Array:
-    """Head logits for embedding pairs (B, D), (B, D) -> (B,), by the model's energy (``siamax.energies``)."""
+def _member_logits_from_embeddings(ens: Ensemble, e1, e2) -> jax.Array:
+    for e, name in ((e1, "e1"), (e2, "e2")):
+        if getattr(e, "ndim", None) != 2 or e.shape[-1] != ens.embedding_dim:
+            raise InputError(
+                f"{name} has shape {getattr(e, 'shape', None)}; expected (B, {ens.embedding_dim}) embeddings of "
+                f"this ensemble from siamax.embed (its {len(ens.members)} members' side by side)"
+            )
+    return jnp.stack([logits_from_embeddings(m, a, b) for m, a, b in zip(ens.members, _parts(ens, e1), _parts(ens, e2))])
+
+
+def logits_from_embeddings(params: Params | Ensemble, e1, e2) -> jax.Array:
+    """Head logits for embedding pairs (B, D), (B, D) -> (B,), by the model's energy (``siamax.energies``);
+    an Ensemble's: the logit of its members' mean probability."""
+    if isinstance(params, Ensemble):
+        return logit_of_mean(_member_logits_from_embeddings(params, e1, e2))
     spec = _check_params(params, "logits_from_embeddings").spec
     _check_embeddings(spec, e1, "e1")
     _check_embeddings(spec, e2, "e2")
@@ -342,11 +419,13 @@ def logits_from_embeddings(params: Params, e1, e2) -> jax.Array:
     return _head(spec, params.weights, e1, e2)
 
 
-def score_embeddings(params: Params, e1, e2) -> jax.Array:
+def score_embeddings(params: Params | Ensemble, e1, e2) -> jax.Array:
     """Same-class probabilities from embeddings; equals ``score`` on the images they came from.
 
     An N-way one-shot trial then costs N + 1 tower passes instead of 2N.
     """
+    if isinstance(params, Ensemble):
+        return jnp.mean(jax.nn.sigmoid(_member_logits_from_embeddings(params, e1, e2)), axis=0)
     _check_params(params, "score_embeddings")
     return jax.nn.sigmoid(logits_from_embeddings(params, e1, e2))
 
@@ -378,18 +457,35 @@ def _checked_pairs(params, x1, x2, fn: str):
     return spec, a, b
 
 
-def pair_logits(params: Params, x1, x2) -> jax.Array:
-    """Logits for image pairs (B, S, S[, 1]) x 2 -> (B,). ``score`` is ``sigmoid`` of this."""
+def _member_pair_logits(ens: Ensemble, x1, x2, fn: str) -> jax.Array:
+    """(M, B) logits of an ensemble's members, or (M,) for a single pair."""
+    out = []
+    for m in ens.members:
+        spec, a, b = _checked_pairs(m, x1, x2, fn)
+        out.append(_pairs(spec, False, m.weights, a, b))
+    single = 2 if ens.input_spec.channels == 1 else 3
+    logits = jnp.stack(out)
+    return logits[:, 0] if jnp.ndim(x1) == single and jnp.ndim(x2) == single else logits
+
+
+def pair_logits(params: Params | Ensemble, x1, x2) -> jax.Array:
+    """Logits for image pairs (B, S, S[, 1]) x 2 -> (B,). ``score`` is ``sigmoid`` of this (an Ensemble's:
+    the logit of the members' mean probability)."""
+    if isinstance(params, Ensemble):
+        return logit_of_mean(_member_pair_logits(params, x1, x2, "pair_logits"))
     spec, a, b = _checked_pairs(params, x1, x2, "pair_logits")
     return _pairs(spec, False, params.weights, a, b)
 
 
-def score(params: Params, x1, x2) -> jax.Array:
-    """Probability that x1[i] and x2[i] show the same character: (B,) in [0, 1].
+def score(params: Params | Ensemble, x1, x2) -> jax.Array:
+    """Probability that x1[i] and x2[i] show the same character: (B,) in [0, 1] (an Ensemble's: the mean of
+    its members').
 
     ``x1``/``x2``: model-input images (see the module docstring), (B, S, S), (B, S, S, 1), or a
     single pair (S, S), which gives a scalar.
     """
+    if isinstance(params, Ensemble):
+        return jnp.mean(jax.nn.sigmoid(_member_pair_logits(params, x1, x2, "score")), axis=0)
     spec, a, b = _checked_pairs(params, x1, x2, "score")
     return _pairs(spec, True, params.weights, a, b)
 

@@ -114,6 +114,22 @@ def distort(key: jax.Array, images: jax.Array) -> jax.Array:
     return apply_affine(images, sample_affine(key, images.shape[0]))
 
 
+def tta_transforms(n: int, seed: int = 0) -> jax.Array:
+    """(n, 7) fixed transforms for test-time augmentation: the identity, then ``n - 1`` draws of the
+    paper's distortion as training draws it (``sample_affine``, each component on with probability
+    0.5), from ``seed`` alone, so an evaluation is repeatable. A draw that came out as the identity is
+    drawn again (it would only repeat the first)."""
+    if n < 1:
+        raise ValueError(f"test-time augmentation needs n >= 1 transforms, got {n}")
+    out, key = [identity(1)], jax.random.key(seed)
+    while sum(len(t) for t in out) < n:
+        key, sub = jax.random.split(key)
+        t = sample_affine(sub, 1)
+        if not bool(jnp.all(t == jnp.asarray(IDENTITY))):
+            out.append(t)
+    return jnp.concatenate(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Photo augmentations.
 

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from siamax.api import Params, _check_params, init
+from siamax.api import Ensemble, Params, _check_params, init
 from siamax.errors import CheckpointError, DataError, ModelError, deferred_interrupt, one_line
 from siamax.model import ModelSpec
 
@@ -216,6 +216,7 @@ def restore_best(workdir: Path, like: Any) -> tuple[Any, dict]:
 
 def export(params: Params, path: str | Path, metadata: dict | None = None) -> Path:
     """Write ``params`` (spec + weights) to ``path`` (a file, or a directory -> DIR/model.msgpack)."""
+    _check_params(params, "export")
     path = Path(path)
     if path.suffix != ".msgpack":
         path = path / EXPORT_NAME
@@ -284,12 +285,15 @@ def load(path: str | Path) -> Params:
 LATER_FIELDS = ("channels", "tower", "blocks", "pooling", "attention_heads")  # ModelSpec fields of issue 22
 
 
-def fingerprint(params: Params) -> str:
-    """sha256 (hex) of a model: its spec and every weight (name, dtype, shape and bytes).
+def fingerprint(params: Params | Ensemble) -> str:
+    """sha256 (hex) of a model: its spec and every weight (name, dtype, shape and bytes); of an
+    Ensemble, of its members' fingerprints in order.
 
     ``conv_impl`` is left out: it picks among implementations of the same maths, so a model run
     with another one computes the same embeddings.
     """
+    if isinstance(params, Ensemble):  # its members' in order (the order lays out its embeddings)
+        return hashlib.sha256(("siamax-ensemble/1|" + "|".join(map(fingerprint, params.members))).encode()).hexdigest()
     _check_params(params, "fingerprint")
     h = hashlib.sha256()
     spec = params.spec.to_dict()

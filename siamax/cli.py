@@ -204,7 +204,7 @@ def _evaluate(args) -> int:
     _writable(out, "--out", folder=True)
     if args.json:
         _writable(Path(args.json), "--json", folder=False)
-    model = commands.load_model(args.model)
+    model = commands.load_models(args.model)
     results = commands.evaluate_folder(
         model,
         args.data,
@@ -218,8 +218,13 @@ def _evaluate(args) -> int:
         plots=not args.no_plots,
         progress=not args.no_progress,
         json_path=args.json,
+        tta=args.tta,
     )
     print(report.table(results))
+    cost = results["cost"]
+    if cost["tower_passes_per_image"] > 1:
+        print(f"{cost['members']} model(s) x {cost['tta']} distortion(s): {cost['tower_passes_per_image']} tower "
+              f"passes per image; scoring took {cost['seconds']:.1f} s")  # fmt: skip
     print(f"evaluation.json and plots are in {out}" + (f"; JSON also in {args.json}" if args.json else ""))
     return 0
 
@@ -286,7 +291,13 @@ def _parser() -> argparse.ArgumentParser:
     model_help = "a work directory of 'siamax train' or the main job, or a model.msgpack"
 
     e = sub.add_parser("evaluate", help="score a model on a folder whose classes are all new to it", allow_abbrev=False)
-    e.add_argument("model", metavar="MODEL", help=model_help)
+    e.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs="+",
+        help=model_help + "; two or more: scored as one ensemble (the mean of their probabilities, at the mean of "
+        "their thresholds; trained on the same kind of data, at the same input size)",
+    )
     e.add_argument(
         "data",
         metavar="DATA",
@@ -312,6 +323,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--ink", choices=("auto", "dark", "light"), default="auto", help="stroke polarity (auto: from the borders)"
+    )
+    e.add_argument(
+        "--tta",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="test-time augmentation: score every image under N fixed distortions (the identity and N-1 of the "
+        "paper's affine ones, the same in every run) and average the probabilities; N times the tower passes, the time "
+        "is reported (default 1: none; images only)",
     )
     e.add_argument("--no-plots", action="store_true", help="skip the plots")
     e.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")

@@ -42,13 +42,18 @@ class Model:
     """An exported model and what was chosen with it: the same/different threshold, the ink polarity, the
     modality of its training data and, for audio, the front-end that made its log-mel images."""
 
-    params: api.Params
+    params: api.Params | api.Ensemble
     threshold: float  # p >= threshold means "same"
     threshold_from: str  # "validation" (chosen on validation classes) or "default" (0.5: none was stored)
     ink: str  # the polarity its training images had: "dark", "light" (or "auto": unknown, tell from the images)
     path: Path
     modality: str = "ink"  # adapters.MODALITIES: "ink" drawings (also every model from before), "photos", "audio"
     mel: MelConfig | None = None  # the audio front-end (audio models only)
+
+    @property
+    def spec(self):
+        """What its input is made by: the spec (of an ensemble, the input its members share)."""
+        return self.params.input_spec if isinstance(self.params, api.Ensemble) else self.params.spec
 
 
 def load_model(path: str | Path) -> Model:
@@ -85,11 +90,35 @@ def _embed_table(params: api.Params, table):
     return evaluators.ModelEmbedder(params).embed(np.asarray(table.images), "light")
 
 
+def load_models(paths) -> Model:
+    """One model (:func:`load_model`), or several as one ``siamax.ensemble``: the mean of their
+    probabilities, at the mean of their stored thresholds. They must have been trained on the same kind
+    of data (modality, ink, audio front-end) and take the same input."""
+    models = [load_model(p) for p in paths]
+    if len(models) == 1:
+        return models[0]
+    first = models[0]
+    for m in models[1:]:
+        for what in ("modality", "ink", "mel"):
+            if getattr(m, what) != getattr(first, what):
+                raise InputError(
+                    f"{m.path} and {first.path} were trained on different data ({what}: {getattr(m, what)!r} vs "
+                    f"{getattr(first, what)!r}); an ensemble's members read their files alike"
+                )
+    return dataclasses.replace(
+        first,
+        params=api.ensemble([m.params for m in models]),
+        threshold=float(np.mean([m.threshold for m in models])),
+        threshold_from="mean of the members' (" + ", ".join(m.threshold_from for m in models) + ")",
+        path=Path(" + ".join(str(m.path) for m in models)),
+    )
+
+
 def _read_folder(model: Model, data, *, ink: str = "auto", min_images: int = 2, progress=None):
     """``(table, report)`` of a folder, read as ``model`` was trained (adapters.read_folder)."""
     table, report, _ = adapters.read_folder(
         data,
-        model.params.spec,
+        model.spec,
         modality=model.modality,
         ink=ink,
         mel=model.mel,
@@ -102,7 +131,7 @@ def _read_folder(model: Model, data, *, ink: str = "auto", min_images: int = 2, 
 
 def _read_files(model: Model, paths):
     return adapters.read_files(
-        list(paths), model.params.spec, modality=model.modality, fallback=model.ink, mel=model.mel
+        list(paths), model.spec, modality=model.modality, fallback=model.ink, mel=model.mel
     )
 
 
@@ -191,12 +220,15 @@ def evaluate_folder(
     plots: bool = True,
     progress: bool = True,
     json_path: str | Path | None = None,
+    tta: int = 1,
 ) -> dict:
-    """Score ``model`` on a folder whose classes it has never seen, next to raw pixels (Euclidean) on
+    """Score ``model`` (one, or an ensemble: :func:`load_models`; ``tta``: ``evaluators.with_tta``) on a folder whose classes it has never seen, next to raw pixels (Euclidean) on
     exactly the same pairs, trials and queries (``adapters.folder_tests``; all draws from ``eval_seed``
     alone): verification at the model's stored threshold (pixels, which have none, at the EER threshold
     of these very pairs: an optimistic figure, flagged), ``n_way``-way ``shots``-shot one-shot episodes,
     retrieval. Writes ``out/evaluation.json`` (the one results schema) and the plots."""
+    if tta > 1 and model.modality == "audio":
+        raise InputError("--tta distorts images (rotation, shear, scale, shift); a log-mel image of a clip is not one")
     table, folder = _read_folder(model, data, ink=ink, progress=progress)
     print(folder.summary())
     tests = adapters.folder_tests(
@@ -223,6 +255,7 @@ def evaluate_folder(
         progress=progress,
         extra=extra,
         json_path=json_path,
+        tta=tta,
     )
 
 

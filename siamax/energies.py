@@ -133,6 +133,12 @@ class Energy:
 
     # -- ranking a gallery (siamax.neighbours) ----------------------------------------------------
 
+    def rank_logits(self, head: Mapping, q: jax.Array, g: jax.Array, dtype=jnp.float32) -> jax.Array:
+        """``block_logits`` for ranking: the same (Q, G) logits, perhaps rounded otherwise (euclidean and
+        cosine: by a matrix product). What an ensemble's search ranks by (:class:`MeanProbability`); the
+        winners are then scored again exactly."""
+        return self.block_logits(head, q, g, dtype)
+
     def prepare(self, q: jax.Array) -> jax.Array:
         """Queries (Q, D) as ``rank_keys`` takes them."""
         return q
@@ -219,6 +225,16 @@ class _Calibrated(Energy):
     def _gram(self, e):
         return jnp.matmul(e, e.T, precision=_HIGHEST)
 
+    def rank_logits(self, head, q, g, dtype=jnp.float32):
+        # By one matrix product (the rank key's), not the (Q, G, D) differences of block_logits.
+        q, g = q.astype(jnp.float32), g.astype(jnp.float32)
+        keys = self.rank_keys(head, self.prepare(q), g, self.rank_aux(g), False)
+        return self.logit_from_distance(head, self.distance_from_keys(q, keys))
+
+    def distance_from_keys(self, q: jax.Array, keys: jax.Array) -> jax.Array:
+        """The distances (Q, G) of raw queries ``q`` (Q, D) to the rows whose rank keys are ``keys``."""
+        raise NotImplementedError
+
     def keys_from_products(self, qg: jax.Array, aux: jax.Array) -> jax.Array:
         """Rank keys from the products ``q . g`` of prepared queries and gallery rows, and ``aux``."""
         raise NotImplementedError
@@ -260,6 +276,9 @@ class Euclidean(_Calibrated):
     def key_error(self, bound, aux):
         return 2.0 * bound + 2.0**-21 * aux  # and the float32 rounding of subtracting |g|^2, in either pass
 
+    def distance_from_keys(self, q, keys):
+        return _safe_sqrt(jnp.maximum(jnp.sum(jnp.square(q), axis=-1, keepdims=True) - keys, 0.0))
+
 
 class Cosine(_Calibrated):
     """``1 - cos(e1, e2)`` with the calibrated head."""
@@ -286,6 +305,62 @@ class Cosine(_Calibrated):
 
     def key_error(self, bound, aux):
         return bound * aux
+
+    def distance_from_keys(self, q, keys):
+        return jnp.maximum(1.0 - keys, 0.0)
+
+
+def logit_of_mean(logits: jax.Array) -> jax.Array:
+    """Logits (M, ...) of M models -> the logit of their mean probability (...), without forming a
+    probability that rounds to 0 or 1: log(mean p) - log(mean (1 - p)), each by logsumexp."""
+    return jax.nn.logsumexp(jax.nn.log_sigmoid(logits), 0) - jax.nn.logsumexp(jax.nn.log_sigmoid(-logits), 0)
+
+
+class MeanProbability(Energy):
+    """An ensemble's comparison (``siamax.ensemble``): embeddings are its members' side by side, and
+    the logit is that of the members' mean probability (:func:`logit_of_mean`), each member's
+    energy and head on its own part. Not a model's energy (not in ``ENERGIES``): it has no distance,
+    so no metric objective trains it; it is what ``siamax.Index`` ranks an ensemble's gallery by.
+
+    ``members``: one ``(energy name, embedding width, compute dtype)`` per member. Its head is the
+    members' heads in one flat dict, ``"{i}/{name}"`` (as an index file stores a head)."""
+
+    name = "mean_probability"
+    default_margin = float("nan")
+
+    def __init__(self, members: tuple[tuple[str, int, str], ...]):
+        self.members = tuple((get(e).name, int(d), str(t)) for e, d, t in members)
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.members == other.members
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.members))
+
+    def __repr__(self) -> str:
+        return f"MeanProbability({self.members})"
+
+    def head_shapes(self, dim: int) -> dict[str, tuple[int, ...]]:
+        if dim != sum(d for _, d, _ in self.members):
+            raise ValueError(f"{self!r} compares embeddings of {sum(d for _, d, _ in self.members)}, not {dim}")
+        return {f"{i}/{n}": shape for i, (e, d, _) in enumerate(self.members) for n, shape in get(e).head_shapes(d).items()}
+
+    def _member_logits(self, head: Mapping, e1: jax.Array, e2: jax.Array, block: bool) -> jax.Array:
+        """(M, ...) member logits of pairs (``block``: (M, Q, G) of a query block and a gallery block)."""
+        out, lo = [], 0
+        for i, (name, d, dtype) in enumerate(self.members):
+            h = {k.split("/", 1)[1]: v for k, v in head.items() if k.split("/", 1)[0] == str(i)}
+            a, b = e1[..., lo : lo + d], e2[..., lo : lo + d]
+            fn = get(name).rank_logits if block else get(name).logit
+            out.append(fn(h, a, b, jnp.dtype(dtype)))
+            lo += d
+        return jnp.stack(out)
+
+    def logit(self, head, e1, e2, dtype=jnp.float32):
+        return logit_of_mean(self._member_logits(head, e1, e2, block=False))
+
+    def rank_keys(self, head, q, g, aux, wide=False):
+        return logit_of_mean(self._member_logits(head, q, g, block=True))  # each member's rank_logits
 
 
 ENERGIES: Mapping[str, Energy] = MappingProxyType({e.name: e for e in (WeightedL1(), Euclidean(), Cosine())})

@@ -299,18 +299,18 @@ def _put(out: dict, name: str, result: dict) -> None:
 
 
 def evaluate(
-    params: api.Params,
+    params,
     tests: Mapping,
     *,
     progress: bool = True,
     fit=None,
 ) -> tuple[dict, dict]:
-    """Score ``params`` on every test set (``{name: adapters.TestSet}``), and each
+    """Score ``params`` (Params, a ``siamax.Ensemble`` or an embedder, e.g. ``evaluators.with_tta``) on every test set (``{name: adapters.TestSet}``), and each
     test set's baselines on the very same trials and pairs (each baseline made once, ``BASELINES[name](fit)``:
     ``fit`` the training images a fitted baseline learns from). Returns ``(results, figures)``: the
     JSON-able results (schema: module docstring of ``siamax.data.adapters``) and, per test set, what
     the plots need (verification scores per embedder, retrieval embeddings)."""
-    model = evaluators.ModelEmbedder(params)
+    model = evaluators.as_embedder(params)
     results: dict = {}
     figures: dict = {}
     baselines = {b: BASELINES[b](fit) for b in dict.fromkeys(b for ts in tests.values() for b in ts.baselines)}
@@ -326,14 +326,15 @@ def evaluate(
 
 
 def save_plots(params, results: dict, figures: dict, out: Path, *, history=None, trial_grid=None, seed=0) -> None:
-    """The figures of whatever was scored: learning curves, accuracy against N, one-shot trials,
-    verification ROC and histograms, retrieval grid and embedding map."""
+    """The figures of whatever was scored (by ``params``: what :func:`evaluate` took): learning curves,
+    accuracy against N, one-shot trials, verification ROC and histograms, retrieval grid and embedding map."""
+    model = evaluators.as_embedder(params)
     if history:
         plots.learning_curves(history, out)
     if "nway_within_alphabet" in results:
         plots.accuracy_vs_nway(results["nway_within_alphabet"], out)
     if trial_grid is not None:
-        plots.trial_grid(evaluators.ModelEmbedder(params), trial_grid(), out / "oneshot_trials.png", seed=seed)
+        plots.trial_grid(model, trial_grid(), out / "oneshot_trials.png", seed=seed)
     v = figures.get("verification")
     if v and v["siamax"]:
         scores = {"siamax": v["siamax"]["scores"]}
@@ -345,7 +346,7 @@ def save_plots(params, results: dict, figures: dict, out: Path, *, history=None,
     r = figures.get("retrieval")
     if r and r["siamax"]:
         f = r["siamax"]
-        plots.retrieval(params, f["embeddings"], f["images"], f["labels"], out)
+        plots.retrieval(model, f["embeddings"], f["images"], f["labels"], out)
 
 
 def evaluate_model(
@@ -360,8 +361,10 @@ def evaluate_model(
     progress: bool = True,
     extra: dict | None = None,
     json_path: str | Path | None = None,
+    tta: int = 1,
 ) -> dict:
-    """``evaluate`` a stored model on ``tests``; write the results with their provenance to ``out/name``
+    """``evaluate`` a stored model (Params or a ``siamax.Ensemble``; ``tta``: test-time augmentation,
+    ``evaluators.with_tta``, its cost in ``results["cost"]``) on ``tests``; write the results with their provenance to ``out/name``
     (``merge``: added to what that file holds, as the transfer's ``--reuse`` adds ``mnist10`` to a run's
     results) and the plots to ``out``. What ``siamax evaluate`` (``evaluation.json``, never a training
     run's results.json) and ``experiments.mnist_transfer --reuse`` run."""
@@ -369,7 +372,12 @@ def evaluate_model(
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
     results = json.loads(path.read_text()) if merge and path.exists() else {}
-    scored, figures = evaluate(params, tests, progress=progress)
+    model = evaluators.with_tta(params, tta)
+    t0 = time.perf_counter()
+    scored, figures = evaluate(model, tests, progress=progress)
+    members = len(params.members) if isinstance(params, api.Ensemble) else 1
+    results["cost"] = {"tta": tta, "members": members, "tower_passes_per_image": tta * members,
+                       "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     if info is not None:
         results["data"] = info
     for key, value in scored.items():
@@ -383,7 +391,7 @@ def evaluate_model(
     if json_path is not None:
         provenance.write_json(json_path, results)
     if plots_:
-        save_plots(params, results, figures, out)
+        save_plots(model, results, figures, out)
     return results
 
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from siamax import energies, neighbours
-from siamax.api import Params, _check_embeddings, _check_params
+from siamax.api import Ensemble, Params, _check_embedding_values, _check_params
 from siamax.checkpoint import fingerprint
 from siamax.energies import Energy
 from siamax.errors import ConfigError, DataError, InputError, InputTypeError, ModelError
@@ -167,22 +167,32 @@ class Index:
     ``Index(params)`` is empty; :meth:`build` makes one from embeddings, :meth:`load` reads one.
     """
 
-    def __init__(self, params: Params, backend: str = "jax"):
-        params = _check_params(params, "Index")
-        self._init(params.spec, params.weights["head"], fingerprint(params), backend)
+    def __init__(self, params: Params | Ensemble, backend: str = "jax"):
+        if isinstance(params, Ensemble):
+            specs = tuple(m.spec for m in params.members)
+            head = {f"{i}/{n}": v for i, m in enumerate(params.members) for n, v in m.weights["head"].items()}
+        else:
+            specs, head = (_check_params(params, "Index").spec,), params.weights["head"]
+        self._init(specs, head, fingerprint(params), backend)
 
-    def _init(self, spec: ModelSpec, head, model_fingerprint: str, backend: str) -> None:
+    def _init(self, specs: tuple[ModelSpec, ...], head, model_fingerprint: str, backend: str) -> None:
+        """``specs``: the model's spec, or an ensemble's members' (two or more)."""
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
-        self._gallery = BACKENDS[backend](energies.get(spec.energy), spec.embedding_dim)
-        self.spec, self.backend, self.fingerprint = spec, backend, model_fingerprint
+        self.specs = tuple(specs)
+        self.spec = specs[0] if len(specs) == 1 else None  # one model's spec; None for an ensemble
+        self.dim = sum(s.embedding_dim for s in specs)
+        self._dtype = specs[0].dtype if len(specs) == 1 else "float32"  # an ensemble's members keep their own
+        self._energy = _energy_of(self.specs)
+        self._gallery = BACKENDS[backend](self._energy, self.dim)
+        self.backend, self.fingerprint = backend, model_fingerprint
         self._head = {name: jnp.asarray(v, jnp.float32) for name, v in head.items()}
         self._labels: list[str] = []
         self._paths: list[str | None] = []
 
     @classmethod
     def build(
-        cls, params: Params, embeddings, labels: Sequence[str], paths: Sequence[str] | None = None, backend: str = "jax"
+        cls, params: Params | Ensemble, embeddings, labels: Sequence[str], paths: Sequence[str] | None = None, backend: str = "jax"
     ) -> Index:
         """An index of ``embeddings`` (N, D) from ``siamax.embed(params, ...)``, item i labelled
         ``labels[i]`` (its class name) and, optionally, ``paths[i]`` (the file it came from)."""
@@ -192,14 +202,15 @@ class Index:
 
     @property
     def energy(self) -> str:
-        return self.spec.energy
+        """The energy's name; ``"mean_probability"`` for an ensemble (``energies.MeanProbability``)."""
+        return self._energy.name
 
     def __len__(self) -> int:
         return len(self._labels)
 
     def __repr__(self) -> str:
         return (
-            f"Index({len(self)} items, energy={self.energy!r}, dim={self.spec.embedding_dim}, "
+            f"Index({len(self)} items, energy={self.energy!r}, dim={self.dim}, "
             f"backend={self.backend!r}, model {self.fingerprint[:12]})"
         )
 
@@ -218,10 +229,16 @@ class Index:
 
     # -- changes ---------------------------------------------------------------------------
 
+    def _check(self, e, name: str) -> None:
+        if getattr(e, "ndim", None) != 2 or e.shape[-1] != self.dim:
+            what = "siamax.embed" if self.spec else f"siamax.embed of the ensemble ({len(self.specs)} members side by side)"
+            raise InputError(f"{name} has shape {getattr(e, 'shape', None)}; expected (B, {self.dim}) embeddings from {what}")
+        _check_embedding_values(e, name)
+
     def add(self, embeddings, labels: Sequence[str], paths: Sequence[str] | None = None) -> np.ndarray:
         """Append items; returns their ids. ``paths``: one per item, or None (no paths)."""
         e = embeddings if isinstance(embeddings, (np.ndarray, jax.Array)) else np.asarray(embeddings)
-        _check_embeddings(self.spec, e, "embeddings")
+        self._check(e, "embeddings")
         m = e.shape[0]
         labels = _checked_labels(labels, m)
         paths = _checked_paths(paths, m)
@@ -276,7 +293,7 @@ class Index:
         probabilities, best first, as ``siamax.score_embeddings`` gives them; ids (Q, k) int64)."""
         q = query_embeddings
         q = q if isinstance(q, (np.ndarray, jax.Array)) else np.asarray(q)
-        _check_embeddings(self.spec, q, "query_embeddings")
+        self._check(q, "query_embeddings")
         n = len(self)
         if n == 0:
             raise InputError("search: the index is empty; add embeddings first (Index.build or index.add)")
@@ -291,7 +308,7 @@ class Index:
             q = q.astype(np.float32, copy=False)
         else:
             q = q.astype(jnp.float32)
-        return self._gallery.search(self._head, self.spec.dtype, q, k)
+        return self._gallery.search(self._head, self._dtype, q, k)
 
     def lookup(self, ids) -> np.ndarray:
         """Labels of ``ids`` (any shape), as a NumPy array of ``str`` objects of the same shape."""
@@ -320,7 +337,7 @@ class Index:
             "format": INDEX_FORMAT,
             "fingerprint": self.fingerprint,
             "energy": self.energy,
-            "spec": self.spec.to_dict(),
+            **({"spec": self.spec.to_dict()} if self.spec else {"members": [s.to_dict() for s in self.specs]}),
             "count": len(self),
             "labels": self._labels,
             "paths": self._paths,
@@ -364,27 +381,29 @@ class Index:
             found = meta.get("format") if isinstance(meta, dict) else None
             raise ModelError(f"{not_index}: its format is {found!r}, expected {INDEX_FORMAT!r}")
         try:
-            spec = ModelSpec.from_dict(meta["spec"])
+            specs = tuple(map(ModelSpec.from_dict, meta["members"] if "members" in meta else [meta["spec"]]))
             labels, paths, count = meta["labels"], meta["paths"], meta["count"]
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"{path}: damaged index record ({type(e).__name__}: {e})") from e
-        expected_head = energies.get(spec.energy).head_shapes(spec.embedding_dim)
+        dim = sum(s.embedding_dim for s in specs)
+        expected_head = _energy_of(specs).head_shapes(dim)
         if (
             rows is None
             or rows.dtype != np.float32
-            or rows.shape != (count, spec.embedding_dim)
+            or rows.shape != (count, dim)
             or len(labels) != count
             or len(paths) != count
             or {name: tuple(v.shape) for name, v in head.items()} != expected_head
         ):
             raise ModelError(
                 f"{path}: damaged index: its arrays do not match its record ({count} items of dimension "
-                f"{spec.embedding_dim}, energy {spec.energy})"
+                f"{dim}, energy {meta.get('energy')})"
             )
         if not np.isfinite(rows).all():
             raise ModelError(f"{path}: damaged index: its embeddings hold non-finite values")
         if params is not None:
-            _check_params(params, "Index.load")
+            if not isinstance(params, Ensemble):
+                _check_params(params, "Index.load")
             ours = fingerprint(params)
             if ours != meta["fingerprint"]:
                 raise ModelError(
@@ -394,9 +413,16 @@ class Index:
                     f"the model the index was built with"
                 )
         index = cls.__new__(cls)
-        index._init(spec, head, meta["fingerprint"], backend)
+        index._init(specs, head, meta["fingerprint"], backend)
         index.add(rows, labels, paths)
         return index
+
+
+def _energy_of(specs: tuple[ModelSpec, ...]) -> Energy:
+    """One model's energy, or an ensemble's (its members' mean probability)."""
+    if len(specs) == 1:
+        return energies.get(specs[0].energy)
+    return energies.MeanProbability(tuple((s.energy, s.embedding_dim, s.dtype) for s in specs))
 
 
 def _checked_labels(labels, m: int) -> list[str]:

@@ -130,10 +130,11 @@ def verification(scores: dict, labels, threshold: float, name: str, out: Path) -
     plt.close(fig)
 
 
-def retrieval(params, embeddings, images, labels, out: Path, n_queries: int = 6, k: int = 5) -> None:
+def retrieval(model, embeddings, images, labels, out: Path, n_queries: int = 6, k: int = 5) -> None:
     """A retrieval grid (queries and their top-k by the model's own score, ``metrics.knn``, with
     p(same)) and a 2-D map of the embeddings (first two principal components) of the model-format
-    ``images`` of classes ``labels``."""
+    ``images`` of classes ``labels``. ``model``: the embedder that made ``embeddings``
+    (``siamax.evaluators``: its energy, head and dtype rank them)."""
     plt = _plt()
     emb = np.asarray(embeddings)
     images, labels = np.asarray(images), np.asarray(labels)
@@ -141,10 +142,7 @@ def retrieval(params, embeddings, images, labels, out: Path, n_queries: int = 6,
     gen = np.random.default_rng(0)
     queries = gen.choice(n, min(n_queries, n), replace=False)
     k = min(k, n - 1)
-    spec = params.spec
-    ids, logits = metrics.knn(
-        emb[queries], emb, k + 1, energy=spec.energy, head=params.weights["head"], dtype=spec.dtype
-    )
+    ids, logits = metrics.knn(emb[queries], emb, k + 1, energy=model.energy, head=model.head, dtype=model.dtype)
     scores = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
     fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * 1.1, len(queries) * 1.2), squeeze=False)
     for row, (q, s_row, i_row) in enumerate(zip(queries, np.asarray(scores), np.asarray(ids))):

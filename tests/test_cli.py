@@ -110,6 +110,29 @@ def test_evaluate_on_new_classes_next_to_pixels(model, digits, tmp_path, capsys)
 
 
 @pytest.mark.slow
+def test_evaluate_an_ensemble_and_with_tta(model, digits, tmp_path, capsys):
+    args = ["--n-way", "5", "--trials", "40", "--pairs", "200", "--no-plots", "--no-progress"]
+    runs = {}
+    for name, models, extra in (("one", [model], []), ("twice", [model, model], []),
+                                ("tta", [model, model], ["--tta", "2"])):  # fmt: skip
+        assert cli.main(["evaluate", *map(str, models), str(digits), *args, *extra, "--out", str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / "evaluation.json").read_text())
+        runs[name]["printed"] = capsys.readouterr().out
+    one, twice, tta = runs["one"], runs["twice"], runs["tta"]
+    # Two copies of one model: the mean of two equal probabilities is that probability.
+    for key in ("random_5way_1shot", "verification", "retrieval"):
+        for measure, value in one[key].items():
+            if isinstance(value, float):
+                assert twice[key][measure] == pytest.approx(value, abs=1e-6), (key, measure)
+    assert twice["verification"]["threshold"] == pytest.approx(one["verification"]["threshold"])
+    assert twice["verification"]["threshold_from"].startswith("mean of the members'")
+    assert one["cost"]["tower_passes_per_image"] == 1 and twice["cost"]["members"] == 2
+    assert tta["cost"] == {**tta["cost"], "tta": 2, "members": 2, "tower_passes_per_image": 4}
+    assert "4 tower passes per image" in tta["printed"]
+    assert tta["verification"]["roc_auc"] != one["verification"]["roc_auc"]  # the distortions change the scores
+
+
+@pytest.mark.slow
 def test_verify_identify_and_the_index_agree(model, characters, tmp_path, capsys):
     a, b = (
         (characters / "Greek" / "character01").iterdir().__next__(),

@@ -6,7 +6,9 @@
 * ``"retrieval"``: :class:`Retrieval` (labelled images; precision@1, recall@k, MAP@R).
 
 ``model`` is what the images go through: siamax Params or an embedder (``embedders``):
-:class:`ModelEmbedder` (a siamax network), :class:`EnsembleEmbedder` (several: mean probability),
+:class:`ModelEmbedder` (a siamax network), :class:`EnsembleEmbedder` (several: mean probability; a
+``siamax.Ensemble`` becomes one), :func:`with_tta` (test-time augmentation: an ensemble of one model
+under fixed distortions),
 :class:`PixelEmbedder` (raw pixels, the baseline) or :class:`EigenfaceEmbedder` (PCA fitted on training
 images, the face baseline), :class:`MfccDtwEmbedder` and :class:`MfccMeanEmbedder` (MFCCs of log-mel
 images by DTW or by their mean: the audio baselines), so
@@ -27,6 +29,7 @@ from siamax.evaluators.embedders import (
     dtw_distance,
     ink_vectors,
     score_pairs,
+    with_tta,
 )
 from siamax.evaluators.oneshot import TIES, OneShot, one_shot_accuracy, proportion, trial_credit, wilson_interval
 from siamax.evaluators.retrieval import Retrieval
@@ -55,6 +58,7 @@ __all__ = [
     "score_pairs",
     "trial_credit",
     "wilson_interval",
+    "with_tta",
 ]
 
 

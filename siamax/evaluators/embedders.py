@@ -32,16 +32,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from siamax import api
+from siamax import api, augment, energies
 from siamax.data.labelled import to_model
 
 PIXEL_METRICS = ("euclidean", "cosine")
 
 
 @functools.partial(jax.jit, static_argnames="ink")
-def _embed_raw(params, raw, ink):
+def _embed_raw(params, raw, ink, transform=None):
     # The one route (siamax.data.labelled.to_model): the very pixels training sees, uint8 included.
-    return api.embed(params, to_model(params, raw, ink))
+    x = to_model(params, raw, ink)
+    if transform is not None:  # test-time augmentation: one fixed distortion of every image
+        x = augment.apply_affine(x.astype(jnp.float32) / 255.0, jnp.broadcast_to(transform, (x.shape[0], 7)))
+        x = jnp.clip(x, 0.0, 1.0)
+    return api.embed(params, x)
 
 
 @jax.jit
@@ -51,14 +55,17 @@ def _score_rows(params, emb, i1, i2):
 
 class ModelEmbedder:
     """A siamax network as an embedder (module docstring). ``batch_size``: images per tower call;
-    ``pair_chunk``: pairs per head call (fixed shapes: one compilation each)."""
+    ``pair_chunk``: pairs per head call (fixed shapes: one compilation each); ``transform``: None, or
+    one affine transform (7,) (``siamax.augment``) applied to every image in model format before the
+    tower (a member of :func:`with_tta`)."""
 
     name = "siamax"
 
-    def __init__(self, params: api.Params, *, batch_size: int = 256, pair_chunk: int = 4096):
+    def __init__(self, params: api.Params, *, batch_size: int = 256, pair_chunk: int = 4096, transform=None):
         if not isinstance(params, api.Params):
             raise TypeError(f"ModelEmbedder needs siamax Params, got {type(params).__name__}")
         self.params = params
+        self.transform = None if transform is None else jnp.asarray(transform, jnp.float32).reshape(7)
         self.batch_size = int(batch_size)
         self.pair_chunk = int(pair_chunk)
 
@@ -84,7 +91,8 @@ class ModelEmbedder:
         n, b = images.shape[0], self.batch_size
         n_pad = -(-n // b) * b
         padded = np.concatenate([images, np.repeat(images[:1], n_pad - n, axis=0)]) if n_pad > n else images
-        emb = jnp.concatenate([_embed_raw(self.params, padded[lo : lo + b], ink) for lo in range(0, n_pad, b)])
+        parts = [_embed_raw(self.params, padded[lo : lo + b], ink, self.transform) for lo in range(0, n_pad, b)]
+        emb = jnp.concatenate(parts)
         return emb[:n] if n_pad > n else emb
 
     def pair_scores(self, emb, i1, i2) -> np.ndarray:
@@ -101,19 +109,16 @@ class ModelEmbedder:
 
 class EnsembleEmbedder:
     """Several siamax networks as one embedder: a same-class probability is the mean of the members'
-    probabilities, and retrieval ranks by the mean of the members' cosine similarities.
+    probabilities, for pairs and for retrieval alike (``siamax.energies.MeanProbability``, the ranking
+    of ``siamax.Index`` for a ``siamax.Ensemble``).
 
-    ``embed`` gives the members' embeddings side by side (N, sum of D) (each member brings the images
-    to its own model format); ``pair_scores`` splits them again and averages each member's head;
-    ``ranking`` (read by ``Retrieval``) makes every member's part unit-length, so that the cosine of
-    two rows is the mean of the members' cosines: one ranking for members of any energy and head,
-    whose logits are not on one scale. ``members``: Params or ``ModelEmbedder``s (``kwargs`` go to
-    the ``ModelEmbedder`` of each Params)."""
+    ``embed`` gives the members' embeddings side by side (N, sum of D), each member bringing the images
+    to its own model format (so members of different input sizes combine here, unlike in a
+    ``siamax.Ensemble``); ``pair_scores`` splits them again and averages each member's head.
+    ``members``: Params or ``ModelEmbedder``s (``kwargs`` go to the ``ModelEmbedder`` of each Params)."""
 
     name = "ensemble"
-    energy = "cosine"
-    head = None
-    dtype = "float32"
+    dtype = "float32"  # each member computes in its own (MeanProbability holds them)
 
     def __init__(self, members, **kwargs):
         members = [m if isinstance(m, ModelEmbedder) else ModelEmbedder(m, **kwargs) for m in members]
@@ -121,6 +126,8 @@ class EnsembleEmbedder:
             raise ValueError(f"an ensemble needs 2 or more members, got {len(members)}")
         self.members = members
         self.bounds = np.cumsum([0] + [m.params.spec.embedding_dim for m in members])
+        self.energy = energies.MeanProbability(tuple((m.energy, m.params.spec.embedding_dim, m.dtype) for m in members))
+        self.head = {f"{i}/{n}": v for i, m in enumerate(members) for n, v in m.head.items()}
 
     def _parts(self, emb) -> list:
         return [emb[:, lo:hi] for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
@@ -132,11 +139,24 @@ class EnsembleEmbedder:
         parts = self._parts(jnp.asarray(emb))
         return np.mean([m.pair_scores(e, i1, i2) for m, e in zip(self.members, parts)], axis=0)
 
-    def ranking(self, emb) -> np.ndarray:
-        """The vectors retrieval ranks (by cosine): each member's part divided by its norm, over sqrt(M)."""
-        parts = [np.asarray(e, np.float64) for e in self._parts(np.asarray(emb))]
-        unit = [e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12) for e in parts]
-        return np.concatenate(unit, axis=1) / np.sqrt(len(unit))
+
+def with_tta(model, n: int, *, seed: int = 0):
+    """``model`` (Params, a ``siamax.Ensemble`` or an :class:`EnsembleEmbedder` of ModelEmbedders) scored
+    with test-time augmentation: every image under ``n`` fixed distortions (``augment.tta_transforms(n,
+    seed)``: the identity and ``n - 1`` of the paper's), a pair's probability the mean over the ``n``
+    distorted pairs (and over the members), retrieval ranked by that mean. ``n`` times the tower
+    passes. ``n = 1``: the model as it is. For images: a log-mel image is not distorted so."""
+    members = as_embedder(model)
+    members = members.members if isinstance(members, EnsembleEmbedder) else [members]
+    if not all(isinstance(m, ModelEmbedder) and m.transform is None for m in members):
+        raise TypeError("with_tta takes siamax Params, a siamax.Ensemble or an EnsembleEmbedder of untransformed models")
+    if n == 1:
+        return members[0] if len(members) == 1 else EnsembleEmbedder(members)
+    transforms = augment.tta_transforms(n, seed)
+    return EnsembleEmbedder(
+        [ModelEmbedder(m.params, batch_size=m.batch_size, pair_chunk=m.pair_chunk, transform=t)
+         for m in members for t in transforms]  # fmt: skip
+    )
 
 
 def ink_vectors(images, ink: str) -> np.ndarray:
@@ -236,15 +256,18 @@ def is_embedder(x) -> bool:
 
 
 def as_embedder(model, *, score_fn: bool = False):
-    """``model`` as an embedder: siamax Params -> ``ModelEmbedder``; an embedder as it is; with
-    ``score_fn=True`` (one-shot only) a callable ``score_fn(x1, x2) -> (B,)`` is returned as it is."""
+    """``model`` as an embedder: siamax Params -> ``ModelEmbedder``; a ``siamax.Ensemble`` ->
+    ``EnsembleEmbedder`` of its members; an embedder as it is; with ``score_fn=True`` (one-shot only) a
+    callable ``score_fn(x1, x2) -> (B,)`` is returned as it is."""
     if isinstance(model, api.Params):
         return ModelEmbedder(model)
+    if isinstance(model, api.Ensemble):
+        return EnsembleEmbedder(model.members)
     if is_embedder(model):
         return model
     if score_fn and callable(model):
         return model
-    what = "siamax Params, an embedder (ModelEmbedder, EnsembleEmbedder, PixelEmbedder, EigenfaceEmbedder)" + (
+    what = "siamax Params, a siamax.Ensemble, an embedder (ModelEmbedder, EnsembleEmbedder, PixelEmbedder, EigenfaceEmbedder)" + (
         " or a callable score_fn(x1, x2)" if score_fn else ""
     )
     raise TypeError(f"model must be {what}, got {type(model).__name__}")

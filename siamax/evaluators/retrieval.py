@@ -41,11 +41,8 @@ class Retrieval:
         model = as_embedder(model)
         emb = np.asarray(model.embed(np.asarray(self.images), self.ink))
         gallery = None if self.gallery is None else np.asarray(model.embed(np.asarray(self.gallery), self.ink))
-        rank = getattr(model, "ranking", None)  # an ensemble ranks other vectors than it scores pairs by
-        if rank is not None:
-            gallery = None if gallery is None else rank(gallery)
         result = metrics.retrieval_report(
-            emb if rank is None else rank(emb),
+            emb,
             self.labels,
             model.energy,
             model.head,
