@@ -403,7 +403,9 @@ def _member_logits_from_embeddings(ens: Ensemble, e1, e2) -> jax.Array:
                 f"{name} has shape {getattr(e, 'shape', None)}; expected (B, {ens.embedding_dim}) embeddings of "
                 f"this ensemble from siamax.embed (its {len(ens.members)} members' side by side)"
             )
-    return jnp.stack([logits_from_embeddings(m, a, b) for m, a, b in zip(ens.members, _parts(ens, e1), _parts(ens, e2))])
+    return jnp.stack(
+        [logits_from_embeddings(m, a, b) for m, a, b in zip(ens.members, _parts(ens, e1), _parts(ens, e2))]
+    )
 
 
 def logits_from_embeddings(params: Params | Ensemble, e1, e2) -> jax.Array:

@@ -130,9 +130,7 @@ def _read_folder(model: Model, data, *, ink: str = "auto", min_images: int = 2, 
 
 
 def _read_files(model: Model, paths):
-    return adapters.read_files(
-        list(paths), model.spec, modality=model.modality, fallback=model.ink, mel=model.mel
-    )
+    return adapters.read_files(list(paths), model.spec, modality=model.modality, fallback=model.ink, mel=model.mel)
 
 
 def folder_kind(data, *, color: str = "auto", layout: str = "auto") -> adapters.FolderKind:
@@ -222,7 +220,8 @@ def evaluate_folder(
     json_path: str | Path | None = None,
     tta: int = 1,
 ) -> dict:
-    """Score ``model`` (one, or an ensemble: :func:`load_models`; ``tta``: ``evaluators.with_tta``) on a folder whose classes it has never seen, next to raw pixels (Euclidean) on
+    """Score ``model`` (one, or an ensemble: :func:`load_models`; ``tta``: ``evaluators.with_tta``) on a
+    folder whose classes it has never seen, next to raw pixels (Euclidean) on
     exactly the same pairs, trials and queries (``adapters.folder_tests``; all draws from ``eval_seed``
     alone): verification at the model's stored threshold (pixels, which have none, at the EER threshold
     of these very pairs: an optimistic figure, flagged), ``n_way``-way ``shots``-shot one-shot episodes,

@@ -343,7 +343,9 @@ class MeanProbability(Energy):
     def head_shapes(self, dim: int) -> dict[str, tuple[int, ...]]:
         if dim != sum(d for _, d, _ in self.members):
             raise ValueError(f"{self!r} compares embeddings of {sum(d for _, d, _ in self.members)}, not {dim}")
-        return {f"{i}/{n}": shape for i, (e, d, _) in enumerate(self.members) for n, shape in get(e).head_shapes(d).items()}
+        return {
+            f"{i}/{n}": shape for i, (e, d, _) in enumerate(self.members) for n, shape in get(e).head_shapes(d).items()
+        }
 
     def _member_logits(self, head: Mapping, e1: jax.Array, e2: jax.Array, block: bool) -> jax.Array:
         """(M, ...) member logits of pairs (``block``: (M, Q, G) of a query block and a gallery block)."""

@@ -156,6 +156,20 @@ def _threshold(params, prepared: adapters.Prepared) -> tuple[float, float]:
     return t, metrics.accuracy_at(scores, p.label, t)
 
 
+def test_sets(cfg, prepared: adapters.Prepared, rerun: str) -> dict:
+    """The dataset's test sets that ``--test-sets`` names (all without it); ``rerun``: how the error
+    message says to run it again."""
+    tests = prepared.tests()
+    only = cfg.eval.test_names
+    unknown = sorted(set(only) - set(tests))
+    if unknown:
+        raise ConfigError(
+            f"--test-sets: this dataset has no test sets {unknown}, only {list(tests)}. {rerun} with --test-sets "
+            "naming some of those scores it"
+        )
+    return {n: t for n, t in tests.items() if not only or n in only}
+
+
 def train_and_evaluate(
     cfg: config.Config,
     workdir: str | Path,
@@ -246,15 +260,7 @@ def train_and_evaluate(
         return {**validation, "wall_seconds": time.perf_counter() - t_start}
     results = {"preset": preset, "seed": cfg.seed, "eval_seed": cfg.eval.eval_seed, "config": cfg.to_dict()}
     results["data"] = dict(prepared.info)
-    tests = prepared.tests()
-    only = cfg.eval.test_names
-    unknown = sorted(set(only) - set(tests))
-    if unknown:
-        raise ConfigError(
-            f"--test-sets: this dataset has no test sets {unknown}, only {list(tests)}. The trained model is "
-            f"exported in {workdir}: the same command with --test-sets naming some of those scores it"
-        )
-    tests = {n: t for n, t in tests.items() if not only or n in only}
+    tests = test_sets(cfg, prepared, f"The trained model is exported in {workdir}: the same command")
     results["test_sets"] = list(tests)
     scored, figures = evaluate(model, tests, progress=progress, fit=prepared.baseline_fit)
     results.update(scored)
@@ -305,7 +311,8 @@ def evaluate(
     progress: bool = True,
     fit=None,
 ) -> tuple[dict, dict]:
-    """Score ``params`` (Params, a ``siamax.Ensemble`` or an embedder, e.g. ``evaluators.with_tta``) on every test set (``{name: adapters.TestSet}``), and each
+    """Score ``params`` (Params, a ``siamax.Ensemble`` or an embedder, e.g. ``evaluators.with_tta``) on
+    every test set (``{name: adapters.TestSet}``), and each
     test set's baselines on the very same trials and pairs (each baseline made once, ``BASELINES[name](fit)``:
     ``fit`` the training images a fitted baseline learns from). Returns ``(results, figures)``: the
     JSON-able results (schema: module docstring of ``siamax.data.adapters``) and, per test set, what
@@ -364,7 +371,8 @@ def evaluate_model(
     tta: int = 1,
 ) -> dict:
     """``evaluate`` a stored model (Params or a ``siamax.Ensemble``; ``tta``: test-time augmentation,
-    ``evaluators.with_tta``, its cost in ``results["cost"]``) on ``tests``; write the results with their provenance to ``out/name``
+    ``evaluators.with_tta``, its cost in ``results["cost"]``) on ``tests``; write the results with their
+    provenance to ``out/name``
     (``merge``: added to what that file holds, as the transfer's ``--reuse`` adds ``mnist10`` to a run's
     results) and the plots to ``out``. What ``siamax evaluate`` (``evaluation.json``, never a training
     run's results.json) and ``experiments.mnist_transfer --reuse`` run."""
@@ -407,3 +415,49 @@ def transfer_validation(params: api.Params, *, eval_seed: int = 0, trials: int =
     result = oneshot.run(params)
     result["one_nn"] = evaluators.OneShot(tasks, seed=seeds["validation_candidates"]).run(BASELINES["pixels"]())
     return result
+
+
+def ensemble_study(cfg, dataset, workdirs, out, *, tta=(1, 4), test: bool = True, progress: bool = True) -> dict:
+    """Stored models of one dataset and config (``workdirs``: e.g. seeds 0-2 of a preset), and their
+    ensemble, each at every test-time augmentation count of ``tta``, scored on the dataset's validation
+    trials (those that chose each checkpoint: the same for every seed); the best on validation (ties:
+    the fewest tower passes) is chosen, and with ``test`` it alone is scored on the test sets. Nothing
+    is chosen by a test figure. Writes ``out/ensemble.json``: ``{"validation": {name: {accuracy,
+    tower_passes, seconds}}, "chosen", "test": {...}, "members": [...]}``."""
+    out = Path(out)
+    members, models = [checkpoint.load(w) for w in workdirs], {}
+    for w, m in zip(workdirs, members):
+        try:
+            stored = json.loads((Path(w) / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise WorkdirError(f"{w} is not a work directory of the main job ({e})") from e
+        mine = {**cfg.flat(), **dataset.identity, "preset": None, "seed": None}
+        diff = config_diff({**stored, "preset": None, "seed": None}, mine)
+        if diff:
+            raise ConfigError(f"{w} was trained with another config than this one (beyond its seed): {diff}")
+        models[f"seed {stored['seed']}"] = m
+    prepared = dataset.prepare_run(cfg)
+    seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]
+    if len(members) > 1:
+        models[f"ensemble of {len(members)}"] = api.ensemble(members)
+    validation, candidates = {}, {}
+    for name, model in models.items():
+        for n in tta:
+            key = name if n == 1 else f"{name}, tta {n}"
+            t0 = time.perf_counter()
+            r = evaluators.OneShot(prepared.validation_tasks, seed=seed).run(evaluators.with_tta(model, n))
+            passes = n * (len(model.members) if isinstance(model, api.Ensemble) else 1)
+            validation[key] = {"accuracy": r["accuracy"], "ci95": r["ci95"], "trials": r["trials"],
+                               "tower_passes": passes, "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+            candidates[key] = (model, n)
+            print(f"validation one-shot: {key:28s} {r['accuracy']:.2%} ({passes} tower passes per image)", flush=True)
+    chosen = max(validation, key=lambda k: (validation[k]["accuracy"], -validation[k]["tower_passes"]))
+    results = {"validation": validation, "chosen": chosen, "members": [str(w) for w in workdirs]}
+    if test:
+        model, n = candidates[chosen]
+        tests = test_sets(cfg, prepared, "The same command")
+        scored, _ = evaluate(evaluators.with_tta(model, n), tests, progress=progress)
+        results["test"] = scored
+    results.update(provenance.provenance(cfg))
+    provenance.write_json(out / "ensemble.json", results)
+    return results

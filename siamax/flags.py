@@ -71,6 +71,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_ints(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated integers >= 1 ("1,4")."""
+    return tuple(positive_int(part) for part in text.split(","))
+
+
 def from_args(args: argparse.Namespace, preset: str) -> Config:
     """The preset with every flag the user gave applied."""
     given = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}

@@ -192,7 +192,12 @@ class Index:
 
     @classmethod
     def build(
-        cls, params: Params | Ensemble, embeddings, labels: Sequence[str], paths: Sequence[str] | None = None, backend: str = "jax"
+        cls,
+        params: Params | Ensemble,
+        embeddings,
+        labels: Sequence[str],
+        paths: Sequence[str] | None = None,
+        backend: str = "jax",
     ) -> Index:
         """An index of ``embeddings`` (N, D) from ``siamax.embed(params, ...)``, item i labelled
         ``labels[i]`` (its class name) and, optionally, ``paths[i]`` (the file it came from)."""
@@ -231,8 +236,9 @@ class Index:
 
     def _check(self, e, name: str) -> None:
         if getattr(e, "ndim", None) != 2 or e.shape[-1] != self.dim:
-            what = "siamax.embed" if self.spec else f"siamax.embed of the ensemble ({len(self.specs)} members side by side)"
-            raise InputError(f"{name} has shape {getattr(e, 'shape', None)}; expected (B, {self.dim}) embeddings from {what}")
+            what = "siamax.embed" if self.spec else f"siamax.embed of the ensemble (its {len(self.specs)} members')"
+            shape = getattr(e, "shape", None)
+            raise InputError(f"{name} has shape {shape}; expected (B, {self.dim}) embeddings from {what}")
         _check_embedding_values(e, name)
 
     def add(self, embeddings, labels: Sequence[str], paths: Sequence[str] | None = None) -> np.ndarray:

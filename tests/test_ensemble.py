@@ -139,7 +139,13 @@ def test_tta_is_an_ensemble_of_one_model_under_fixed_distortions():
     # The mean over the 4 distortions of the pair, each image distorted by that same transform.
     x = images.astype(np.float32) / 255.0
     by_hand = [
-        siamax.score(params, *(np.clip(siamax.augment.apply_affine(x[s], np.tile(tr, (2, 1))), 0, 1) for s in (slice(0, 2), slice(2, 4))))
+        siamax.score(
+            params,
+            *(
+                np.clip(siamax.augment.apply_affine(x[s], np.tile(tr, (2, 1))), 0, 1)
+                for s in (slice(0, 2), slice(2, 4))
+            ),
+        )
         for tr in np.asarray(t)
     ]
     np.testing.assert_allclose(got, np.mean(by_hand, axis=0), rtol=1e-5)

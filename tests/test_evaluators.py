@@ -311,7 +311,8 @@ def test_bad_arguments():
         E.OneShot([])
     with pytest.raises(TypeError, match="Params, a siamax.Ensemble, an embedder"):
         E.one_shot_accuracy(42, _toy_tasks(1))
-    with pytest.raises(TypeError, match="Params, a siamax.Ensemble, an embedder"):  # a score function is for one-shot only
+    # A score function is for one-shot only.
+    with pytest.raises(TypeError, match="Params, a siamax.Ensemble, an embedder"):
         E.Retrieval(np.zeros((2, 4, 4)), np.array([0, 0])).run(lambda a, b: a)
     with pytest.raises(ValueError, match="metric"):
         E.PixelEmbedder("manhattan")
@@ -337,7 +338,8 @@ def test_an_ensemble_averages_its_members_probabilities(params, labelled):
     emb = ensemble.embed(images, "light")
     r = E.Retrieval(images, labels, k=3).run(ensemble)
     assert r == metrics.retrieval_report(emb, labels, ensemble.energy, ensemble.head, 3)
-    p = np.stack([np.asarray(siamax.score_embeddings(siamax.ensemble([params, other]), np.repeat(emb[i : i + 1], len(emb), 0), emb)) for i in range(len(emb))])
+    both = siamax.ensemble([params, other])
+    p = np.stack([np.asarray(siamax.score_embeddings(both, np.repeat(e[None], len(emb), 0), emb)) for e in emb])
     np.fill_diagonal(p, -np.inf)  # leave-one-out
     nearest = labels[np.argmax(p, axis=1)]
     assert r["precision_at_1"] == pytest.approx(np.mean(nearest == labels))

@@ -25,6 +25,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from siamax import api, checkpoint, cli, commands
+from siamax.data import adapters
+from siamax.errors import InputError
 from siamax.index import Index
 from siamax.serve import check_access, is_loopback, read_token
 from siamax.serve.app import create_app
@@ -217,7 +219,34 @@ def test_concurrent_requests_share_one_device_call(setup):
     batcher = app.app.state.batcher
     rs = asyncio.run(main())
     assert all(r.status_code == 200 for r in rs) and len({r.json()["probability"] for r in rs}) == 1
-    assert batcher.calls["embed"] == 1 and batcher.calls["score"] == 1  # 12 images, 6 pairs: one call each
+    # 12 images, 6 pairs: one conversion to model format, one tower call, one head call
+    assert batcher.calls["convert"] == 1 and batcher.calls["embed"] == 1 and batcher.calls["score"] == 1
+
+
+def test_an_upload_that_fails_its_batch_fails_alone(setup, monkeypatch):
+    model, folder, _ = setup
+    app = create_app(model, wait_s=0.2)
+    png = _png(folder / "c0" / "0.png")
+    real = adapters.to_model_format
+
+    def refusing_singles(batch):  # the one-image upload (embed) cannot be converted
+        if any(len(d) == 1 for d in batch):
+            raise InputError("this upload cannot be converted")
+        return real(batch)
+
+    monkeypatch.setattr(adapters, "to_model_format", refusing_singles)
+
+    async def main():
+        async with app.app.router.lifespan_context(app.app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                verifies = [client.post("/v1/verify", files={"a": png, "b": png}) for _ in range(3)]
+                return await asyncio.gather(client.post("/v1/embed", files={"file": png}), *verifies)
+
+    embed, *verifies = asyncio.run(main())
+    assert "cannot be converted" in _error(embed, 415)
+    assert [r.status_code for r in verifies] == [200] * 3
+    assert app.app.state.batcher.calls["embed"] == 1  # the others still shared one tower call
 
 
 def test_access_rules(tmp_path):

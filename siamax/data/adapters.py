@@ -46,7 +46,15 @@ import numpy as np
 from siamax import rng
 from siamax.data import folder as fo
 from siamax.data import lake, mnist, omniglot, orl, samplers, splits, tasks
-from siamax.data.audio_folder import audio_bytes, audio_files, audio_folder, is_audio_file, is_audio_folder
+from siamax.data.audio_folder import (
+    DecodedClips,
+    audio_files,
+    audio_folder,
+    clips_to_model_format,
+    decode_clip_bytes,
+    is_audio_file,
+    is_audio_folder,
+)
 from siamax.data.class_splits import class_splits, hold_out, small_folder_sizes
 from siamax.data.labelled import LabelledImages
 from siamax.data.require import require
@@ -466,13 +474,27 @@ def read_files(paths, spec, *, modality: str, ink: str = "auto", fallback: str |
     return x
 
 
-def read_bytes(blobs, spec, *, modality: str, ink: str = "auto", fallback: str | None = None, mel=None, names=None):
-    """:func:`read_files` for files held in memory (uploads to ``siamax serve``): the same decoders and route.
-    The bytes carry no extension, so they are decoded as ``modality`` says (what is not, is InputError)."""
+def decode_bytes(blobs, spec, *, modality: str, ink: str = "auto", fallback: str | None = None, mel=None, names=None):
+    """:func:`read_bytes` up to the model format: the uploads decoded and checked on the host (a
+    ``folder.Decoded`` or an ``audio_folder.DecodedClips``), for :func:`to_model_format` to convert,
+    those of many requests at once (``siamax serve``). The bytes carry no extension, so they are decoded
+    as ``modality`` says (what is not, is InputError)."""
     if modality == "audio":
-        return audio_bytes(blobs, size=spec, config=mel, names=names)
-    x, _ = fo.image_bytes(blobs, size=spec, ink=_photo_ink(modality, ink, fallback), fallback=fallback, names=names)
-    return x
+        return decode_clip_bytes(blobs, size=spec, config=mel, names=names)
+    return fo.decode_bytes(blobs, size=spec, ink=_photo_ink(modality, ink, fallback), fallback=fallback, names=names)
+
+
+def to_model_format(batch: Sequence) -> np.ndarray:
+    """The model format of every upload of ``batch`` (results of :func:`decode_bytes` for one model), in order."""
+    if batch and isinstance(batch[0], DecodedClips):
+        return clips_to_model_format(batch)
+    return fo.to_model_format(batch)
+
+
+def read_bytes(blobs, spec, *, modality: str, ink: str = "auto", fallback: str | None = None, mel=None, names=None):
+    """:func:`read_files` for files held in memory (uploads to ``siamax serve``): the same decoders and route."""
+    decoded = decode_bytes(blobs, spec, modality=modality, ink=ink, fallback=fallback, mel=mel, names=names)
+    return to_model_format([decoded])
 
 
 @dataclasses.dataclass(frozen=True)

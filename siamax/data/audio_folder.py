@@ -297,20 +297,50 @@ def audio_files(paths: Sequence[str | os.PathLike], *, size=None, config: MelCon
     return _decoded_to_images([_decode(p, cfg.sample_rate) for p in paths], paths, cfg)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodedClips:
+    """Clips decoded on the host (waveforms at ``cfg.sample_rate``), not yet log-mel images
+    (:func:`decode_clip_bytes`): converted for many requests at once by :func:`clips_to_model_format`."""
+
+    waves: list
+    cfg: MelConfig
+
+    def __len__(self) -> int:
+        return len(self.waves)
+
+
+def decode_clip_bytes(
+    blobs: Sequence[bytes], *, size=None, config: MelConfig | None = None, names: Sequence[str] | None = None
+) -> DecodedClips:
+    """:func:`audio_bytes` up to the log-mel images: decoded, resampled and checked."""
+    cfg = _config_for(size, config)
+    if not blobs:
+        raise InputError("no audio clips given")
+    names = list(names or [f"clip {i + 1}" for i in range(len(blobs))])
+    decoded = [_decode(io.BytesIO(b), cfg.sample_rate) for b in blobs]
+    _check_decoded(decoded, names)
+    return DecodedClips([x for x, _, _ in decoded], cfg)
+
+
+def clips_to_model_format(batch: Sequence[DecodedClips]) -> np.ndarray:
+    """The log-mel images (uint8, N, n_mels, frames) of every clip of ``batch`` (one front-end), in order."""
+    return np.asarray(clips_to_images([w for d in batch for w in d.waves], batch[0].cfg))
+
+
 def audio_bytes(
     blobs: Sequence[bytes], *, size=None, config: MelConfig | None = None, names: Sequence[str] | None = None
 ) -> jax.Array:
     """:func:`audio_files` for clips held in memory (uploads): the same decoder and route, the file's bytes
     in place of its path. ``names``: what error messages call each one (default "clip 1", ...)."""
-    cfg = _config_for(size, config)
-    if not blobs:
-        raise InputError("no audio clips given")
-    names = list(names or [f"clip {i + 1}" for i in range(len(blobs))])
-    return _decoded_to_images([_decode(io.BytesIO(b), cfg.sample_rate) for b in blobs], names, cfg)
+    return jax.device_put(clips_to_model_format([decode_clip_bytes(blobs, size=size, config=config, names=names)]))
 
 
-def _decoded_to_images(decoded: list, names: Sequence, cfg: MelConfig) -> jax.Array:
+def _check_decoded(decoded: list, names: Sequence) -> None:
     bad = [f"{p} ({why})" for p, (x, why, _) in zip(names, decoded) if x is None]
     if bad:
         raise InputError(f"not readable as audio: {_some(bad)}; siamax reads {', '.join(AUDIO_SUFFIXES)}")
+
+
+def _decoded_to_images(decoded: list, names: Sequence, cfg: MelConfig) -> jax.Array:
+    _check_decoded(decoded, names)
     return clips_to_images([x for x, _, _ in decoded], cfg)

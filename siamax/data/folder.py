@@ -565,13 +565,51 @@ def _decode_all(root: Path, paths: list[str], size: int, progress: bool | None) 
 
 def _to_model(spec, size: int, images: list[np.ndarray], ink: str, channels: int = 1) -> tuple[jax.Array, int]:
     """Model format of every image, through ``model_format`` once per distinct (shape, dtype)."""
+    out, groups = _converted(spec, size, images, [ink] * len(images), channels)
+    return jax.device_put(out), groups
+
+
+def _converted(spec, size: int, images: list, inks: list[str], channels: int) -> tuple[np.ndarray, int]:
+    """uint8 model format (N, S, S[, 3]) of ``images`` (image i of ink ``inks[i]``), by ``model_format``
+    once per distinct (shape, dtype, ink); and the number of those."""
     by_shape: dict[tuple, list[int]] = {}
-    for i, x in enumerate(images):
-        by_shape.setdefault((x.shape, x.dtype.str), []).append(i)
+    for i, (x, ink) in enumerate(zip(images, inks)):
+        by_shape.setdefault((x.shape, x.dtype.str, ink), []).append(i)
     out = np.empty((len(images), size, size) + ((3,) if channels == 3 else ()), np.uint8)
-    for index in by_shape.values():
-        out[index] = np.asarray(model_format(spec, np.stack([images[i] for i in index]), ink))
-    return jax.device_put(out), len(by_shape)
+    for (_, _, ink), index in by_shape.items():
+        # Fewer than model_format's chunk: padded to a power of two, so that a server's batches of any
+        # count compile a handful of programs per upload size, not one per count.
+        n = len(index)
+        padded = index if n >= 1024 else index + index[:1] * ((1 << (n - 1).bit_length()) - n)
+        out[index] = np.asarray(model_format(spec, np.stack([images[i] for i in padded]), ink))[:n]
+    return out, len(by_shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """Images decoded on the host and checked, not yet in model format (:func:`decode_bytes`): the
+    first half of :func:`image_bytes`, so that a server can convert the uploads of many requests in one
+    call (:func:`to_model_format`). ``images``: native arrays; ``ink`` and ``channels`` as decided for them."""
+
+    images: list
+    ink: str
+    channels: int
+    spec: object  # what model_format takes
+    size: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def to_model_format(batch: Sequence[Decoded]) -> np.ndarray:
+    """The model format of every image of ``batch`` (all for one model), in order: uint8 (N, S, S[, 3]),
+    one conversion per distinct (shape, dtype, ink) across them all."""
+    if not batch:
+        raise InputError("no decoded images given")
+    first = batch[0]
+    images = [x for d in batch for x in d.images]
+    inks = [d.ink for d in batch for _ in d.images]
+    return _converted(first.spec, first.size, images, inks, first.channels)[0]
 
 
 def image_files(
@@ -606,6 +644,28 @@ def image_files(
     return _decoded_to_model(decoded, paths, paths[0].parent, size, ink, fallback, color)
 
 
+def decode_bytes(
+    blobs: Sequence[bytes],
+    *,
+    size,
+    names: Sequence[str] | None = None,
+    ink: str = "auto",
+    fallback: str | None = None,
+    color: str = "auto",
+) -> Decoded:
+    """:func:`image_bytes` up to the model format: decoded, checked, ink and colour decided."""
+    _, s, _ = _spec_and_size(size)
+    if ink not in INKS:
+        raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
+    if color not in COLORS:
+        raise InputError(f"color must be one of {COLORS} ('auto': from the images, or the model's), got {color!r}")
+    if not blobs:
+        raise InputError("no images given")
+    names = list(names or [f"image {i + 1}" for i in range(len(blobs))])
+    decoded = [_decode(io.BytesIO(b), s) for b in blobs]
+    return _decided(decoded, names, "the uploaded image(s)", size, ink, fallback, color)
+
+
 def image_bytes(
     blobs: Sequence[bytes],
     *,
@@ -617,20 +677,18 @@ def image_bytes(
 ) -> tuple[jax.Array, str]:
     """:func:`image_files` for images held in memory (uploads): the same decoder and route, the file's
     bytes in place of its path. ``names``: what error messages call each one (default "image 1", ...)."""
-    _, s, _ = _spec_and_size(size)
-    if ink not in INKS:
-        raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
-    if color not in COLORS:
-        raise InputError(f"color must be one of {COLORS} ('auto': from the images, or the model's), got {color!r}")
-    if not blobs:
-        raise InputError("no images given")
-    names = list(names or [f"image {i + 1}" for i in range(len(blobs))])
-    decoded = [_decode(io.BytesIO(b), s) for b in blobs]
-    return _decoded_to_model(decoded, names, "the uploaded image(s)", size, ink, fallback, color)
+    d = decode_bytes(blobs, size=size, names=names, ink=ink, fallback=fallback, color=color)
+    return jax.device_put(to_model_format([d])), d.ink
 
 
 def _decoded_to_model(decoded: list, names: Sequence, where, size, ink: str, fallback, color: str):
     """The part of :func:`image_files` after decoding: ``(model-format images, ink)``."""
+    d = _decided(decoded, names, where, size, ink, fallback, color)
+    return jax.device_put(to_model_format([d])), d.ink
+
+
+def _decided(decoded: list, names: Sequence, where, size, ink: str, fallback, color: str) -> Decoded:
+    """Decoded images checked, their ink and channels decided (what :func:`to_model_format` converts)."""
     spec, s, model_channels = _spec_and_size(size)
     bad = [f"{p} ({why})" for p, (x, why, _) in zip(names, decoded) if x is None]
     if bad:
@@ -645,5 +703,4 @@ def _decoded_to_model(decoded: list, names: Sequence, where, size, ink: str, fal
     channels, _ = _decided_channels(color, model_channels, n_colour, where)
     if model_channels is None:
         spec, s, _ = _spec_and_size(s, channels)
-    images, _ = _to_model(spec, s, [x for x, _, _ in decoded], ink, channels)
-    return images, ink
+    return Decoded([x for x, _, _ in decoded], ink, channels, spec, s)

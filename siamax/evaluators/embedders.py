@@ -149,13 +149,16 @@ def with_tta(model, n: int, *, seed: int = 0):
     members = as_embedder(model)
     members = members.members if isinstance(members, EnsembleEmbedder) else [members]
     if not all(isinstance(m, ModelEmbedder) and m.transform is None for m in members):
-        raise TypeError("with_tta takes siamax Params, a siamax.Ensemble or an EnsembleEmbedder of untransformed models")
+        raise TypeError("with_tta takes siamax Params, a siamax.Ensemble or an EnsembleEmbedder of plain models")
     if n == 1:
         return members[0] if len(members) == 1 else EnsembleEmbedder(members)
     transforms = augment.tta_transforms(n, seed)
     return EnsembleEmbedder(
-        [ModelEmbedder(m.params, batch_size=m.batch_size, pair_chunk=m.pair_chunk, transform=t)
-         for m in members for t in transforms]  # fmt: skip
+        [
+            ModelEmbedder(m.params, batch_size=m.batch_size, pair_chunk=m.pair_chunk, transform=t)
+            for m in members
+            for t in transforms
+        ]  # fmt: skip
     )
 
 
@@ -267,9 +270,8 @@ def as_embedder(model, *, score_fn: bool = False):
         return model
     if score_fn and callable(model):
         return model
-    what = "siamax Params, a siamax.Ensemble, an embedder (ModelEmbedder, EnsembleEmbedder, PixelEmbedder, EigenfaceEmbedder)" + (
-        " or a callable score_fn(x1, x2)" if score_fn else ""
-    )
+    what = "siamax Params, a siamax.Ensemble, an embedder (ModelEmbedder, EnsembleEmbedder, PixelEmbedder, ...)"
+    what += " or a callable score_fn(x1, x2)" if score_fn else ""
     raise TypeError(f"model must be {what}, got {type(model).__name__}")
 
 

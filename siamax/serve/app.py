@@ -165,7 +165,7 @@ def create_app(
     # Uploads decode on a few threads, not on Starlette's pool of 40: decoding holds the GIL for most
     # of its time, and 40 threads contending for it decode more slowly than two
     decoders = concurrent.futures.ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="siamax-decode")
-    spec = model.params.spec
+    spec = model.spec
     info = {
         "fingerprint": checkpoint.fingerprint(model.params),
         "modality": model.modality,

@@ -1,9 +1,12 @@
 """Requests that arrive together share one device call: the micro-batcher of ``siamax serve``.
 
-Each request puts a job (its decoded images and what to do with their embeddings) on an asyncio
-queue. The batcher takes the first job, then whatever else arrives within ``wait_s`` (or until
-``max_batch`` images), and runs the batch in its one device thread:
+Each request puts a job (its uploads, decoded on the host, and what to do with their embeddings) on
+an asyncio queue. The batcher takes the first job, then whatever else arrives within ``wait_s`` (or
+until ``max_batch`` images), and runs the batch in its one device thread:
 
+0. one conversion brings every upload of the batch to model format (``adapters.to_model_format``:
+   one call per distinct size of upload; a batch that fails here is converted job by job, so that a
+   bad upload fails its own request only);
 1. one tower call embeds every image of the batch (``siamax.embed``);
 2. one head call scores every verification pair of the batch (``siamax.score_embeddings``);
 3. one gallery search answers every identification of the batch (``Index.search``);
@@ -30,8 +33,15 @@ import logging
 import numpy as np
 
 from siamax import api
+from siamax.data import adapters
+from siamax.errors import UserError
+from siamax.serve.uploads import RequestError
 
 log = logging.getLogger("siamax.serve")
+
+
+def _count(job) -> int:
+    return 0 if job.images is None else len(job.images)
 
 
 def _padded(x: np.ndarray) -> np.ndarray:
@@ -44,7 +54,7 @@ def _padded(x: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class Job:
     kind: str  # "embed", "verify", "identify", "add", "remove"
-    images: np.ndarray  # model-format images (n, S, S[, C]); none for "remove"
+    images: object  # the uploads decoded (adapters.decode_bytes: a sized batch), or None ("remove")
     arg: object = None  # identify: k; add: the label; remove: the item id
     future: asyncio.Future | None = None
 
@@ -64,7 +74,7 @@ class Batcher:
 
     def _shape(self) -> tuple[int, ...]:
         """One model-format image's shape, as the decoders give it: (S, S) gray, (S, S, 3) RGB."""
-        s = self.model.params.spec
+        s = self.model.spec
         return (s.input_size, s.input_size) + ((3,) if s.channels == 3 else ())
 
     # -- the event loop's side -------------------------------------------------------------
@@ -86,12 +96,10 @@ class Batcher:
             pass
         self._task = None
 
-    async def submit(self, kind: str, images: np.ndarray | None = None, arg=None):
+    async def submit(self, kind: str, images=None, arg=None):
         """Queue a job and wait for its result (an exception of the job is raised here)."""
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
-        if images is None:
-            images = np.zeros((0, *self._shape()), np.uint8)
         job = Job(kind, images, arg, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(job)
         self._arrived.set()
@@ -104,11 +112,11 @@ class Batcher:
             self._arrived.clear()
             await self._arrived.wait()
         jobs = [self._queue.get_nowait()]
-        n, deadline = len(jobs[0].images), loop.time() + self.wait_s
+        n, deadline = _count(jobs[0]), loop.time() + self.wait_s
         while n < self.max_batch:
             while not self._queue.empty() and n < self.max_batch:
                 jobs.append(self._queue.get_nowait())
-                n += len(jobs[-1].images)
+                n += _count(jobs[-1])
             left = deadline - loop.time()
             if n >= self.max_batch or left <= 0:
                 break
@@ -161,15 +169,51 @@ class Batcher:
         scores, ids = self.gallery.index.search(_padded(queries), k)
         return np.asarray(scores)[: len(queries)], np.asarray(ids)[: len(queries)]
 
+    def _convert(self, jobs: list[Job], results: list) -> None:
+        """Model format of every job's uploads (``Job.images`` replaced), in one conversion; if that
+        fails, job by job: a job whose uploads fail gets its error in ``results``."""
+        uploads = [j.images for j in jobs if _count(j)]
+        if not uploads:
+            return
+        self.calls["convert"] += 1
+        try:
+            x = adapters.to_model_format(uploads)
+        except Exception:  # noqa: BLE001  find the job it was: each alone
+            log.warning("converting a batch of uploads failed; converting them one request at a time")
+            for i, j in enumerate(jobs):
+                if _count(j):
+                    try:
+                        j.images = adapters.to_model_format([j.images])
+                    except UserError as e:
+                        results[i] = RequestError(415, str(e))
+                    except Exception as e:  # noqa: BLE001  a bug: a 500 for this request only
+                        log.exception("converting an upload failed")
+                        results[i] = e
+            return
+        at = 0
+        for j in jobs:
+            if _count(j):
+                n = len(j.images)
+                j.images, at = x[at : at + n], at + n
+
     def _process(self, jobs: list[Job]) -> list:
         """Every job's result (or exception), in order; see the module docstring."""
         results: list = [None] * len(jobs)
-        images = [j.images for j in jobs if len(j.images)]
+        self._convert(jobs, results)
+        alive = [i for i in range(len(jobs)) if results[i] is None]
+        for i, r in zip(alive, self._work([jobs[i] for i in alive])):
+            results[i] = r
+        return results
+
+    def _work(self, jobs: list[Job]) -> list:
+        """The results of jobs whose images are in model format: tower, head, search, changes."""
+        results: list = [None] * len(jobs)
+        images = [j.images for j in jobs if _count(j)]
         e = self._embed(np.concatenate(images)) if images else np.zeros((0, 0), np.float32)
         rows, at = [], 0
         for j in jobs:
-            rows.append(e[at : at + len(j.images)])
-            at += len(j.images)
+            rows.append(e[at : at + _count(j)])
+            at += _count(j)
         verify = [i for i, j in enumerate(jobs) if j.kind == "verify"]
         if verify:
             p = self._score(np.stack([rows[i][0] for i in verify]), np.stack([rows[i][1] for i in verify]))

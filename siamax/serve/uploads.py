@@ -1,11 +1,12 @@
 """What an upload must pass before it is decoded, and the decoding: the limits of ``siamax serve``.
 
-An upload's bytes go to the model by the one route of files (``siamax.data.adapters.read_bytes``: the
-decoders of ``image_files`` / ``audio_files``), but only after its header has been read and found
-within the limits: an image's width x height (PIL reads the header alone) at most ``max_pixels``, a
-clip's length (soundfile's header: frames / sample rate) at most ``max_seconds``. So a decompression
-bomb or an hour-long WAV is refused before anything is decoded. The upload's size itself is bounded
-before it is read (``app.py``: Content-Length, and the bytes as they arrive).
+An upload's bytes go to the model by the one route of files (``siamax.data.adapters.decode_bytes`` and
+``to_model_format``, the two halves of ``read_bytes``: the decoders of ``image_files`` / ``audio_files``),
+but only after its header has been read and found within the limits: an image's width x height (PIL
+reads the header alone) at most ``max_pixels``, a clip's length (soundfile's header: frames / sample
+rate) at most ``max_seconds``. So a decompression bomb or an hour-long WAV is refused before anything
+is decoded. The upload's size itself is bounded before it is read (``app.py``: Content-Length, and the
+bytes as they arrive). The second half, the model format, runs in the batcher for many requests at once.
 
 Every refusal is a :class:`RequestError` with its HTTP status: 400 over a limit, 415 not decodable as
 the model's kind of file, 422 a malformed request.
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-
-import numpy as np
 
 from siamax.data import adapters
 from siamax.errors import UserError, one_line
@@ -78,17 +77,17 @@ def _check_clip(blob: bytes, name: str, limits: Limits) -> None:
         )
 
 
-def decode(model, blobs: list[bytes], names: list[str], limits: Limits) -> np.ndarray:
-    """Uploads -> model-format images (uint8, as ``read_files`` gives), each checked against ``limits``
+def decode(model, blobs: list[bytes], names: list[str], limits: Limits):
+    """Uploads -> decoded on the host (``adapters.decode_bytes``: for the batcher to bring to model format,
+    with those of other requests, by ``adapters.to_model_format``), each checked against ``limits``
     first. ``model``: a ``siamax.commands.Model``; its modality says how the bytes are read."""
     for blob, name in zip(blobs, names):
         if not blob:
             raise RequestError(422, f"{name} is empty")
         (_check_clip if model.modality == "audio" else _check_image)(blob, name, limits)
     try:
-        x = adapters.read_bytes(
-            blobs, model.params.spec, modality=model.modality, fallback=model.ink, mel=model.mel, names=names
+        return adapters.decode_bytes(
+            blobs, model.spec, modality=model.modality, fallback=model.ink, mel=model.mel, names=names
         )
     except UserError as e:  # the decoders' own refusals: truncated or damaged files, too small, odd pixels
         raise RequestError(415, one_line(e)) from e
-    return np.asarray(x)
