@@ -22,7 +22,8 @@ ratio served / in-process at the highest connection count is the issue's target 
 
 JSON (``--json PATH``): {"meta": {hardware, versions, git commit, date, settings}, "load": [{endpoint,
 connections, seconds, requests, requests_per_s, p50_ms, p99_ms, errors (any answer but 200, or
-no answer, warm-up included), error_samples}],
+no answer, warm-up included), error_samples, client_cpu_cores (CPU seconds of the clients' process per
+second, warm-up included)}],
 "reference": {endpoint: {...}}, "ratios": {endpoint: {...}}}.
 
 Example::
@@ -218,7 +219,7 @@ async def closed_loop(url: str, body: bytes, ctype: str, connections: int, secon
     ).encode() + body
     latencies: list[float] = []
     errors: list[str] = []
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     t_measure, t_end = start + warmup, start + warmup + seconds
 
     async def worker():
@@ -244,6 +245,7 @@ async def closed_loop(url: str, body: bytes, ctype: str, connections: int, secon
             writer.close()
 
     await asyncio.gather(*[worker() for _ in range(connections)])
+    client_cores = (time.process_time() - cpu0) / (time.perf_counter() - start)  # the clients' share of the CPU
     lat = np.asarray(latencies) * 1000
     return {
         "connections": connections,
@@ -254,6 +256,7 @@ async def closed_loop(url: str, body: bytes, ctype: str, connections: int, secon
         "p99_ms": round(float(np.percentile(lat, 99)), 2) if len(lat) else None,
         "errors": len(errors),
         "error_samples": errors[:5],
+        "client_cpu_cores": round(client_cores, 2),
     }
 
 
@@ -339,6 +342,7 @@ def meta(args, extra: dict | None = None) -> dict:
 
 def print_table(rows: list[dict]) -> None:
     head = f"{'endpoint':9s} {'conns':>5s} {'requests':>8s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s}"
+    head += f" {'client CPU':>10s}"  # cores the clients themselves used (the rest: the server's)
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -473,7 +477,8 @@ def main(argv=None) -> dict:
 def _print_row(r: dict) -> None:
     print(
         f"{r['endpoint']:9s} {r['connections']:5d} {r['requests']:8d} {r['requests_per_s']:8.1f} "
-        f"{r['p50_ms'] or float('nan'):8.1f} {r['p99_ms'] or float('nan'):8.1f} {r['errors']:6d}",
+        f"{r['p50_ms'] or float('nan'):8.1f} {r['p99_ms'] or float('nan'):8.1f} {r['errors']:6d} "
+        f"{r['client_cpu_cores']:10.2f}",
         flush=True,
     )
 

@@ -51,7 +51,8 @@ def check_access(host: str, token: str | None, insecure: bool) -> None:
 
 
 def serve(model_path, *, index=None, host="127.0.0.1", port=8000, token_file=None, insecure=False,
-          limits: Limits | None = None, max_batch=32, wait_s=0.002, timeout_s=30.0) -> None:  # fmt: skip
+          limits: Limits | None = None, max_batch=32, wait_s=0.002, timeout_s=30.0,
+          access_log=False) -> None:  # fmt: skip
     """Run the server until SIGINT / SIGTERM (uvicorn's graceful shutdown: requests in flight finish)."""
     limits = limits or Limits()
     token = read_token(token_file)
@@ -75,7 +76,8 @@ def serve(model_path, *, index=None, host="127.0.0.1", port=8000, token_file=Non
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     app = create_app(model, gallery, token=token, limits=limits, max_batch=max_batch, wait_s=wait_s,
                      timeout_s=timeout_s, warmup=True)  # fmt: skip
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=int(timeout_s) + 1, lifespan="on")
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=int(timeout_s) + 1, lifespan="on",
+                            access_log=access_log)  # fmt: skip
     print(
         f"serving {model_path} on http://{host}:{sock.getsockname()[1]}" + ("" if token else " (no token)"), flush=True
     )
