@@ -425,6 +425,7 @@ def ensemble_study(cfg, dataset, workdirs, out, *, tta=(1, 4), test: bool = True
     is chosen by a test figure. Writes ``out/ensemble.json``: ``{"validation": {name: {accuracy,
     tower_passes, seconds}}, "chosen", "test": {...}, "members": [...]}``."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     members, models = [checkpoint.load(w) for w in workdirs], {}
     for w, m in zip(workdirs, members):
         try:
@@ -435,7 +436,8 @@ def ensemble_study(cfg, dataset, workdirs, out, *, tta=(1, 4), test: bool = True
         diff = config_diff({**stored, "preset": None, "seed": None}, mine)
         if diff:
             raise ConfigError(f"{w} was trained with another config than this one (beyond its seed): {diff}")
-        models[f"seed {stored['seed']}"] = m
+        name = f"seed {stored['seed']}"
+        models[name if name not in models else str(w)] = m  # two runs of one seed: told apart by their folders
     prepared = dataset.prepare_run(cfg)
     seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]
     if len(members) > 1:
