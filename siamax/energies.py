@@ -331,6 +331,16 @@ class MeanProbability(Energy):
     def __init__(self, members: tuple[tuple[str, int, str], ...]):
         self.members = tuple((get(e).name, int(d), str(t)) for e, d, t in members)
 
+    @classmethod
+    def of(cls, specs) -> MeanProbability:
+        """The energy of an ensemble of networks of these specs (``siamax.ModelSpec``s), in order."""
+        return cls(tuple((s.energy, s.embedding_dim, s.dtype) for s in specs))
+
+    @staticmethod
+    def joined_head(heads) -> dict:
+        """The members' heads (one dict each, in order) as this energy's one flat head."""
+        return {f"{i}/{n}": v for i, head in enumerate(heads) for n, v in head.items()}
+
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self.members == other.members
 
@@ -343,9 +353,7 @@ class MeanProbability(Energy):
     def head_shapes(self, dim: int) -> dict[str, tuple[int, ...]]:
         if dim != sum(d for _, d, _ in self.members):
             raise ValueError(f"{self!r} compares embeddings of {sum(d for _, d, _ in self.members)}, not {dim}")
-        return {
-            f"{i}/{n}": shape for i, (e, d, _) in enumerate(self.members) for n, shape in get(e).head_shapes(d).items()
-        }
+        return self.joined_head(get(e).head_shapes(d) for e, d, _ in self.members)
 
     def _member_logits(self, head: Mapping, e1: jax.Array, e2: jax.Array, block: bool) -> jax.Array:
         """(M, ...) member logits of pairs (``block``: (M, Q, G) of a query block and a gallery block)."""

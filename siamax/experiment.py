@@ -356,6 +356,11 @@ def save_plots(params, results: dict, figures: dict, out: Path, *, history=None,
         plots.retrieval(model, f["embeddings"], f["images"], f["labels"], out)
 
 
+def _members(model) -> int:
+    """Networks in ``model``: an Ensemble's members, else 1."""
+    return len(model.members) if isinstance(model, api.Ensemble) else 1
+
+
 def evaluate_model(
     params,
     tests: Mapping,
@@ -383,7 +388,7 @@ def evaluate_model(
     model = evaluators.with_tta(params, tta)
     t0 = time.perf_counter()
     scored, figures = evaluate(model, tests, progress=progress)
-    members = len(params.members) if isinstance(params, api.Ensemble) else 1
+    members = _members(params)
     results["cost"] = {"tta": tta, "members": members, "tower_passes_per_image": tta * members,
                        "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     if info is not None:
@@ -448,7 +453,7 @@ def ensemble_study(cfg, dataset, workdirs, out, *, tta=(1, 4), test: bool = True
             key = name if n == 1 else f"{name}, tta {n}"
             t0 = time.perf_counter()
             r = evaluators.OneShot(prepared.validation_tasks, seed=seed).run(evaluators.with_tta(model, n))
-            passes = n * (len(model.members) if isinstance(model, api.Ensemble) else 1)
+            passes = n * _members(model)
             validation[key] = {"accuracy": r["accuracy"], "ci95": r["ci95"], "trials": r["trials"],
                                "tower_passes": passes, "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
             candidates[key] = (model, n)

@@ -170,7 +170,7 @@ class Index:
     def __init__(self, params: Params | Ensemble, backend: str = "jax"):
         if isinstance(params, Ensemble):
             specs = tuple(m.spec for m in params.members)
-            head = {f"{i}/{n}": v for i, m in enumerate(params.members) for n, v in m.weights["head"].items()}
+            head = energies.MeanProbability.joined_head(m.weights["head"] for m in params.members)
         else:
             specs, head = (_check_params(params, "Index").spec,), params.weights["head"]
         self._init(specs, head, fingerprint(params), backend)
@@ -428,7 +428,7 @@ def _energy_of(specs: tuple[ModelSpec, ...]) -> Energy:
     """One model's energy, or an ensemble's (its members' mean probability)."""
     if len(specs) == 1:
         return energies.get(specs[0].energy)
-    return energies.MeanProbability(tuple((s.energy, s.embedding_dim, s.dtype) for s in specs))
+    return energies.MeanProbability.of(specs)
 
 
 def _checked_labels(labels, m: int) -> list[str]:

@@ -229,10 +229,10 @@ def test_an_upload_that_fails_its_batch_fails_alone(setup, monkeypatch):
     png = _png(folder / "c0" / "0.png")
     real = adapters.to_model_format
 
-    def refusing_singles(batch):  # the one-image upload (embed) cannot be converted
+    def refusing_singles(batch, **kw):  # the one-image upload (embed) cannot be converted
         if any(len(d) == 1 for d in batch):
             raise InputError("this upload cannot be converted")
-        return real(batch)
+        return real(batch, **kw)
 
     monkeypatch.setattr(adapters, "to_model_format", refusing_singles)
 

@@ -484,11 +484,12 @@ def decode_bytes(blobs, spec, *, modality: str, ink: str = "auto", fallback: str
     return fo.decode_bytes(blobs, size=spec, ink=_photo_ink(modality, ink, fallback), fallback=fallback, names=names)
 
 
-def to_model_format(batch: Sequence) -> np.ndarray:
-    """The model format of every upload of ``batch`` (results of :func:`decode_bytes` for one model), in order."""
+def to_model_format(batch: Sequence, *, pad: bool = False) -> np.ndarray:
+    """The model format of every upload of ``batch`` (results of :func:`decode_bytes` for one model), in
+    order. ``pad``: images converted in groups padded to powers of two (for a server's varying batches)."""
     if batch and isinstance(batch[0], DecodedClips):
         return clips_to_model_format(batch)
-    return fo.to_model_format(batch)
+    return fo.to_model_format(batch, pad=pad)
 
 
 def read_bytes(blobs, spec, *, modality: str, ink: str = "auto", fallback: str | None = None, mel=None, names=None):

@@ -376,6 +376,13 @@ def _has_colour(x: np.ndarray) -> bool:
     return bool(spread.max() > _COLOUR_TOLERANCE)
 
 
+def _check_choices(ink: str, color: str) -> None:
+    if ink not in INKS:
+        raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
+    if color not in COLORS:
+        raise InputError(f"color must be one of {COLORS} ('auto': from the images, or the model's), got {color!r}")
+
+
 def _spec_and_size(size, channels: int = 1):
     """(what model_format takes, the input size S, the model's channels or None for a bare size) for an
     int size or a model (name, ModelSpec, Params); ``channels`` is the bare size's."""
@@ -468,12 +475,9 @@ def image_folder(
         than ``min_images`` readable images, polarity that ``ink="auto"`` cannot tell, bad arguments.
     """
     spec, s, model_channels = _spec_and_size(size)
-    if color not in COLORS:
-        raise InputError(f"color must be one of {COLORS} ('auto': from the images, or the model's), got {color!r}")
+    _check_choices(ink, color)
     if layout not in LAYOUTS:
         raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if ink not in INKS:
-        raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
     if isinstance(min_images, bool) or not isinstance(min_images, (int, np.integer)) or min_images < 1:
         raise InputError(f"min_images must be a whole number >= 1, got {min_images!r}")
     root = Path(path).expanduser()
@@ -569,18 +573,18 @@ def _to_model(spec, size: int, images: list[np.ndarray], ink: str, channels: int
     return jax.device_put(out), groups
 
 
-def _converted(spec, size: int, images: list, inks: list[str], channels: int) -> tuple[np.ndarray, int]:
-    """uint8 model format (N, S, S[, 3]) of ``images`` (image i of ink ``inks[i]``), by ``model_format``
-    once per distinct (shape, dtype, ink); and the number of those."""
+def _converted(spec, size: int, images: list, inks: list[str], channels: int, pad: bool = False):
+    """(uint8 model format (N, S, S[, 3]) of ``images`` (image i of ink ``inks[i]``), by ``model_format``
+    once per distinct (shape, dtype, ink); the number of those). ``pad``: each such group of fewer than
+    model_format's chunk padded to a power of two, so that a server's batches of any count compile a
+    handful of programs per upload size, not one per count (a folder, read once, is not padded)."""
     by_shape: dict[tuple, list[int]] = {}
     for i, (x, ink) in enumerate(zip(images, inks)):
         by_shape.setdefault((x.shape, x.dtype.str, ink), []).append(i)
     out = np.empty((len(images), size, size) + ((3,) if channels == 3 else ()), np.uint8)
     for (_, _, ink), index in by_shape.items():
-        # Fewer than model_format's chunk: padded to a power of two, so that a server's batches of any
-        # count compile a handful of programs per upload size, not one per count.
         n = len(index)
-        padded = index if n >= 1024 else index + index[:1] * ((1 << (n - 1).bit_length()) - n)
+        padded = index if not pad or n >= 1024 else index + index[:1] * ((1 << (n - 1).bit_length()) - n)
         out[index] = np.asarray(model_format(spec, np.stack([images[i] for i in padded]), ink))[:n]
     return out, len(by_shape)
 
@@ -601,15 +605,15 @@ class Decoded:
         return len(self.images)
 
 
-def to_model_format(batch: Sequence[Decoded]) -> np.ndarray:
+def to_model_format(batch: Sequence[Decoded], *, pad: bool = False) -> np.ndarray:
     """The model format of every image of ``batch`` (all for one model), in order: uint8 (N, S, S[, 3]),
-    one conversion per distinct (shape, dtype, ink) across them all."""
+    one conversion per distinct (shape, dtype, ink) across them all (``pad``: see ``_converted``)."""
     if not batch:
         raise InputError("no decoded images given")
     first = batch[0]
     images = [x for d in batch for x in d.images]
     inks = [d.ink for d in batch for _ in d.images]
-    return _converted(first.spec, first.size, images, inks, first.channels)[0]
+    return _converted(first.spec, first.size, images, inks, first.channels, pad)[0]
 
 
 def image_files(
@@ -630,10 +634,7 @@ def image_files(
     that is not a readable image, InputError naming it.
     """
     _, s, _ = _spec_and_size(size)
-    if ink not in INKS:
-        raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
-    if color not in COLORS:
-        raise InputError(f"color must be one of {COLORS} ('auto': from the images, or the model's), got {color!r}")
+    _check_choices(ink, color)
     paths = [Path(p).expanduser() for p in paths]
     if not paths:
         raise InputError("no image files given")
@@ -655,10 +656,7 @@ def decode_bytes(
 ) -> Decoded:
     """:func:`image_bytes` up to the model format: decoded, checked, ink and colour decided."""
     _, s, _ = _spec_and_size(size)
-    if ink not in INKS:
-        raise InputError(f"ink must be one of {INKS} ('dark': dark strokes on light paper), got {ink!r}")
-    if color not in COLORS:
-        raise InputError(f"color must be one of {COLORS} ('auto': from the images, or the model's), got {color!r}")
+    _check_choices(ink, color)
     if not blobs:
         raise InputError("no images given")
     names = list(names or [f"image {i + 1}" for i in range(len(blobs))])

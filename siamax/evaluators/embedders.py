@@ -126,8 +126,8 @@ class EnsembleEmbedder:
             raise ValueError(f"an ensemble needs 2 or more members, got {len(members)}")
         self.members = members
         self.bounds = np.cumsum([0] + [m.params.spec.embedding_dim for m in members])
-        self.energy = energies.MeanProbability(tuple((m.energy, m.params.spec.embedding_dim, m.dtype) for m in members))
-        self.head = {f"{i}/{n}": v for i, m in enumerate(members) for n, v in m.head.items()}
+        self.energy = energies.MeanProbability.of(m.params.spec for m in members)
+        self.head = energies.MeanProbability.joined_head(m.head for m in members)
 
     def _parts(self, emb) -> list:
         return [emb[:, lo:hi] for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]

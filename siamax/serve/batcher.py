@@ -34,7 +34,7 @@ import numpy as np
 
 from siamax import api
 from siamax.data import adapters
-from siamax.errors import UserError
+from siamax.errors import UserError, one_line
 from siamax.serve.uploads import RequestError
 
 log = logging.getLogger("siamax.serve")
@@ -177,15 +177,15 @@ class Batcher:
             return
         self.calls["convert"] += 1
         try:
-            x = adapters.to_model_format(uploads)
+            x = adapters.to_model_format(uploads, pad=True)
         except Exception:  # noqa: BLE001  find the job it was: each alone
             log.warning("converting a batch of uploads failed; converting them one request at a time")
             for i, j in enumerate(jobs):
                 if _count(j):
                     try:
-                        j.images = adapters.to_model_format([j.images])
+                        j.images = adapters.to_model_format([j.images], pad=True)
                     except UserError as e:
-                        results[i] = RequestError(415, str(e))
+                        results[i] = RequestError(415, one_line(e))
                     except Exception as e:  # noqa: BLE001  a bug: a 500 for this request only
                         log.exception("converting an upload failed")
                         results[i] = e
