@@ -72,6 +72,12 @@ def parse_args(argv=None):
     p.add_argument("--ref-seconds", type=float, default=20.0, help="seconds of each in-process reference (default 20)")
     p.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch (default 32, its default)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0, help="the server's --batch-wait-ms (default 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="the server's --workers (default: this machine's cores, one server process per core)",
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON to PATH")
     return p.parse_args(argv)
 
@@ -399,6 +405,8 @@ def main(argv=None) -> dict:
             args.max_batch,
             "--batch-wait-ms",
             args.batch_wait_ms,
+            "--workers",
+            args.workers,
             log=work / "server.log",
         )
         print(f"siamax serve ready at {server.url} in {time.perf_counter() - t:.1f} s", flush=True)
@@ -473,6 +481,7 @@ def main(argv=None) -> dict:
                     "warmup_s": args.warmup,
                     "max_batch": args.max_batch,
                     "batch_wait_ms": args.batch_wait_ms,
+                    "server_workers": args.workers,
                     "client": "asyncio streams, prebuilt requests, a keep-alive connection each, same machine",
                     "server_tracebacks": tracebacks,
                 },

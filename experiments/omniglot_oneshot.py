@@ -30,7 +30,7 @@ def main(argv=None):
     )
     workdir = args.workdir or f"runs/omniglot_{preset}_seed{cfg.seed}"
     results = experiment.train_and_evaluate(
-        cfg, workdir, adapters.Omniglot(), preset=preset, progress=not args.no_progress
+        cfg, workdir, adapters.Omniglot(), preset=preset, progress=not args.no_progress, plots_=not args.no_plots
     )
     print(report.table(results))
 
@@ -43,6 +43,7 @@ def _add_arguments(parser):
         "(default: runs/omniglot_<preset>_seed<seed>)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    parser.add_argument("--no-plots", action="store_true", help="no plots (results.json and the model are written)")
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ def _serve(args) -> int:
     )
     serve.serve(args.model, index=args.index, host=args.host, port=args.port, token_file=args.token_file,
                 insecure=args.insecure, limits=limits, max_batch=args.max_batch, wait_s=args.batch_wait_ms / 1000,
-                timeout_s=args.timeout, access_log=args.access_log)  # fmt: skip
+                timeout_s=args.timeout, access_log=args.access_log, workers=args.workers)  # fmt: skip
     return 0
 
 
@@ -402,6 +402,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--max-batch", type=_positive, default=32, help="most images in one device call (default 32)")
     w.add_argument("--timeout", type=_positive_number, default=30.0, help="seconds a request may take (default 30)")
+    w.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="server processes on one port (default 1): each holds the model and the gallery (kept in step "
+        "between them) and uses a core for HTTP and decoding; about one per core gives the most requests/s",
+    )
     w.add_argument(
         "--access-log",
         action="store_true",

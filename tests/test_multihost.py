@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # whose gradients are ~0, so two correct runs would drift apart.
 FLAGS = ["--preset", "quick", "--model", "tiny", "--epochs", "2", "--steps-per-epoch", "2", "--episode-chars", "8"]
 FLAGS += ["--optimizer", "sgd", "--learning-rate", "0.01", "--val-trials", "40", "--verification-pairs", "100"]
-FLAGS += ["--no-progress", "--test-sets", "lake20"]  # the parameters are what is compared
+FLAGS += ["--no-progress", "--no-plots", "--test-sets", "lake20"]  # the parameters are what is compared
 
 
 def _free_port() -> int:

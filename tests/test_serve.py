@@ -4,6 +4,7 @@ A tiny untrained model (its answers do not matter, only that they are the librar
 by `siamax index build` from a tiny class folder (tests/test_cli.py's), Starlette's TestClient."""
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import os
@@ -77,7 +78,8 @@ def _error(r, status):
 def test_healthz_model_openapi_and_page(served, setup):
     client, _, _, _ = served
     model = setup[0]
-    assert client.get("/healthz", headers={"Authorization": ""}).json() == {"status": "ok"}  # needs no token
+    healthz = client.get("/healthz", headers={"Authorization": ""})  # needs no token
+    assert healthz.json() == {"status": "ok", "worker": os.getpid()}
     m = client.get("/v1/model").json()
     assert m["fingerprint"] == checkpoint.fingerprint(model.params) and m["input_size"] == 28
     assert m["modality"] == "ink" and m["threshold"] == 0.5 and m["gallery"] == {"items": 12, "classes": 6}
@@ -342,5 +344,58 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(setup):
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
         assert "stopped by SIGTERM" in out and "Traceback" not in out
+    finally:
+        proc.kill()
+
+
+@pytest.mark.slow  # two server processes of their own (~15 s)
+def test_workers_share_one_gallery_and_stop_together(setup, tmp_path):
+    """--workers 2: two processes answer on one port; a change acknowledged by either is what the next
+    request to either sees, concurrent additions through both are all kept, and SIGTERM stops both."""
+    _, folder, root = setup
+    (tmp_path / "idx").mkdir()
+    (tmp_path / "idx" / "index.npz").write_bytes((root / "idx" / "index.npz").read_bytes())
+    code = "import sys; from siamax.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", str(root / "m"), "--index", str(tmp_path / "idx"), "--port", "0",
+         "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        while not (lines and "serving" in lines[-1]):
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "".join(lines)
+        assert "with 2 server processes" in lines[-1], lines[-1]
+        url = "http://127.0.0.1:" + lines[-1].split("http://127.0.0.1:")[1].split()[0]
+        workers = set()
+        for _ in range(100):  # a new connection each time: the kernel hands them to either process
+            workers.add(httpx.get(url + "/healthz").json()["worker"])
+            if len(workers) == 2:
+                break
+        assert len(workers) == 2, workers
+        n = httpx.get(url + "/v1/model").json()["gallery"]["items"]
+        png = _png(folder / "c1" / "0.png")
+        item = httpx.post(url + "/v1/index/items", files={"file": png}, data={"label": "new"}).json()["id"]
+        assert {httpx.get(url + "/v1/model").json()["gallery"]["items"] for _ in range(10)} == {n + 1}
+        assert {httpx.get(f"{url}/v1/index/items/{item}/thumbnail").status_code for _ in range(6)} == {404}  # upload
+        assert httpx.delete(f"{url}/v1/index/items/{item}").status_code == 200
+        assert {httpx.delete(f"{url}/v1/index/items/{item}").status_code for _ in range(6)} == {404}
+
+        def add(i):
+            return httpx.post(url + "/v1/index/items", files={"file": png}, data={"label": f"c{i}"}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(add, range(24))) == {201}
+        assert {httpx.get(url + "/v1/model").json()["gallery"]["items"] for _ in range(10)} == {n + 24}
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert "stopped by SIGTERM" in out and "Traceback" not in out, out
+        for pid in workers:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        model = commands.load_model(root / "m")
+        assert len(Index.load(tmp_path / "idx" / "index.npz", model.params)) == n + 24
     finally:
         proc.kill()

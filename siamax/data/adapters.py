@@ -92,7 +92,7 @@ class Prepared:
     threshold_images: np.ndarray  # model-format images of the validation pairs ...
     threshold_pairs: samplers.Pairs  # ... that choose the same/different threshold
     threshold_rule: str  # siamax.metrics.choose_threshold's rule
-    tests: Callable[[], dict[str, TestSet]]  # built after training only
+    tests: Callable[[], Mapping[str, TestSet]]  # built after training only (a LazySets draws each when read)
     ink: str  # the polarity of the raw training images (goes with the model)
     summary: str  # printed before training
     write_manifest: Callable[[Path], None] = lambda workdir: None  # the split, into the work directory
@@ -196,53 +196,89 @@ class Omniglot:
         )
 
 
-def omniglot_tests(cfg, table: LabelledImages, sp: splits.Splits, validation) -> dict[str, TestSet]:
+class LazySets(Mapping):
+    """Named test sets, each built when first read: a run with ``--test-sets`` draws only those it
+    names (Omniglot's 19 within-alphabet n-way sets take seconds to draw)."""
+
+    def __init__(self, makers: Mapping[str, Callable[[], TestSet]]):
+        self._makers, self._built = dict(makers), {}
+
+    def __getitem__(self, name: str) -> TestSet:
+        if name not in self._built:
+            self._built[name] = self._makers[name]()
+        return self._built[name]
+
+    def __iter__(self):
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+    def __or__(self, other: Mapping[str, TestSet]) -> LazySets:
+        more = (
+            other._makers
+            if isinstance(other, LazySets)
+            else {n: functools.partial(other.__getitem__, n) for n in other}
+        )
+        return LazySets({n: functools.partial(self.__getitem__, n) for n in self} | more)
+
+
+def omniglot_tests(cfg, table: LabelledImages, sp: splits.Splits, validation) -> LazySets:
     """Every trial and pair the main job scores, drawn from ``cfg.eval.eval_seed`` alone, so runs with
-    different training seeds are scored on identical sets."""
+    different training seeds are scored on identical sets (each set is drawn alone: ``LazySets``)."""
     seeds = rng.eval_seeds(cfg.eval.eval_seed)
     shuffle = seeds["test_candidates"]
     test = sp.test
-    test_table = table.take(test.flat_indices(), name="omniglot/test")
-    all_drawers = table.of_classes(test.chars, name="omniglot/test, all 20 drawers")
-    within = {
-        n: tasks.within_alphabet_tasks(
+
+    @functools.cache
+    def test_table():
+        return table.take(test.flat_indices(), name="omniglot/test")
+
+    @functools.cache
+    def within(n: int):
+        return tasks.within_alphabet_tasks(
             table, test.alphabets, test.drawers, per_alphabet=2, n_way=n, seed=seeds["test_tasks"]
         )
-        for n in range(2, 21)
-    }
 
     def oneshot(tasks_, baselines=("pixels",), **kw):
         return TestSet("oneshot", {"tasks": tasks_, "seed": shuffle, **kw}, baselines)
 
-    out = {
-        "lake20": oneshot(
-            lake.lake_runs(), ("pixels", "pixels_cosine"), by={"alphabet": _alphabet, "task": _lake_task}
-        ),
-        "within_alphabet": oneshot(within[20], by={"alphabet": _alphabet, "task": _name}),
+    def random(n: int, k: int) -> TestSet:
         # Vinyals-style: classes drawn across the 10 test alphabets, from all 20 drawers of their characters
         # (the test alphabets never enter training, so their other drawers are test data too); 400 trials each.
-        **{
-            f"random_{n}way_{k}shot": oneshot(
-                tasks.episodes(
-                    all_drawers, n_way=n, k_shot=k, n_query=1, n_episodes=400 // n, seed=[seeds["random_tasks"], n, k]
-                )
-            )
-            for n, k in ((20, 1), (5, 1), (20, 5))
-        },
+        all_drawers = table.of_classes(test.chars, name="omniglot/test, all 20 drawers")
+        episodes = tasks.episodes(
+            all_drawers, n_way=n, k_shot=k, n_query=1, n_episodes=400 // n, seed=[seeds["random_tasks"], n, k]
+        )
+        return oneshot(episodes)
+
+    makers = {
+        "lake20": lambda: oneshot(
+            lake.lake_runs(), ("pixels", "pixels_cosine"), by={"alphabet": _alphabet, "task": _lake_task}
+        ),
+        "within_alphabet": lambda: oneshot(within(20), by={"alphabet": _alphabet, "task": _name}),
+        **{f"random_{n}way_{k}shot": functools.partial(random, n, k) for n, k in ((20, 1), (5, 1), (20, 5))},
         # The threshold is chosen on validation pairs (model selection), accuracy measured on test pairs.
-        "verification": TestSet(
+        "verification": lambda: TestSet(
             "verification",
             {
-                "images": np.asarray(test_table.images),
-                "pairs": samplers.make_pairs(test_table, cfg.eval.verification_pairs, seed=seeds["verification_test"]),
+                "images": np.asarray(test_table().images),
+                "pairs": samplers.make_pairs(
+                    test_table(), cfg.eval.verification_pairs, seed=seeds["verification_test"]
+                ),
                 "validation": validation,
                 "rule": "accuracy",
             },
         ),
-        "retrieval": TestSet("retrieval", {"images": np.asarray(test_table.images), "labels": test_table.labels}),
-        **{f"nway_within_alphabet/{n}": oneshot(t, baselines=()) for n, t in within.items()},
+        "retrieval": lambda: TestSet(
+            "retrieval", {"images": np.asarray(test_table().images), "labels": test_table().labels}
+        ),
+        **{
+            f"nway_within_alphabet/{n}": functools.partial(lambda n: oneshot(within(n), baselines=()), n)
+            for n in range(2, 21)
+        },
     }
-    return out
+    return LazySets(makers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +297,10 @@ class MnistTransfer(Omniglot):
         omniglot_sets = prepared.tests
         return dataclasses.replace(
             prepared,
-            tests=lambda: {**omniglot_sets(), **mnist_tests(cfg.spec, cfg.eval.eval_seed, self.trials)},
+            tests=lambda: (
+                omniglot_sets()
+                | LazySets({"mnist10": lambda: mnist_tests(cfg.spec, cfg.eval.eval_seed, self.trials)["mnist10"]})
+            ),
             legacy={**prepared.legacy, "mnist10_one_nn": ("pixels", "mnist10")},
             extra={"mnist10_eval_seed": cfg.eval.eval_seed},
         )

@@ -16,6 +16,7 @@ import hmac
 import io
 import json
 import logging
+import os
 import re
 
 from starlette.applications import Starlette
@@ -33,7 +34,7 @@ from siamax.serve.uploads import Limits, RequestError, decode
 
 log = logging.getLogger("siamax.serve")
 OPEN_PATHS = ("/healthz",)
-DECODE_THREADS = 2
+DECODE_THREADS = 1
 MAX_K = 100
 MAX_LABEL = 200
 _ID = re.compile(r"[0-9a-f]{16}")
@@ -157,13 +158,16 @@ def create_app(
     wait_s: float = 0.002,
     timeout_s: float = 30.0,
     warmup: bool = False,
+    on_ready=None,
 ):
     """The ASGI app of ``siamax serve``: ``model`` a ``commands.Model``, ``gallery`` a ``Gallery`` or None.
-    ``app.state.batcher`` is its batcher (``calls`` counts device calls)."""
+    ``app.state.batcher`` is its batcher (``calls`` counts device calls); ``on_ready()`` is called
+    once it is warm (``siamax serve --workers``: the parent says "serving" when every process is)."""
     limits = limits or Limits()
     batcher = Batcher(model, gallery, max_batch=max_batch, wait_s=wait_s)
-    # Uploads decode on a few threads, not on Starlette's pool of 40: decoding holds the GIL for most
-    # of its time, and 40 threads contending for it decode more slowly than two
+    # Uploads decode on one thread, not on Starlette's pool of 40: decoding holds the GIL for most of
+    # its time, and threads contending for it decode more slowly (measured: one thread served ~1.3x
+    # the requests/s of two; more cores are used by more server processes, --workers)
     decoders = concurrent.futures.ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="siamax-decode")
     spec = model.spec
     info = {
@@ -189,9 +193,14 @@ def create_app(
             raise RequestError(404, "this server has no gallery: start it with 'siamax serve MODEL --index INDEX'")
 
     async def healthz(request):
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "worker": os.getpid()})
+
+    async def synced():  # the gallery as saved, whichever server process changed it last
+        if gallery is not None:
+            await batcher.submit("sync")
 
     async def model_info(request):
+        await synced()
         g = None if gallery is None else {"items": len(gallery), "classes": gallery.classes}
         return JSONResponse(info | {"gallery": g})
 
@@ -209,9 +218,9 @@ def create_app(
         needs_gallery()
         x, fields = await images(request, ("file",))
         k = _k(fields)
-        if len(gallery) == 0:
-            raise RequestError(409, "the gallery is empty: add items with POST /v1/index/items")
         matches = await batcher.submit("identify", x, k)
+        if matches is None:
+            raise RequestError(409, "the gallery is empty: add items with POST /v1/index/items")
         for m in matches:
             path = gallery.items.get(m["id"], (None, None, ""))[2]
             if not path.startswith(gallery_.UPLOAD) and model.modality != "audio":
@@ -227,21 +236,23 @@ def create_app(
         item = await batcher.submit("add", x, label)
         return JSONResponse({"id": item, "label": label, "items": len(gallery)}, status_code=201)
 
-    def item_of(request) -> str:
+    async def item_of(request) -> str:
         needs_gallery()
         item = request.path_params["id"]
-        if not _ID.fullmatch(item) or item not in gallery.items:
-            raise RequestError(404, f"no gallery item {item[:32]!r}")
-        return item
+        if _ID.fullmatch(item):
+            await synced()
+            if item in gallery.items:
+                return item
+        raise RequestError(404, f"no gallery item {item[:32]!r}")
 
     async def remove_item(request):
-        item = item_of(request)
+        item = await item_of(request)
         if not await batcher.submit("remove", None, item):
             raise RequestError(404, f"no gallery item {item!r}")
         return JSONResponse({"removed": item, "items": len(gallery)})
 
     async def thumbnail(request):
-        path = gallery.items[item_of(request)][2]
+        path = gallery.items.get(await item_of(request), (None, None, gallery_.UPLOAD))[2]  # removed meanwhile: 404
         if path.startswith(gallery_.UPLOAD) or model.modality == "audio":
             raise RequestError(404, "this item has no picture (an upload, or a sound clip)")
         return Response(await run_in_threadpool(_thumbnail, path, limits), media_type="image/png")
@@ -257,6 +268,8 @@ def create_app(
         await batcher.start()
         if warmup:
             await asyncio.get_running_loop().run_in_executor(batcher._device, batcher.warm)
+        if on_ready is not None:
+            on_ready()
         try:
             yield
         finally:

@@ -13,6 +13,10 @@ until ``max_batch`` images), and runs the batch in its one device thread:
 4. additions and removals are applied in their order of arrival, then the gallery is saved once
    (a group commit), and only then are they acknowledged.
 
+A batch that reads the gallery first reloads it if another server process has changed it
+(``Gallery.sync``); its changes are made under the gallery's lock (``Gallery.locked``). A "sync" job
+does only that: the routes that read the gallery's size or items send one first.
+
 While the device works on one batch the next one gathers, so batches grow with the load. Each call
 runs at a batch size padded to a power of two (the padding rows repeat the first), so the jitted
 functions compile once per size (1, 2, 4, ... up to ``max_batch``), not once per request count.
@@ -38,6 +42,7 @@ from siamax.errors import UserError, one_line
 from siamax.serve.uploads import RequestError
 
 log = logging.getLogger("siamax.serve")
+GALLERY_JOBS = ("identify", "add", "remove", "sync")
 
 
 def _count(job) -> int:
@@ -53,8 +58,8 @@ def _padded(x: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class Job:
-    kind: str  # "embed", "verify", "identify", "add", "remove"
-    images: object  # the uploads decoded (adapters.decode_bytes: a sized batch), or None ("remove")
+    kind: str  # "embed", "verify", "identify", "add", "remove", "sync"
+    images: object  # the uploads decoded (adapters.decode_bytes: a sized batch), or None ("remove", "sync")
     arg: object = None  # identify: k; add: the label; remove: the item id
     future: asyncio.Future | None = None
 
@@ -208,6 +213,8 @@ class Batcher:
     def _work(self, jobs: list[Job]) -> list:
         """The results of jobs whose images are in model format: tower, head, search, changes."""
         results: list = [None] * len(jobs)
+        if self.gallery is not None and any(j.kind in GALLERY_JOBS for j in jobs):
+            self.gallery.sync()
         images = [j.images for j in jobs if _count(j)]
         e = self._embed(np.concatenate(images)) if images else np.zeros((0, 0), np.float32)
         rows, at = [], 0
@@ -235,10 +242,11 @@ class Batcher:
 
     def _identify(self, queries: list[np.ndarray], ks: list[int]) -> list[list[dict]]:
         """Per query, its best ``k`` classes (each by its best item; at most the gallery's classes): the
-        rule of ``siamax identify`` (``commands._top_classes``), with one search for all the queries."""
+        rule of ``siamax identify`` (``commands._top_classes``), with one search for all the queries.
+        None for each query if the gallery is empty."""
         g = self.gallery
         if len(g) == 0:
-            return [[] for _ in queries]
+            return [None for _ in queries]
         # The k best classes lie among the k * (most items of one class) best items, whatever the ranking;
         # searched at a power of two (capped at the gallery) so that k does not recompile the search.
         need = min(len(g), max(ks) * g.most)
@@ -258,17 +266,18 @@ class Batcher:
     def _change(self, jobs: list[Job], rows: list[np.ndarray], changes: list[int], results: list) -> None:
         """Apply the additions and removals in order, save once, and only then acknowledge them."""
         g = self.gallery
-        for i in changes:
-            j = jobs[i]
-            if j.kind == "add":
-                results[i] = g.add(rows[i][0], j.arg)
-            else:
-                results[i] = g.remove(j.arg)
-        if any(results[i] is not False for i in changes):  # something changed: persist it
-            self.calls["save"] += 1
-            try:
-                g.save()
-            except Exception as e:  # noqa: BLE001  none of this batch's changes is kept (save reloaded the disk's)
-                log.exception("saving the gallery failed")
-                for i in changes:
-                    results[i] = e
+        with g.locked():  # on the latest saved index; no other process changes it meanwhile
+            for i in changes:
+                j = jobs[i]
+                if j.kind == "add":
+                    results[i] = g.add(rows[i][0], j.arg)
+                else:
+                    results[i] = g.remove(j.arg)
+            if any(results[i] is not False for i in changes):  # something changed: persist it
+                self.calls["save"] += 1
+                try:
+                    g.save()
+                except Exception as e:  # noqa: BLE001  none of this batch's changes is kept (save reloaded the disk's)
+                    log.exception("saving the gallery failed")
+                    for i in changes:
+                        results[i] = e

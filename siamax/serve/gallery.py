@@ -13,10 +13,18 @@ flushed to the disk (``fsync``) before the rename, and the folder after it, so t
 change visible is itself on disk before the change is acknowledged. A crash before the rename leaves
 the old index; after it, the new one. A save that fails reloads the index from the disk, so what is
 served never differs from what is stored.
+
+Several server processes (``siamax serve --workers N``) serve one gallery: each change is made under
+an exclusive lock of the folder (``index.lock``, ``fcntl.flock``) on the latest saved index, and a
+process reloads the index whenever the saved file is no longer the one it read (:meth:`sync`, one
+``stat`` per batch that reads the gallery). So a change acknowledged by one process is seen by the
+next request any process answers, and two processes' changes never overwrite each other.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -24,10 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from siamax.errors import InputError
 from siamax.index import INDEX_NAME, Index
 
 UPLOAD = "upload:"  # the path prefix of an uploaded item: it names no file
 _TMP = "index.serve-tmp.npz"  # what a save writes before renaming it to index.npz
+_LOCK = "index.lock"  # held while a process changes the index
 
 
 def item_id(path: str) -> str:
@@ -45,24 +55,52 @@ def _fsync(path: Path) -> None:
 class Gallery:
     """An index folder (``index.npz``, as ``siamax index build`` writes) opened for search and change.
 
-    Only one thread may call it (the batcher's device thread); :attr:`items` may be read from any
-    thread (it is replaced whole after every change, never changed in place)."""
+    Only one thread of a process may call it (the batcher's device thread); :attr:`items` may be read
+    from any thread (it is replaced whole after every change, never changed in place)."""
 
     def __init__(self, folder: str | Path, params):
         self.folder, self.params = Path(folder), params
         self.path = self.folder / INDEX_NAME
-        if self.path.is_file():
-            self.index = Index.load(self.path, params)
-        else:
-            self.folder.mkdir(parents=True, exist_ok=True)  # a new, empty gallery, filled by uploads
-            self.index = Index(params)
-        paths = self.index.paths
-        if any(p is None for p in paths):  # give every item a name its id can come from, and keep it
-            embeddings, labels = np.asarray(self.index.embeddings), self.index.labels
-            named = [p if p is not None else UPLOAD + secrets.token_hex(8) for p in paths]
-            self.index = Index.build(params, embeddings, labels, named)
-            self.save()
-        self._refresh()
+        self.folder.mkdir(parents=True, exist_ok=True)  # a new, empty gallery, filled by uploads
+        self._stamp = "never read"  # sync() reads it
+        with self.locked():  # another process may be naming the same index's items
+            paths = self.index.paths
+            if any(p is None for p in paths):  # give every item a name its id can come from, and keep it
+                embeddings, labels = np.asarray(self.index.embeddings), self.index.labels
+                named = [p if p is not None else UPLOAD + secrets.token_hex(8) for p in paths]
+                self.index = Index.build(params, embeddings, labels, named)
+                self.save()
+                self._refresh()
+
+    def _saved(self):
+        """What identifies the saved file (a save replaces it: a new inode), None if there is none."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def sync(self) -> bool:
+        """Reload the index if another process has saved a change since it was read."""
+        if self._saved() == self._stamp:
+            return False
+        self.reload()
+        return True
+
+    @contextlib.contextmanager
+    def locked(self):
+        """The folder's change lock, on the latest saved index (for a change and its save)."""
+        try:
+            f = open(self.folder / _LOCK, "a")  # noqa: SIM115  closed below
+        except OSError as e:
+            raise InputError(f"the gallery {self.folder} cannot be changed here: {e.strerror or e}") from e
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                self.sync()
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _refresh(self) -> None:
         """:attr:`items` (id -> (rows, label, path)) and per-class counts, after a change."""
@@ -101,10 +139,13 @@ class Gallery:
             _fsync(tmp)
             os.replace(tmp, self.path)
             _fsync(self.folder)
+            self._stamp = self._saved()
         except BaseException:
             self.reload()
             raise
 
     def reload(self) -> None:
-        self.index = Index.load(self.path, self.params) if self.path.is_file() else Index(self.params)
+        stamp = self._saved()
+        self.index = Index.load(self.path, self.params) if stamp is not None else Index(self.params)
+        self._stamp = stamp
         self._refresh()
