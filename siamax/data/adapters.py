@@ -215,12 +215,8 @@ class LazySets(Mapping):
         return len(self._makers)
 
     def __or__(self, other: Mapping[str, TestSet]) -> LazySets:
-        more = (
-            other._makers
-            if isinstance(other, LazySets)
-            else {n: functools.partial(other.__getitem__, n) for n in other}
-        )
-        return LazySets({n: functools.partial(self.__getitem__, n) for n in self} | more)
+        """Both sets of sets, still each built when first read (and once: by the mapping it came from)."""
+        return LazySets({n: functools.partial(m.__getitem__, n) for m in (self, other) for n in m})
 
 
 def omniglot_tests(cfg, table: LabelledImages, sp: splits.Splits, validation) -> LazySets:

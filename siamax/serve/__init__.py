@@ -84,19 +84,17 @@ def serve(model_path, *, index=None, host="127.0.0.1", port=8000, token_file=Non
     if workers == 1:
         server = _server(settings)  # the model's and the gallery's errors, before the port is taken
     sock = _bind(host, port)
-    where = f"http://{host}:{sock.getsockname()[1]}"
+    what = f"{model_path} on http://{host}:{sock.getsockname()[1]}" + ("" if token else " (no token)")
     stopped_by = []
     # uvicorn re-raises the signal it stopped on once it has finished the requests in flight, with the
     # handlers it found; these take it, so a graceful stop exits 0 (as a process manager expects)
     found = {sig: signal.signal(sig, lambda sig, _: stopped_by.append(sig)) for sig in STOP_SIGNALS}
     try:
         if workers == 1:
-            print(f"serving {model_path} on {where}" + ("" if token else " (no token)"), flush=True)
+            print(f"serving {what}", flush=True)
             server.run(sockets=[sock])
         else:
-            _supervise(
-                settings, sock, workers, stopped_by, f"{model_path} on {where}" + ("" if token else " (no token)")
-            )
+            _supervise(settings, sock, workers, stopped_by, what)
     finally:
         for sig, handler in found.items():
             signal.signal(sig, handler)
@@ -172,7 +170,7 @@ def _supervise(settings: Settings, sock: socket.socket, workers: int, stopped_by
     ready = ctx.Queue()
 
     def start(n: int):
-        proc = ctx.Process(target=_worker, args=(settings, sock, ready, n), name=f"siamax-serve-{n}", daemon=False)
+        proc = ctx.Process(target=_worker, args=(settings, sock, ready, n), name=f"siamax-serve-{n}")
         proc.start()
         return proc
 
