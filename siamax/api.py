@@ -62,67 +62,28 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from siamax.checkpoint import load
 from siamax.energies import logit_of_mean
 from siamax.errors import InputError, InputTypeError
-from siamax.model import ModelSpec, Siamese, get_spec
+from siamax.model import (  # noqa: F401  (Params, Ensemble, input_shape, init: public here as siamax.*)
+    _WHERE_PARAMS,
+    Ensemble,
+    ModelSpec,
+    Params,
+    Siamese,
+    _check_params,
+    _received,
+    get_spec,
+    init,
+    input_shape,
+)
 
 MIN_RAW_SIZE = 5  # raw images smaller than this could be confused with a channel axis
-
-
-@flax.struct.dataclass
-class Params:
-    """Weights of one Siamese network plus (static) the spec that says how to apply them.
-
-    A pytree: ``jax.tree.map``, ``jax.grad`` and optax see only ``weights``; ``spec`` is static
-    metadata, so ``score(params, x1, x2)`` needs no other argument.
-    """
-
-    weights: dict[str, Any]
-    spec: ModelSpec = flax.struct.field(pytree_node=False)
-
-
-def input_shape(model: str | ModelSpec, batch: int = 1) -> tuple[int, int, int, int]:
-    """``(batch, S, S, C)``: the shape of ``batch`` model-input images for ``model`` (C = ``spec.channels``)."""
-    spec = get_spec(model)
-    return batch, spec.input_size, spec.input_size, spec.channels
-
-
-def init(key: jax.Array, model: str | ModelSpec = "paper") -> Params:
-    """Fresh parameters for ``model`` (a preset name from ``siamax.model.MODELS`` or a ModelSpec)."""
-    spec = get_spec(model)
-    x = jnp.zeros(input_shape(spec, 1), jnp.float32)
-    weights = Siamese(spec).init(key, x, x)["params"]
-    return Params(weights=jax.tree.map(lambda w: w.astype(jnp.float32), weights), spec=spec)
-
-
-@flax.struct.dataclass
-class Ensemble:
-    """Several networks used as one (:func:`ensemble`); a pytree of their Params.
-
-    Wherever a ``Params`` goes (``embed``, ``score``, ``score_embeddings``, ``logits_from_embeddings``,
-    ``pair_logits``, ``preprocess``, ``siamax.Index``, the evaluators), an Ensemble goes too: a
-    same-class probability is the mean of its members' probabilities, and its embedding of an image is
-    its members' embeddings side by side, ``(B, D_1 + ... + D_M)``, from which ``score_embeddings``
-    gives that same mean (each member's head on its own part).
-    """
-
-    members: tuple[Params, ...]
-
-    @property
-    def embedding_dim(self) -> int:
-        return sum(m.spec.embedding_dim for m in self.members)
-
-    @property
-    def input_spec(self) -> ModelSpec:
-        """The first member's spec: what the members share is their input (size, channels, ink frame)."""
-        return self.members[0].spec
 
 
 ENSEMBLE_INPUT = ("input_size", "channels", "ink_frame")  # what every member must share: one model input
@@ -132,8 +93,6 @@ def ensemble(members) -> Ensemble:
     """Two or more models as one (:class:`Ensemble`): ``members`` are ``siamax.Params`` or paths of
     saved models (``siamax.load``). They must take the same input (input size, channels, ink frame);
     members that do not can still be combined on raw images by ``siamax.evaluators.EnsembleEmbedder``."""
-    from siamax.checkpoint import load  # pylint: disable=g-import-not-at-top  (checkpoint imports this module)
-
     if isinstance(members, (Params, Ensemble, str)) or not hasattr(members, "__iter__"):
         raise InputTypeError(f"ensemble: members must be a list of Params or model paths, got {_received(members)}")
     members = tuple(load(m) if isinstance(m, (str, os.PathLike)) else m for m in members)
@@ -159,27 +118,6 @@ def _parts(ens: Ensemble, e):
 
 # ---------------------------------------------------------------------------------------------
 # Checks.
-
-_WHERE_PARAMS = "siamax.Params (from siamax.init(key, model) or siamax.load(path))"
-
-
-def _received(x) -> str:
-    name = type(x).__name__
-    if isinstance(x, dict):
-        return "a dict (a bare weights tree has no model spec: siamax.Params(weights=..., spec=...) holds both)"
-    if isinstance(x, str):
-        return f"the string {x!r} (a model name: siamax.init(jax.random.key(0), {x!r}) makes fresh params)"
-    if isinstance(x, Ensemble):
-        return f"an Ensemble of {len(x.members)} (this takes one network: one of its .members)"
-    if isinstance(getattr(x, "params", None), Params):
-        return f"a {name} (its .params is a siamax.Params)"
-    return "None" if x is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-
-
-def _check_params(params, fn: str) -> Params:
-    if not isinstance(params, Params):
-        raise InputTypeError(f"{fn}: params must be {_WHERE_PARAMS}; got {_received(params)}")
-    return params
 
 
 def _spec_of(params_or_spec) -> ModelSpec:

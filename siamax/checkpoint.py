@@ -30,9 +30,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from siamax.api import Ensemble, Params, _check_params, init
 from siamax.errors import CheckpointError, DataError, ModelError, deferred_interrupt, one_line
-from siamax.model import ModelSpec
+from siamax.model import Ensemble, ModelSpec, Params, _check_params, init
 
 EXPORT_NAME = "model.msgpack"
 EXPORT_FORMAT = "siamax-params/1"

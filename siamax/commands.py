@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -269,8 +270,10 @@ def verify(model: Model, image_a: str | Path, image_b: str | Path) -> dict:
     return {"probability": p, "same": p >= model.threshold, "threshold": model.threshold}
 
 
-def gallery_index(model: Model, gallery: str | Path, *, ink: str = "auto", progress: bool | None = None) -> Index:
-    """The index of a class-folder gallery (one image per class is enough)."""
+def gallery_index(
+    model: Model, gallery: str | Path, *, ink: str = "auto", progress: bool | None = None, backend: str = "jax"
+) -> Index:
+    """The index of a class-folder gallery (one image per class is enough), in ``backend`` (``siamax.index``)."""
     table, folder = _read_folder(model, gallery, ink=ink, min_images=1, progress=progress)
     if folder.skipped or (model.modality == "ink" and folder.ink_outliers):  # photos have no ink to disagree on
         print(folder.summary())
@@ -280,6 +283,7 @@ def gallery_index(model: Model, gallery: str | Path, *, ink: str = "auto", progr
         np.asarray(emb),
         [table.class_names[c] for c in table.labels],
         paths=[str(Path(folder.root) / p) for p in table.paths],
+        backend=backend,
     )
 
 
@@ -313,8 +317,12 @@ def identify(model: Model, gallery: str | Path, queries: Sequence[str | Path], k
     return _top_classes(model, gallery_index(model, gallery), queries, k)
 
 
-def build_index(model: Model, gallery: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+def build_index(
+    model: Model, gallery: str | Path, out: str | Path, overwrite: bool = False, approximate: bool = False
+) -> Path:
     """Embed ``gallery`` once into the index folder ``out``: ``index.npz`` and a copy of the model.
+    ``approximate``: an HNSW graph (``backend="hnsw"``), its recall against exact search measured
+    (``Index.recall``), printed and saved with it.
 
     ``out`` must be new or empty; an index folder already there (one that a build interrupted before
     its end left included) is replaced only with ``overwrite``; anything else is refused."""
@@ -332,12 +340,30 @@ def build_index(model: Model, gallery: str | Path, out: str | Path, overwrite: b
         if found and not overwrite:
             what = "a siamax index" if INDEX_NAME in found else "an unfinished siamax index (a build stopped early)"
             raise InputError(f"{out} already holds {what}: pass --overwrite to replace it, or choose a new path")
-    index = gallery_index(model, gallery)
+    if approximate:
+        Index(model.params, backend="hnsw")  # refuses a model that it cannot search before the gallery is read
+    index = gallery_index(model, gallery, backend="hnsw" if approximate else "jax")
+    if approximate:
+        print(approximate_note(index, measure=True))
     out.mkdir(parents=True, exist_ok=True)
     src = model.path / MODEL_NAME if model.path.is_dir() else model.path
     shutil.copyfile(src, out / MODEL_NAME)
     index.save(out / INDEX_NAME)
     return out
+
+
+def approximate_note(index: Index, measure: bool = False) -> str:
+    """One line on an approximate index's recall (measured now with ``measure``, else as saved)."""
+    k = min(10, len(index) - 1)
+    if measure and k >= 1:
+        index.recall(k)
+    r = index.measured_recall
+    measured = (
+        f"recall@{r['k']} {r['recall']:.3f} against exact search on {r['queries']} of its items"
+        if r
+        else "recall not measured"
+    )
+    return f"approximate index (HNSW): a search may miss some of the best matches; {measured}"
 
 
 def search_index(index_dir: str | Path, queries: Sequence[str | Path], k: int = 5) -> list[dict]:
@@ -349,4 +375,6 @@ def search_index(index_dir: str | Path, queries: Sequence[str | Path], k: int = 
         )
     model = load_model(index_dir / MODEL_NAME)
     index = Index.load(index_dir / INDEX_NAME, model.params)
+    if index.approximate:
+        print(approximate_note(index), file=sys.stderr)
     return _top_classes(model, index, queries, k)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from siamax import api, augment, checkpoint, config, evaluators, metrics, optim, plots, provenance, rng, sharding, train
 from siamax.data import adapters, samplers
 from siamax.errors import ConfigError, WorkdirError
+from siamax.model import Ensemble, Params, init
 
 
 def _eigenfaces(fit=None):
@@ -98,7 +99,7 @@ def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True,
         cfg.schedule.steps_per_epoch,
         shard=sharding.shard_of_process(),
     )
-    params = api.init(rng.train_streams(cfg.seed)["init"], cfg.spec)
+    params = init(rng.train_streams(cfg.seed)["init"], cfg.spec)
     tx, lr_of = optim.make_optimizer(cfg.optim, cfg.spec.layer_names, sampler.steps_per_epoch)
     objective = train.Objective(
         kind=cfg.objective.kind,
@@ -358,7 +359,7 @@ def save_plots(params, results: dict, figures: dict, out: Path, *, history=None,
 
 def _members(model) -> int:
     """Networks in ``model``: an Ensemble's members, else 1."""
-    return len(model.members) if isinstance(model, api.Ensemble) else 1
+    return len(model.members) if isinstance(model, Ensemble) else 1
 
 
 def evaluate_model(
@@ -408,7 +409,7 @@ def evaluate_model(
     return results
 
 
-def transfer_validation(params: api.Params, *, eval_seed: int = 0, trials: int = 400) -> dict:
+def transfer_validation(params: Params, *, eval_seed: int = 0, trials: int = 400) -> dict:
     """10-way one-shot on MNIST's *training* set (never its test set), next to 1-NN on the same trials:
     how settings for the transfer experiment are chosen. ``{"accuracy", "ci95", "trials", "one_nn"}``."""
     from siamax import data as sd

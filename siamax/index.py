@@ -1,4 +1,4 @@
-"""Exact nearest-neighbour search over a gallery of embeddings: ``siamax.Index``.
+"""Nearest-neighbour search over a gallery of embeddings: ``siamax.Index``.
 
 An index holds the embeddings of a gallery (one ``str`` label per item, optionally a path) together
 with what the model needs to compare two embeddings: its energy and head parameters. ``search``
@@ -10,10 +10,14 @@ The gallery lives in a backend, chosen once at construction (``BACKENDS``):
 * ``backend="jax"`` (the default): on the device, searched by ``siamax.neighbours`` (its module
   docstring says how: blocked matrix products for euclidean / cosine, bounded chunks of pair
   differences for weighted_l1, a bfloat16 pre-pass for a single query); an ``add`` recompiles only
-  when the gallery crosses a 1024-row boundary.
-* ``backend="faiss"``: in host memory in a faiss-cpu ``IndexFlatL2`` (euclidean) or ``IndexFlatIP``
-  on unit vectors (cosine), for galleries beyond the device's memory. ``weighted_l1`` is not a faiss
-  metric and is refused there.
+  when the gallery crosses a 1024-row boundary. Exact.
+* ``backend="faiss"``: in host memory in a faiss-cpu flat index (L2 for euclidean, inner product on
+  unit vectors for cosine). Exact.
+* ``backend="hnsw"``: **approximate**, a faiss HNSW graph over the same vectors: far fewer distances
+  per query on a large gallery, at the price of missing some of the true k best (``Index.recall``
+  measures how many, against exact search). Its graph is saved with the index.
+
+``weighted_l1`` is not a faiss metric and is refused by both faiss backends.
 
 Either way the ``k`` winners are then scored again exactly as ``siamax.score_embeddings`` scores
 them and sorted by that score, so the probabilities returned are the model's and both backends
@@ -42,11 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from siamax import energies, neighbours
-from siamax.api import Ensemble, Params, _check_embedding_values, _check_params
+from siamax.api import _check_embedding_values
 from siamax.checkpoint import fingerprint
 from siamax.energies import Energy
-from siamax.errors import ConfigError, DataError, InputError, InputTypeError, ModelError
-from siamax.model import ModelSpec
+from siamax.errors import ConfigError, DataError, InputError, InputTypeError, ModelError, one_line
+from siamax.model import Ensemble, ModelSpec, Params, _check_params
 
 INDEX_FORMAT = "siamax-index/1"
 INDEX_NAME = "index.npz"
@@ -55,6 +59,7 @@ FAISS_INSTALL = "pip install 'siamax[faiss]' (or: pip install faiss-cpu)"
 _META = "meta"
 _EMBEDDINGS = "embeddings"
 _HEAD = "head/"
+_GRAPH = "hnsw_graph"
 
 
 class Match(NamedTuple):
@@ -73,6 +78,8 @@ class Match(NamedTuple):
 
 class _DeviceGallery:
     """The gallery on the device (a ``neighbours.Gallery``), searched by ``neighbours.search``."""
+
+    approximate = False
 
     def __init__(self, energy: Energy, dim: int):
         self.energy, self.dim = energy, dim
@@ -107,31 +114,37 @@ def _faiss():
     return faiss
 
 
-# The faiss index of each energy it can search, and whether it holds the energy's prepared (unit) vectors.
-_FAISS_INDEXES = {"euclidean": ("IndexFlatL2", False), "cosine": ("IndexFlatIP", True)}
+# The faiss metric of each energy it can search, and whether it holds the energy's prepared (unit) vectors.
+_FAISS_METRICS = {"euclidean": ("METRIC_L2", False), "cosine": ("METRIC_INNER_PRODUCT", True)}
 
 
 class _FaissGallery:
     """The gallery in host memory, in a faiss flat index; its winners scored by ``neighbours.score_rows``."""
 
+    name, approximate = "faiss", False
+
     def __init__(self, energy: Energy, dim: int):
-        if energy.name not in _FAISS_INDEXES:
+        if energy.name not in _FAISS_METRICS:
             raise ConfigError(
-                f"backend='faiss' cannot search a {energy.name} model: Koch's head alpha . |e1 - e2| + b, with "
+                f"backend={self.name!r} cannot search a {energy.name} model: Koch's head alpha . |e1 - e2| + b, with "
                 "learned (possibly negative) weights alpha, is not a faiss metric. Use backend='jax' (exact, "
                 "chunked), or a model trained with energy='euclidean' or 'cosine'"
             )
         self.faiss = _faiss()
         self.energy, self.dim = energy, dim
-        self.kind, self.unit = _FAISS_INDEXES[energy.name]
+        metric, self.unit = _FAISS_METRICS[energy.name]
+        self.metric = getattr(self.faiss, metric)
         self.store(np.zeros((0, dim), np.float32))
+
+    def _new_index(self):
+        return self.faiss.IndexFlat(self.dim, self.metric)
 
     def _prepared(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(self.energy.prepare(jnp.asarray(x)))) if self.unit else x
 
     def store(self, rows) -> None:
         self.rows = np.ascontiguousarray(np.asarray(rows, np.float32))
-        self.index = getattr(self.faiss, self.kind)(self.dim)
+        self.index = self._new_index()
         self.index.add(self._prepared(self.rows))
 
     @property
@@ -139,14 +152,19 @@ class _FaissGallery:
         return self.rows
 
     def add(self, rows) -> None:
-        self.store(np.concatenate([self.rows, np.asarray(rows, np.float32)]))
+        rows = np.ascontiguousarray(np.asarray(rows, np.float32))
+        self.index.add(self._prepared(rows))
+        self.rows = np.concatenate([self.rows, rows])
 
     def remove(self, keep: np.ndarray) -> None:
         self.store(self.rows[keep])
 
+    def _candidates(self, q: np.ndarray, k: int) -> np.ndarray:
+        return self.index.search(self._prepared(q), k)[1]
+
     def search(self, head, dtype: str, q, k: int):
         def search_block(_, part):
-            _, ids = self.index.search(self._prepared(np.ascontiguousarray(np.asarray(part, np.float32))), k)
+            ids = self._candidates(np.ascontiguousarray(np.asarray(part, np.float32)), k)
             return neighbours.score_rows(
                 self.energy, dtype, "probability", head, jnp.asarray(part), jnp.asarray(self.rows[ids]), ids
             )
@@ -154,7 +172,45 @@ class _FaissGallery:
         return neighbours.in_blocks(q, neighbours._QUERY_BLOCK, search_block)
 
 
-BACKENDS = {"jax": _DeviceGallery, "faiss": _FaissGallery}
+class _HnswGallery(_FaissGallery):
+    """Approximate: a faiss HNSW graph (Malkov & Yashunin 2018) over the same vectors. A search visits
+    a small part of the gallery, so it may miss some of the true k best (``Index.recall`` measures how
+    many); the winners it finds are scored exactly, like every backend's. ``add`` extends the graph;
+    ``remove`` rebuilds it (HNSW cannot unlink a node)."""
+
+    name, approximate = "hnsw", True
+    # Links per node, candidates kept while building and while searching (at least k): chosen by
+    # benchmarks/index_search.py --approximate (recall against exact search, docs/performance.md).
+    M, EF_CONSTRUCTION, EF_SEARCH = 32, 80, 96
+
+    def _new_index(self):
+        index = self.faiss.IndexHNSWFlat(self.dim, self.M, self.metric)
+        index.hnsw.efConstruction = self.EF_CONSTRUCTION
+        return index
+
+    def _candidates(self, q: np.ndarray, k: int) -> np.ndarray:
+        params = self.faiss.SearchParametersHNSW()
+        params.efSearch = max(self.EF_SEARCH, k)
+        ids = self.index.search(self._prepared(q), k, params=params)[1]
+        if (ids < 0).any():  # fewer than k reachable: cannot happen on a connected graph with ef >= k
+            raise DataError(f"the HNSW graph returned fewer than k={k} items; rebuild the index")
+        return ids
+
+    def graph(self) -> np.ndarray:
+        """The graph as bytes (uint8), to save beside the embeddings: loading it skips a rebuild."""
+        return self.faiss.serialize_index(self.index)
+
+    def restore(self, rows: np.ndarray, graph: np.ndarray) -> None:
+        try:
+            index = self.faiss.deserialize_index(np.ascontiguousarray(graph, np.uint8))
+        except RuntimeError as e:
+            raise ModelError(f"damaged index: its HNSW graph cannot be read ({one_line(str(e))})") from e
+        if not isinstance(index, self.faiss.IndexHNSWFlat) or index.ntotal != len(rows) or index.d != self.dim:
+            raise ModelError(f"damaged index: its HNSW graph does not match its {len(rows)} embeddings")
+        self.rows, self.index = np.ascontiguousarray(rows, np.float32), index
+
+
+BACKENDS = {"jax": _DeviceGallery, "faiss": _FaissGallery, "hnsw": _HnswGallery}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +245,8 @@ class Index:
         self._head = {name: jnp.asarray(v, jnp.float32) for name, v in head.items()}
         self._labels: list[str] = []
         self._paths: list[str | None] = []
+        # The last Index.recall of this gallery ({"k", "queries", "recall"}), saved with it; None once changed.
+        self.measured_recall: dict | None = None
 
     @classmethod
     def build(
@@ -209,6 +267,11 @@ class Index:
     def energy(self) -> str:
         """The energy's name; ``"mean_probability"`` for an ensemble (``energies.MeanProbability``)."""
         return self._energy.name
+
+    @property
+    def approximate(self) -> bool:
+        """True when :meth:`search` may miss some of the true k best items (``backend="hnsw"``)."""
+        return self._gallery.approximate
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -253,6 +316,7 @@ class Index:
             self._gallery.add(e)
             self._labels += labels
             self._paths += paths
+            self.measured_recall = None
         return np.arange(n, n + m)
 
     def remove(self, items) -> int:
@@ -288,6 +352,7 @@ class Index:
         keep = np.flatnonzero(~drop)
         if keep.size < n:
             self._gallery.remove(keep)
+            self.measured_recall = None
             self._labels = [self._labels[i] for i in keep]
             self._paths = [self._paths[i] for i in keep]
         return int(n - keep.size)
@@ -315,6 +380,29 @@ class Index:
         else:
             q = q.astype(jnp.float32)
         return self._gallery.search(self._head, self._dtype, q, k)
+
+    def recall(self, k: int = 10, queries: int = 1000, seed: int = 0) -> float:
+        """Recall@k of :meth:`search` against exact search of the same gallery: the mean share of the
+        exact k best that the search returns, over ``queries`` gallery items drawn at random (each left
+        out of both answers, so that finding itself does not count). 1.0 for an exact backend."""
+        n = len(self)
+        if not 1 <= k < n:
+            raise InputError(f"recall: k must be in 1..{n - 1} (the index holds {n} items), got {k!r}")
+        if not self.approximate:
+            return 1.0
+        picked = np.random.default_rng(seed).choice(n, min(queries, n), replace=False)
+        q = np.asarray(self.embeddings[picked], np.float32)
+        exact = _DeviceGallery(self._energy, self.dim)
+        exact.store(jnp.asarray(self.embeddings))
+        truth = exact.search(self._head, self._dtype, q, k + 1)[1]
+        found = self.search(q, k + 1)[1]
+
+        def others(row, item):  # the k best other than the query's own item
+            return [i for i in row if i != item][:k]
+
+        hits = [len(set(others(t, i)) & set(others(f, i))) for t, f, i in zip(truth, found, picked)]
+        self.measured_recall = {"k": k, "queries": len(picked), "recall": float(np.mean(hits)) / k}
+        return self.measured_recall["recall"]
 
     def lookup(self, ids) -> np.ndarray:
         """Labels of ``ids`` (any shape), as a NumPy array of ``str`` objects of the same shape."""
@@ -347,11 +435,14 @@ class Index:
             "count": len(self),
             "labels": self._labels,
             "paths": self._paths,
+            "backend": self.backend,
+            "measured_recall": self.measured_recall,
         }
         arrays = {
             _META: np.frombuffer(json.dumps(meta).encode(), np.uint8),
             _EMBEDDINGS: np.asarray(self.embeddings, np.float32),
             **{_HEAD + name: np.asarray(v) for name, v in self._head.items()},
+            **({_GRAPH: self._gallery.graph()} if self.approximate else {}),
         }
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
@@ -360,8 +451,9 @@ class Index:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, params: Params | None = None, backend: str = "jax") -> Index:
-        """Read an index written by :meth:`save`. With ``params``, refuse an index of another model
+    def load(cls, path: str | Path, params: Params | None = None, backend: str | None = None) -> Index:
+        """Read an index written by :meth:`save`, into ``backend`` (default: the one it was saved
+        from; an HNSW graph saved with it is reused). With ``params``, refuse an index of another model
         (:class:`~siamax.errors.ModelError` naming both fingerprints); without, trust the file."""
         path = Path(path)
         if path.is_dir():
@@ -379,6 +471,7 @@ class Index:
                 meta = json.loads(bytes(z[_META]).decode())
                 rows = z[_EMBEDDINGS] if _EMBEDDINGS in z.files else None
                 head = {f[len(_HEAD) :]: z[f] for f in z.files if f.startswith(_HEAD)}
+                graph = z[_GRAPH] if _GRAPH in z.files else None
         except ModelError:
             raise
         except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as e:
@@ -418,9 +511,15 @@ class Index:
                     f"index with this model (Index.build(params, siamax.embed(params, images), labels)), or load "
                     f"the model the index was built with"
                 )
+        backend = backend or meta.get("backend", "jax")
         index = cls.__new__(cls)
         index._init(specs, head, meta["fingerprint"], backend)
-        index.add(rows, labels, paths)
+        if graph is not None and backend == "hnsw":
+            index._gallery.restore(rows, graph)
+            index._labels, index._paths = _checked_labels(labels, count), _checked_paths(paths, count)
+        else:
+            index.add(rows, labels, paths)
+        index.measured_recall = meta.get("measured_recall")
         return index
 
 

@@ -1,4 +1,4 @@
-"""Networks only: the tower and the twin head (Koch et al. 2015's weighted L1, or another energy from
+"""Networks and their parameters: the tower and the twin head (Koch et al. 2015's weighted L1, or another energy from
 ``siamax.energies``, which holds the head's maths).
 
 A :class:`ModelSpec` describes an architecture completely; named presets live in ``MODELS`` (the
@@ -14,14 +14,17 @@ with ``jax.vmap`` over the twin axis.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from siamax import conv, energies
+from siamax.errors import InputTypeError
 
 ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "none": lambda x: x}
 INITS = ("koch", "lecun")
@@ -483,3 +486,85 @@ def param_count(spec: ModelSpec) -> int:
     if spec.fc_units:
         count += spec.pooled_dim * spec.fc_units + spec.fc_units
     return count + sum(math.prod(shape) for shape in energies.get(spec.energy).head_shapes(spec.embedding_dim).values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters: one network's weights with its spec, several networks as one.
+
+
+@flax.struct.dataclass
+class Params:
+    """Weights of one Siamese network plus (static) the spec that says how to apply them.
+
+    A pytree: ``jax.tree.map``, ``jax.grad`` and optax see only ``weights``; ``spec`` is static
+    metadata, so ``score(params, x1, x2)`` needs no other argument.
+    """
+
+    weights: dict[str, Any]
+    spec: ModelSpec = flax.struct.field(pytree_node=False)
+
+
+def input_shape(model: str | ModelSpec, batch: int = 1) -> tuple[int, int, int, int]:
+    """``(batch, S, S, C)``: the shape of ``batch`` model-input images for ``model`` (C = ``spec.channels``)."""
+    spec = get_spec(model)
+    return batch, spec.input_size, spec.input_size, spec.channels
+
+
+def init(key: jax.Array, model: str | ModelSpec = "paper") -> Params:
+    """Fresh parameters for ``model`` (a preset name from ``siamax.model.MODELS`` or a ModelSpec)."""
+    spec = get_spec(model)
+    return Params(weights=_init_weights(key, spec), spec=spec)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _init_weights(key: jax.Array, spec: ModelSpec) -> dict[str, Any]:
+    # Compiled: flax's init runs the forward pass to learn the shapes, op by op when eager; in one
+    # program that pass is dead code. (Same bits as eager for every preset but `paper`, whose normal
+    # draws may differ in the last bit.)
+    x = jnp.zeros(input_shape(spec, 1), jnp.float32)
+    return jax.tree.map(lambda w: w.astype(jnp.float32), Siamese(spec).init(key, x, x)["params"])
+
+
+@flax.struct.dataclass
+class Ensemble:
+    """Several networks used as one (:func:`ensemble`); a pytree of their Params.
+
+    Wherever a ``Params`` goes (``embed``, ``score``, ``score_embeddings``, ``logits_from_embeddings``,
+    ``pair_logits``, ``preprocess``, ``siamax.Index``, the evaluators), an Ensemble goes too: a
+    same-class probability is the mean of its members' probabilities, and its embedding of an image is
+    its members' embeddings side by side, ``(B, D_1 + ... + D_M)``, from which ``score_embeddings``
+    gives that same mean (each member's head on its own part).
+    """
+
+    members: tuple[Params, ...]
+
+    @property
+    def embedding_dim(self) -> int:
+        return sum(m.spec.embedding_dim for m in self.members)
+
+    @property
+    def input_spec(self) -> ModelSpec:
+        """The first member's spec: what the members share is their input (size, channels, ink frame)."""
+        return self.members[0].spec
+
+
+_WHERE_PARAMS = "siamax.Params (from siamax.init(key, model) or siamax.load(path))"
+
+
+def _received(x) -> str:
+    name = type(x).__name__
+    if isinstance(x, dict):
+        return "a dict (a bare weights tree has no model spec: siamax.Params(weights=..., spec=...) holds both)"
+    if isinstance(x, str):
+        return f"the string {x!r} (a model name: siamax.init(jax.random.key(0), {x!r}) makes fresh params)"
+    if isinstance(x, Ensemble):
+        return f"an Ensemble of {len(x.members)} (this takes one network: one of its .members)"
+    if isinstance(getattr(x, "params", None), Params):
+        return f"a {name} (its .params is a siamax.Params)"
+    return "None" if x is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _check_params(params, fn: str) -> Params:
+    if not isinstance(params, Params):
+        raise InputTypeError(f"{fn}: params must be {_WHERE_PARAMS}; got {_received(params)}")
+    return params

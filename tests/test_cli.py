@@ -302,6 +302,30 @@ def test_index_build_refuses_to_replace_an_index_without_overwrite(untrained, tm
     assert "not a siamax index folder" in line and "notes.txt" in line
 
 
+def test_an_approximate_index_says_so_and_answers_as_the_exact_one(untrained, tmp_path, capsys):
+    import jax
+
+    from siamax import api, checkpoint
+    from siamax.model import MODELS
+
+    koch, gallery = untrained
+    spec = MODELS["tiny"].replace(energy="cosine")
+    model = checkpoint.export(api.init(jax.random.key(0), spec), tmp_path / "cos", metadata={"ink": "dark"}).parent
+    queries = [str(p) for p in sorted(gallery.rglob("*.png"))[:3]]
+    answers = {}
+    for name, extra in (("exact", []), ("approximate", ["--approximate"])):
+        assert cli.main(["index", "build", str(model), str(gallery), str(tmp_path / name), *extra]) == 0
+        built = capsys.readouterr().out
+        assert ("approximate index (HNSW)" in built and "recall@10 1.000 against exact search" in built) == bool(extra)
+        assert cli.main(["index", "search", str(tmp_path / name), *queries, "-k", "3", "--json"]) == 0
+        out = capsys.readouterr()
+        assert ("approximate index (HNSW): a search may miss" in out.err) == bool(extra)
+        answers[name] = [[m["label"] for m in r["matches"]] for r in json.loads(out.out)]
+    assert answers["approximate"] == answers["exact"]  # 12 items: the graph's search is exhaustive
+    line = _refused(capsys, "index", "build", str(koch), str(gallery), str(tmp_path / "l1"), "--approximate")
+    assert "weighted_l1" in line and "not a faiss metric" in line
+
+
 def test_skipped_files_and_link_loops_are_reported_once_plainly(untrained, tmp_path, capsys):
     model, gallery = untrained
     (gallery / "c0" / "loop").symlink_to("loop")  # a symbolic link to itself

@@ -1,7 +1,8 @@
 """siamax.Index: exact top-k equal to a brute-force score_embeddings ranking for every energy (over
 several chunks, a last chunk that does not divide the gallery, query blocks), add / remove, save /
 load, refusal of another model's index and of files that are not indexes, the argument checks, no
-recompilation on repeated searches, and the faiss backend equal to the exact one."""
+recompilation on repeated searches, the faiss backend equal to the exact one, and the approximate
+(HNSW) backend: its answers rescored exactly, its graph saved, its recall measured."""
 
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 
 import siamax
 from siamax import checkpoint, energies, neighbours
+from siamax import index as index_module
 from siamax.errors import ConfigError, DataError, InputError, InputTypeError, ModelError, UserError
 from siamax.index import Index, Match
 from siamax.model import ModelSpec
@@ -341,9 +343,78 @@ def test_faiss_backend_equals_exact(faiss, energy_, tmp_path):
     np.testing.assert_array_equal(loaded.search(queries, 6)[1], exact.search(queries, 6)[1])
 
 
-def test_faiss_backend_refuses_weighted_l1():
-    with pytest.raises(ConfigError, match="weighted_l1.*is not a faiss metric.*backend='jax'"):
-        Index(_params("weighted_l1"), backend="faiss")
+def test_faiss_backends_refuse_weighted_l1():
+    for backend in ("faiss", "hnsw"):
+        with pytest.raises(
+            ConfigError, match=f"backend='{backend}'.*weighted_l1.*is not a faiss metric.*backend='jax'"
+        ):
+            Index(_params("weighted_l1"), backend=backend)
+
+
+# ---- approximate: HNSW
+
+
+@pytest.mark.parametrize("energy_", ["euclidean", "cosine"])
+def test_hnsw_finds_what_exact_search_finds_and_scores_it_exactly(faiss, energy_, tmp_path):
+    """On a small gallery the graph's search (efSearch >= the gallery) is exhaustive: the same ids as
+    exact search; on any gallery the scores of what it finds are the model's (rescored exactly)."""
+    params = _params(energy_)
+    gallery, queries, labels = _data(n=300, q=25)
+    exact, approx = Index.build(params, gallery, labels), Index.build(params, gallery, labels, backend="hnsw")
+    assert approx.approximate and not exact.approximate and approx.backend == "hnsw"
+    for q in (queries, queries[:1]):
+        got, want = approx.search(q, 6), exact.search(q, 6)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-6)
+    # changes: add extends the graph, remove rebuilds it; both keep the answers exact here
+    more, _, more_labels = _data(n=100, seed=3)
+    for idx in (exact, approx):
+        idx.add(more, more_labels)
+        idx.remove(["class2"])
+    np.testing.assert_array_equal(approx.search(queries, 6)[1], exact.search(queries, 6)[1])
+    # saved with its graph: loaded into the same backend by default, the graph reused (not rebuilt)
+    assert approx.recall(5, queries=50) == 1.0 and exact.recall(5) == 1.0
+    loaded = Index.load(approx.save(tmp_path / "h.npz"), params)
+    assert loaded.backend == "hnsw" and loaded.measured_recall == approx.measured_recall
+    assert faiss.serialize_index(loaded._gallery.index).tobytes() == approx._gallery.graph().tobytes()
+    np.testing.assert_array_equal(loaded.search(queries, 6)[1], exact.search(queries, 6)[1])
+    assert Index.load(tmp_path / "h.npz", params, backend="jax").backend == "jax"  # or into another backend
+    assert Index.load(exact.save(tmp_path / "e.npz")).backend == "jax"
+
+
+def test_hnsw_recall_is_measured_against_exact_search(faiss, monkeypatch):
+    """recall@k: the share of the exact k best (each query a gallery item, left out of both) that the
+    graph returns. A starved search (efSearch 1, one link per node) misses many; the default finds
+    nearly all on clustered data."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, D)) * 3
+    gallery = (centres[rng.integers(0, 40, 4000)] + rng.normal(size=(4000, D))).astype(np.float32)
+    labels = [str(i) for i in range(4000)]
+    params = _params("euclidean")
+    good = Index.build(params, gallery, labels, backend="hnsw")
+    assert good.recall(10, queries=300) >= 0.95
+    assert good.measured_recall == {"k": 10, "queries": 300, "recall": good.recall(10, queries=300)}
+    monkeypatch.setattr(index_module._HnswGallery, "M", 2)
+    monkeypatch.setattr(index_module._HnswGallery, "EF_CONSTRUCTION", 4)
+    monkeypatch.setattr(index_module._HnswGallery, "EF_SEARCH", 1)
+    starved = Index.build(params, gallery, labels, backend="hnsw")
+    assert 0.0 <= starved.recall(10, queries=300) < good.measured_recall["recall"] - 0.05
+    starved.add(gallery[:1], ["x"])
+    assert starved.measured_recall is None  # a changed gallery has not been measured
+    with pytest.raises(InputError, match="recall: k must be in 1..4000"):
+        starved.recall(4001)
+
+
+def test_a_damaged_hnsw_graph_is_refused(faiss, tmp_path):
+    params = _params("cosine")
+    gallery, _, labels = _data(n=50)
+    path = Index.build(params, gallery, labels, backend="hnsw").save(tmp_path / "h.npz")
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["hnsw_graph"] = arrays["hnsw_graph"][:100]
+    np.savez(path, **arrays)
+    with pytest.raises(ModelError, match="damaged index: its HNSW graph"):
+        Index.load(path, params)
 
 
 def test_missing_faiss_says_how_to_install(monkeypatch):

@@ -320,7 +320,7 @@ def test_knn_chunked_equals_brute_force(energy, with_head):
     head = _head(energy, 8) if with_head else None
     truth = _brute_scores(energy, head, q, g)
     found = []
-    for chunk, gallery_chunk in ((7, 11), (37, 53), (100, 4), (1, None)):
+    for chunk, gallery_chunk in ((7, 11), (100, 4), (1, None)):  # ragged blocks; one query block; one query
         idx, vals = metrics.knn(q, g, 6, energy=energy, head=head, chunk=chunk, gallery_chunk=gallery_chunk)
         assert idx.shape == vals.shape == (37, 6) and idx.dtype == jnp.int32 and vals.dtype == jnp.float32
         _assert_top_k(idx, vals, truth, 6)

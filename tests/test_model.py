@@ -25,10 +25,11 @@ def paper_params():
     return siamax.init(jax.random.key(0), "paper")
 
 
-def test_paper_parameter_count(paper_params):
-    assert siamax.param_count(paper_params.spec) == 38_951_745
-    assert sum(x.size for x in jax.tree.leaves(paper_params)) == 38_951_745
-    w = paper_params.weights
+def test_paper_parameter_count():
+    paper = jax.eval_shape(lambda: siamax.init(jax.random.key(0), "paper"))  # shapes: nothing computed
+    assert siamax.param_count(paper.spec) == 38_951_745
+    assert sum(x.size for x in jax.tree.leaves(paper)) == 38_951_745
+    w = paper.weights
     shapes = {name: (layer["kernel"].shape, layer["bias"].shape) for name, layer in w.items()}
     assert shapes == {
         "conv1": ((10, 10, 1, 64), (64,)),
@@ -40,6 +41,7 @@ def test_paper_parameter_count(paper_params):
     }
 
 
+@pytest.mark.slow  # a full-size model
 def test_paper_initialisation_statistics(paper_params):
     w = paper_params.weights
     expected_std = {"conv1": 0.01, "conv2": 0.01, "conv3": 0.01, "conv4": 0.01, "fc": 0.2, "head": 0.2}
@@ -53,6 +55,7 @@ def test_paper_initialisation_statistics(paper_params):
     assert abs(float(w["head"]["bias"][0]) - 0.5) < 0.05  # one sample of N(0.5, 0.01)
 
 
+@pytest.mark.slow  # a full-size model
 def test_paper_layer_output_shapes(paper_params):
     assert paper_params.spec.feature_shape == (6, 6, 256)
     e = siamax.embed(paper_params, jnp.zeros((2, 105, 105)))
@@ -200,8 +203,14 @@ def test_twin_shares_one_tree():
     chex.assert_trees_all_close(g["head"], g_h["head"], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("energy", energies.ENERGIES)
-@pytest.mark.parametrize("model", sorted(siamax.MODELS))
+# Every registered model with its own energy; every energy on a plain tower, a residual one and the paper's.
+@pytest.mark.parametrize(
+    "model, energy",
+    sorted(
+        {(m, siamax.MODELS[m].energy) for m in siamax.MODELS}
+        | {(m, e) for m in ("tiny", "resnet", "paper") for e in energies.ENERGIES}
+    ),
+)
 def test_param_count_per_energy(model, energy):
     """param_count from the spec alone == the initialised tree (by shape: nothing is computed), per energy:
     Koch's head has D + 1 parameters, the calibrated euclidean / cosine heads two scalars."""
@@ -228,8 +237,9 @@ def _registered(name):
         return spec
 
 
+# The unit suite checks the tiny model; the full suite every registered one (each compiles for seconds).
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet_105" else n for n in sorted(siamax.MODELS)]
+    "name", [n if n == "tiny" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(siamax.MODELS)]
 )
 def test_every_registered_model_is_a_twin(name):
     """One parameter tree (its top-level layers are the spec's), both images through the same tower by

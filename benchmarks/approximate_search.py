@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""Approximate search (``siamax.Index(backend="hnsw")``) against exact search, at a million vectors.
+
+One gallery of ``--gallery`` embeddings of the quick preset's size (``MODELS["small"]``, 256) and
+``--queries`` fresh queries from the same distribution; for each energy (default cosine, quick's,
+and euclidean, folder's):
+
+* build: seconds to build the exact index (``backend="jax"``: the device copy, its blocks and the
+  bfloat16 pre-pass) and the HNSW graph (``backend="hnsw"``);
+* recall@k of the graph against exact search, twice: ``Index.recall`` (what ``siamax index build
+  --approximate`` prints: gallery items as queries, each left out of its own answers) and on the
+  fresh queries (the share of the exact k best that the graph returns);
+* queries/s of ``Index.search(q, k)`` for each backend at each ``--batches`` size, interleaved repeat
+  by repeat (the timer of ``benchmarks/throughput.py``), and their ratio; each figure the median over
+  the repeats, the ratio's range over the repeats beside it.
+
+The data (``--data``): ``manifold`` (default), ``--classes`` classes on a 32-dimensional subspace
+through a ReLU: low intrinsic dimension and non-negative, as a tower's embeddings are (a stand-in:
+this benchmark does not embed a million images); ``iid``, independent ReLU'd normals in every
+dimension, the hardest case for a graph (no structure to exploit), to show the other end.
+
+JSON (``--json PATH``): {"meta": {gallery, queries, k, data, classes, hnsw (M, efConstruction,
+efSearch), device, versions, load average, commit}, "results": [{"energy", "build_s": {jax, hnsw},
+"recall_index", "recall_fresh", "rows": [{"batch", "exact_qps", "hnsw_qps", "ratio", "ratio_range",
+"repeats"}]}]}.
+
+Example::
+
+    python benchmarks/approximate_search.py --json benchmarks/results/approximate_search/cpu_1m.json
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in index_search.py: idle faiss threads must not spin
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from throughput import Timer, cpu_model_name  # noqa: E402
+
+SUBSPACE = 32  # the manifold data's intrinsic dimension
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="approximate_search.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--gallery", type=int, default=1_000_000, help="gallery items (default: 1000000)")
+    p.add_argument("--queries", type=int, default=1024, help="fresh queries (default: 1024, the largest batch)")
+    p.add_argument("--data", choices=("manifold", "iid"), default="manifold", help="the vectors (see above)")
+    p.add_argument("--classes", type=int, default=10_000, help="classes of the manifold data (default: 10000)")
+    p.add_argument("--energies", default="cosine,euclidean", help="comma-separated (default: cosine,euclidean)")
+    p.add_argument("--batches", default="1,1024", help="query batch sizes, comma-separated (default: 1,1024)")
+    p.add_argument("--k", type=int, default=10, help="results per query, and the k of recall@k (default: 10)")
+    p.add_argument("--recall-queries", type=int, default=1000, help="gallery items for Index.recall (default 1000)")
+    p.add_argument("--min-time", type=float, default=0.5, help="seconds of calls per repeat (default: 0.5)")
+    p.add_argument("--repeats", type=int, default=5, help="repeats per measurement (default: 5)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON to PATH")
+    args = p.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    if not 1 <= args.k < args.gallery or args.min_time <= 0 or args.repeats < 1 or max(batches) > args.queries:
+        p.error("need 1 <= --k < --gallery, --min-time > 0, --repeats >= 1, and every batch <= --queries")
+    return args
+
+
+def vectors(args, dim: int):
+    """(gallery, queries) float32 of ``args.data``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = args.gallery + args.queries
+    if args.data == "iid":
+        x = rng.normal(size=(n, dim))
+    else:
+        basis = rng.normal(size=(SUBSPACE, dim)) / np.sqrt(SUBSPACE)
+        centres = rng.normal(size=(args.classes, SUBSPACE))
+        z = np.empty((n, dim), np.float32)
+        for lo in range(0, n, 100_000):  # in parts: the float64 temporaries of all at once would be GBs
+            m = min(n, lo + 100_000) - lo
+            own = centres[rng.integers(0, args.classes, m)] + 0.35 * rng.normal(size=(m, SUBSPACE))
+            z[lo : lo + m] = own @ basis
+        x = z
+    x = np.maximum(x, 0).astype(np.float32)
+    return x[: args.gallery], x[args.gallery :]
+
+
+def recall_of(found, truth, k: int) -> float:
+    return sum(len(set(f[:k]) & set(t[:k])) for f, t in zip(found.tolist(), truth.tolist())) / (k * len(truth))
+
+
+def run(args) -> dict:
+    import jax
+    import numpy as np
+
+    import siamax
+    from siamax.index import Index, _HnswGallery
+    from siamax.model import MODELS
+
+    batches = [int(b) for b in args.batches.split(",")]
+    spec = MODELS["small"]
+    load_start = os.getloadavg()[0]
+    gallery, queries = vectors(args, spec.embedding_dim)
+    labels = [str(i) for i in range(args.gallery)]
+    results = []
+    for energy in args.energies.split(","):
+        params = siamax.init(jax.random.key(0), spec.replace(energy=energy))
+        build = {}
+        indexes = {}
+        for backend in ("jax", "hnsw"):
+            t = time.perf_counter()
+            indexes[backend] = Index.build(params, gallery, labels, backend=backend)
+            indexes[backend].search(queries[:1], args.k)  # the first search compiles (jax)
+            build[backend] = round(time.perf_counter() - t, 2)
+            print(f"{energy}: {backend} index of {args.gallery} built in {build[backend]} s", flush=True)
+        exact, approx = indexes["jax"], indexes["hnsw"]
+        recall_index = approx.recall(args.k, queries=args.recall_queries)
+        recall_fresh = recall_of(approx.search(queries, args.k)[1], exact.search(queries, args.k)[1], args.k)
+        print(f"{energy}: recall@{args.k} {recall_index:.4f} (Index.recall), {recall_fresh:.4f} (fresh queries)")
+        rows = []
+        for b in batches:
+            q = queries[:b]
+            timers = {name: Timer(lambda i=i, q=q: i.search(q, args.k), args.min_time) for name, i in indexes.items()}
+            for tm in timers.values():
+                tm.warm(1)
+            for _ in range(args.repeats):  # interleaved: each backend once per repeat
+                for tm in timers.values():
+                    tm.repeat()
+            qps = {name: b / statistics.median(tm.times) for name, tm in timers.items()}
+            ratios = [e / h for e, h in zip(timers["jax"].times, timers["hnsw"].times)]
+            row = {
+                "batch": b,
+                "exact_qps": round(qps["jax"], 1),
+                "hnsw_qps": round(qps["hnsw"], 1),
+                "ratio": round(qps["hnsw"] / qps["jax"], 2),
+                "ratio_range": [round(min(ratios), 2), round(max(ratios), 2)],
+                "repeats": args.repeats,
+            }
+            rows.append(row)
+            print(
+                f"{energy}: batch {b:5d}: exact {row['exact_qps']:10.1f} q/s, hnsw {row['hnsw_qps']:10.1f} q/s, "
+                f"{row['ratio']:.2f}x ({row['ratio_range'][0]}-{row['ratio_range'][1]})",
+                flush=True,
+            )
+        results.append(
+            {
+                "energy": energy,
+                "build_s": build,
+                "recall_index": round(recall_index, 4),
+                "recall_fresh": round(recall_fresh, 4),
+                "rows": rows,
+            }
+        )
+        del indexes, exact, approx
+    import faiss
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = None
+    meta = {
+        "gallery": args.gallery,
+        "queries": args.queries,
+        "k": args.k,
+        "data": args.data,
+        "classes": args.classes if args.data == "manifold" else None,
+        "subspace": SUBSPACE if args.data == "manifold" else None,
+        "dim": spec.embedding_dim,
+        "hnsw": {
+            "M": _HnswGallery.M,
+            "efConstruction": _HnswGallery.EF_CONSTRUCTION,
+            "efSearch": _HnswGallery.EF_SEARCH,
+        },  # noqa: E501
+        "device": f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)",
+        "jax_version": jax.__version__,
+        "faiss_version": faiss.__version__,
+        "numpy_version": np.__version__,
+        "load_average_start": round(load_start, 2),
+        "load_average_end": round(os.getloadavg()[0], 2),
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    return {"meta": meta, "results": results}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = run(args)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
