@@ -14,10 +14,13 @@ and euclidean, folder's):
   by repeat (the timer of ``benchmarks/throughput.py``), and their ratio; each figure the median over
   the repeats, the ratio's range over the repeats beside it.
 
-The data (``--data``): ``manifold`` (default), ``--classes`` classes on a 32-dimensional subspace
-through a ReLU: low intrinsic dimension and non-negative, as a tower's embeddings are (a stand-in:
-this benchmark does not embed a million images); ``iid``, independent ReLU'd normals in every
-dimension, the hardest case for a graph (no structure to exploit), to show the other end.
+The data (``--data``): ``omniglot``, real embeddings: a trained model (``--model``, e.g. the main
+job's work directory) embeds Omniglot's background-set images (19,280) under the paper's random
+affine distortions (a fresh draw per copy) until there are ``--gallery`` + ``--queries`` of them;
+``manifold`` (default), ``--classes`` classes on a 32-dimensional subspace through a ReLU: low
+intrinsic dimension and non-negative, as a tower's embeddings are; ``iid``, independent ReLU'd
+normals in every dimension, the hardest case for a graph (no structure to exploit), to show the
+other end.
 
 JSON (``--json PATH``): {"meta": {gallery, queries, k, data, classes, hnsw (M, efConstruction,
 efSearch), device, versions, load average, commit}, "results": [{"energy", "build_s": {jax, hnsw},
@@ -57,7 +60,10 @@ def parse_args(argv=None):
     )
     p.add_argument("--gallery", type=int, default=1_000_000, help="gallery items (default: 1000000)")
     p.add_argument("--queries", type=int, default=1024, help="fresh queries (default: 1024, the largest batch)")
-    p.add_argument("--data", choices=("manifold", "iid"), default="manifold", help="the vectors (see above)")
+    p.add_argument("--data", choices=("manifold", "iid", "omniglot"), default="manifold", help="the vectors (above)")
+    p.add_argument(
+        "--model", default=None, help="--data omniglot: the exported model (or work directory) to embed with"
+    )
     p.add_argument("--classes", type=int, default=10_000, help="classes of the manifold data (default: 10000)")
     p.add_argument("--energies", default="cosine,euclidean", help="comma-separated (default: cosine,euclidean)")
     p.add_argument("--batches", default="1,1024", help="query batch sizes, comma-separated (default: 1,1024)")
@@ -70,11 +76,37 @@ def parse_args(argv=None):
     batches = [int(b) for b in args.batches.split(",")]
     if not 1 <= args.k < args.gallery or args.min_time <= 0 or args.repeats < 1 or max(batches) > args.queries:
         p.error("need 1 <= --k < --gallery, --min-time > 0, --repeats >= 1, and every batch <= --queries")
+    if (args.data == "omniglot") != (args.model is not None):
+        p.error("--model goes with --data omniglot, and --data omniglot needs it")
     return args
 
 
+def embedded(args, params):
+    """(gallery, queries): ``params``' embeddings of distorted Omniglot background images."""
+    import jax
+    import numpy as np
+
+    import siamax
+    from siamax import augment
+    from siamax.data import ALPHABETS, BACKGROUND_ALPHABETS, load_omniglot, omniglot_table
+
+    table = omniglot_table(load_omniglot(), params.spec)
+    background = [ALPHABETS.index(a) for a in BACKGROUND_ALPHABETS]
+    images = table.images[np.flatnonzero(np.isin(table.groups[table.labels], background))]
+    embed = jax.jit(lambda key, x: siamax.embed(params, augment.distort(key, x.astype(np.float32) / 255)))
+    n, out, step = args.gallery + args.queries, [], 0
+    while sum(len(e) for e in out) < n:
+        for lo in range(0, len(images), 4096):
+            out.append(np.asarray(embed(jax.random.key(step), images[lo : lo + 4096])))
+            step += 1
+        print(f"embedded {sum(len(e) for e in out)} of {n}", flush=True)
+    x = np.concatenate(out)[:n]
+    x = x[np.random.default_rng(0).permutation(n)]  # queries drawn from every copy and class
+    return x[: args.gallery], x[args.gallery :]
+
+
 def vectors(args, dim: int):
-    """(gallery, queries) float32 of ``args.data``."""
+    """(gallery, queries) float32 of ``args.data`` (not ``omniglot``: :func:`embedded`)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -107,13 +139,14 @@ def run(args) -> dict:
     from siamax.model import MODELS
 
     batches = [int(b) for b in args.batches.split(",")]
-    spec = MODELS["small"]
     load_start = os.getloadavg()[0]
-    gallery, queries = vectors(args, spec.embedding_dim)
+    model = siamax.load(args.model) if args.model else None
+    spec = model.spec if model else MODELS["small"]
+    gallery, queries = embedded(args, model) if model else vectors(args, spec.embedding_dim)
     labels = [str(i) for i in range(args.gallery)]
     results = []
-    for energy in args.energies.split(","):
-        params = siamax.init(jax.random.key(0), spec.replace(energy=energy))
+    for energy in [spec.energy] if model else args.energies.split(","):
+        params = model or siamax.init(jax.random.key(0), spec.replace(energy=energy))
         build = {}
         indexes = {}
         for backend in ("jax", "hnsw"):
@@ -172,6 +205,7 @@ def run(args) -> dict:
         "queries": args.queries,
         "k": args.k,
         "data": args.data,
+        "model": args.model,
         "classes": args.classes if args.data == "manifold" else None,
         "subspace": SUBSPACE if args.data == "manifold" else None,
         "dim": spec.embedding_dim,

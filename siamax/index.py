@@ -179,8 +179,8 @@ class _HnswGallery(_FaissGallery):
     ``remove`` rebuilds it (HNSW cannot unlink a node)."""
 
     name, approximate = "hnsw", True
-    # Links per node, candidates kept while building and while searching (at least k): chosen by
-    # benchmarks/index_search.py --approximate (recall against exact search, docs/performance.md).
+    # Links per node, candidates kept while building and while searching (at least k): common HNSW
+    # settings, not tuned; what they give at 1M items is in docs/performance.md (approximate_search.py).
     M, EF_CONSTRUCTION, EF_SEARCH = 32, 80, 96
 
     def _new_index(self):
