@@ -62,7 +62,12 @@ def _assert_ranking(scores, ids, reference, atol=1e-6):
     assert all(len(set(row)) == k for row in ids.tolist()), "an item was returned twice"
 
 
-@pytest.mark.parametrize("layout", ["one_chunk", "chunks_query_blocks_top_k_blocks", "wide"])
+# The unit suite: the layout with every boundary (chunks, query blocks, top-k blocks); the full suite all three.
+@pytest.mark.parametrize(
+    "layout",
+    [pytest.param("one_chunk", marks=pytest.mark.slow), "chunks_query_blocks_top_k_blocks"]
+    + [pytest.param("wide", marks=pytest.mark.slow)],
+)
 def test_search_equals_brute_force(energy, layout, monkeypatch):
     if layout == "wide":  # the gallery-major product of embeddings of >= _WIDE dimensions, no pre-pass
         monkeypatch.setattr(neighbours, "_WIDE", D)

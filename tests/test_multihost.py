@@ -35,8 +35,12 @@ def _free_port() -> int:
 
 
 def _start(workdir: Path, tfds_dir: str, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "SIAMAX_COORD"))}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1", SIAMAX_TFDS_DIR=tfds_dir)
+    keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")  # the session's cache
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("XLA_", "JAX_", "SIAMAX_COORD"))}
+    # One device per process; the session's compile options (conftest) kept.
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    flags.append("--xla_force_host_platform_device_count=1")
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags), SIAMAX_TFDS_DIR=tfds_dir)
     cmd = [sys.executable, "-m", "experiments.omniglot_oneshot", *FLAGS, "--workdir", str(workdir), *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
