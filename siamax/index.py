@@ -19,9 +19,9 @@ The gallery lives in a backend, chosen once at construction (``BACKENDS``):
 
 ``weighted_l1`` is not a faiss metric and is refused by both faiss backends.
 
-Either way the ``k`` winners are then scored again exactly as ``siamax.score_embeddings`` scores
-them and sorted by that score, so the probabilities returned are the model's and both backends
-give the same answers (up to float ties).
+Whatever the backend, the ``k`` winners are then scored again exactly as ``siamax.score_embeddings``
+scores them and sorted by that score, so the probabilities returned are the model's, and the two
+exact backends give the same answers (up to float ties).
 
 Ids are row positions: ``remove`` renumbers the items after the removed ones (as faiss's
 ``remove_ids`` does). Labels and paths are what identify an item across changes.
