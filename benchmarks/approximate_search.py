@@ -105,12 +105,14 @@ def embedded(args, params):
     return x[: args.gallery], x[args.gallery :]
 
 
-def vectors(args, dim: int):
-    """(gallery, queries) float32 of ``args.data`` (not ``omniglot``: :func:`embedded`)."""
+def vectors(args, dim: int, with_classes: bool = False):
+    """(gallery, queries) float32 of ``args.data`` (not ``omniglot``: :func:`embedded`); with
+    ``with_classes``, also the class of every item (manifold data; gallery first, then queries)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     n = args.gallery + args.queries
+    classes = np.zeros(n, np.int32)
     if args.data == "iid":
         x = rng.normal(size=(n, dim))
     else:
@@ -119,11 +121,13 @@ def vectors(args, dim: int):
         z = np.empty((n, dim), np.float32)
         for lo in range(0, n, 100_000):  # in parts: the float64 temporaries of all at once would be GBs
             m = min(n, lo + 100_000) - lo
-            own = centres[rng.integers(0, args.classes, m)] + 0.35 * rng.normal(size=(m, SUBSPACE))
+            classes[lo : lo + m] = rng.integers(0, args.classes, m)
+            own = centres[classes[lo : lo + m]] + 0.35 * rng.normal(size=(m, SUBSPACE))
             z[lo : lo + m] = own @ basis
         x = z
     x = np.maximum(x, 0).astype(np.float32)
-    return x[: args.gallery], x[args.gallery :]
+    parts = x[: args.gallery], x[args.gallery :]
+    return (*parts, classes) if with_classes else parts
 
 
 def recall_of(found, truth, k: int) -> float:
