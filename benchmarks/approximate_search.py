@@ -23,9 +23,10 @@ normals in every dimension, the hardest case for a graph (no structure to exploi
 other end.
 
 JSON (``--json PATH``): {"meta": {gallery, queries, k, data, classes, hnsw (M, efConstruction,
-efSearch), device, versions, load average, commit}, "results": [{"energy", "build_s": {jax, hnsw},
-"recall_index", "recall_fresh", "rows": [{"batch", "exact_qps", "hnsw_qps", "ratio", "ratio_range",
-"repeats"}]}]}.
+efSearch), device, versions, load average, git_commit, git_dirty}, "results": [{"energy",
+"build_s": {jax, hnsw}, "recall_index", "recall_fresh", "rows": [{"batch", "exact_qps", "hnsw_qps",
+"ratio", "ratio_range", "repeats"}]}]}. (The results committed before 2026-12-05 name the commit
+"commit", without the dirty flag.)
 
 Example::
 
@@ -40,14 +41,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in index_search.py: idle faiss threads must not spin
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import Timer, cpu_model_name  # noqa: E402
+from throughput import Timer, cpu_model_name, write_results  # noqa: E402
 
 SUBSPACE = 32  # the manifold data's intrinsic dimension
 
@@ -139,6 +138,7 @@ def run(args) -> dict:
     import numpy as np
 
     import siamax
+    from siamax import provenance
     from siamax.index import Index, _HnswGallery
     from siamax.model import MODELS
 
@@ -200,10 +200,6 @@ def run(args) -> dict:
         del indexes, exact, approx
     import faiss
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
     meta = {
         "gallery": args.gallery,
         "queries": args.queries,
@@ -224,7 +220,7 @@ def run(args) -> dict:
         "numpy_version": np.__version__,
         "load_average_start": round(load_start, 2),
         "load_average_end": round(os.getloadavg()[0], 2),
-        "commit": commit,
+        **provenance.git_state(),  # git_commit, git_dirty
         "date": time.strftime("%Y-%m-%d"),
     }
     return {"meta": meta, "results": results}
@@ -234,11 +230,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = run(args)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_results(args.json, out)
     return out
 
 

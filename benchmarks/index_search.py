@@ -44,13 +44,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import Timer, cpu_model_name  # noqa: E402  (one timer for every benchmark)
+from throughput import Timer, cpu_model_name, write_results  # noqa: E402  (one timer for every benchmark)
 
 SUITES = ("siamax", "faiss", "numpy")
 NUMPY_BLOCK = 128  # queries per NumPy product: bounds its (block, G) score matrix
@@ -275,11 +274,7 @@ def main(argv=None) -> dict:
         f"numpy {m['numpy_version']}; load average {m['load_average_start']} -> {m['load_average_end']}"
     )
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_results(args.json, out)
     return out
 
 

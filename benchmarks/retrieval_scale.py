@@ -11,8 +11,9 @@ memory before and after (``ru_maxrss``), the stated bound of one block and what 
 would take.
 
 JSON (``--json PATH``): {"meta": {items, classes, dim, energy, chunk, gallery_chunk, device,
-versions, commit, date}, "report": {precision_at_1, recall_at_5, map_at_r, queries}, "seconds",
-"peak_rss_mb": {"before", "after"}, "embeddings_mb", "block_bound_mb", "score_matrix_mb"}.
+versions, git_commit, git_dirty, date}, "report": {precision_at_1, recall_at_5, map_at_r, queries},
+"seconds", "peak_rss_mb": {"before", "after"}, "embeddings_mb", "block_bound_mb", "score_matrix_mb"}.
+(The result committed before 2026-12-05 names the commit "commit", without the dirty flag.)
 
 Example::
 
@@ -28,13 +29,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from approximate_search import vectors  # noqa: E402  (one definition of the synthetic embeddings)
-from throughput import cpu_model_name  # noqa: E402
+from throughput import cpu_model_name, write_results  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     import siamax
-    from siamax import metrics, neighbours
+    from siamax import metrics, neighbours, provenance
     from siamax.model import MODELS
 
     spec = MODELS["small"].replace(energy=args.energy)
@@ -76,10 +76,6 @@ def main(argv=None) -> dict:
     rows = neighbours.store(args.energy, jax.numpy.asarray(x), prepass=False).rows.shape[0]  # padded capacity
     gallery_chunk = neighbours.chunk_rows(args.energy, args.chunk, spec.embedding_dim, rows)
     bound = metrics.knn_block_bytes(args.energy, spec.embedding_dim, depth, args.chunk, gallery_chunk)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
     out = {
         "meta": {
             "items": args.items,
@@ -92,7 +88,7 @@ def main(argv=None) -> dict:
             "device": f"cpu: {cpu_model_name()} ({os.cpu_count()} cores)",
             "jax_version": jax.__version__,
             "numpy_version": np.__version__,
-            "commit": commit,
+            **provenance.git_state(),  # git_commit, git_dirty
             "date": time.strftime("%Y-%m-%d"),
         },
         "report": report,
@@ -104,11 +100,7 @@ def main(argv=None) -> dict:
     }
     print(json.dumps(out, indent=2))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_results(args.json, out)
     return out
 
 

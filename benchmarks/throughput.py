@@ -204,6 +204,15 @@ class Timer:
         return statistics.median(self.times)
 
 
+def write_results(path: str, out: dict) -> None:
+    """``out`` as indented JSON at ``path`` (its folder made if missing), and a line saying so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+        f.write("\n")
+    print(f"wrote {path}")
+
+
 def build_siamax(args):
     import jax
     import jax.numpy as jnp

@@ -354,9 +354,8 @@ def build_index(
 
 def approximate_note(index: Index, measure: bool = False) -> str:
     """One line on an approximate index's recall (measured now with ``measure``, else as saved)."""
-    k = min(10, len(index) - 1)
-    if measure and k >= 1:
-        index.recall(k)
+    if measure and len(index) > 1:
+        index.recall(min(10, len(index) - 1))
     r = index.measured_recall
     measured = (
         f"recall@{r['k']} {r['recall']:.3f} against exact search on {r['queries']} of its items"

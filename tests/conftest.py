@@ -52,6 +52,13 @@ def siamax_data_dir():
 
 
 @pytest.fixture(scope="session")
+def one_device_xla_flags():
+    """XLA_FLAGS for a subprocess that must see one CPU device: the session's compile options kept."""
+    flags = [f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f]
+    return " ".join([*flags, "--xla_force_host_platform_device_count=1"])
+
+
+@pytest.fixture(scope="session")
 def siamax_tfds_dir(tmp_path_factory):
     return Path(os.environ.get("SIAMAX_TFDS_DIR") or tmp_path_factory.mktemp("tfds"))
 

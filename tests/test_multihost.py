@@ -34,13 +34,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(workdir: Path, tfds_dir: str, *extra: str) -> subprocess.Popen:
+def _start(workdir: Path, tfds_dir: str, xla_flags: str, *extra: str) -> subprocess.Popen:
     keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")  # the session's cache
     env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("XLA_", "JAX_", "SIAMAX_COORD"))}
-    # One device per process; the session's compile options (conftest) kept.
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    flags.append("--xla_force_host_platform_device_count=1")
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags), SIAMAX_TFDS_DIR=tfds_dir)
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags, SIAMAX_TFDS_DIR=tfds_dir)
     cmd = [sys.executable, "-m", "experiments.omniglot_oneshot", *FLAGS, "--workdir", str(workdir), *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -51,15 +48,13 @@ def _finish(p: subprocess.Popen) -> str:
     return out
 
 
-def test_two_processes_match_one(tmp_path, omniglot, siamax_tfds_dir):
+def test_two_processes_match_one(tmp_path, omniglot, siamax_tfds_dir, one_device_xla_flags):
     tfds_dir = str(siamax_tfds_dir)  # prepared by the omniglot fixture
     address = f"127.0.0.1:{_free_port()}"
     multi = tmp_path / "multi"
-    procs = [
-        _start(multi, tfds_dir, "--coordinator-address", address, "--num-processes", "2", "--process-id", str(i))
-        for i in range(2)
-    ]
-    single = _start(tmp_path / "single", tfds_dir)
+    coordinated = ["--coordinator-address", address, "--num-processes", "2", "--process-id"]
+    procs = [_start(multi, tfds_dir, one_device_xla_flags, *coordinated, str(i)) for i in range(2)]
+    single = _start(tmp_path / "single", tfds_dir, one_device_xla_flags)
     outs = [_finish(p) for p in procs]
     _finish(single)
 

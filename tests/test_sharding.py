@@ -118,7 +118,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_agree_with_one(tmp_path):
+def test_two_processes_agree_with_one(tmp_path, one_device_xla_flags):
     out = str(tmp_path / "params")
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=os.path.dirname(os.path.abspath(__file__)), out=out))
@@ -128,11 +128,7 @@ def test_two_processes_agree_with_one(tmp_path):
         env = dict(
             os.environ,
             JAX_PLATFORMS="cpu",
-            # one device per process; the session's compile options (conftest) kept
-            XLA_FLAGS=" ".join(
-                [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-                + ["--xla_force_host_platform_device_count=1"]
-            ),
+            XLA_FLAGS=one_device_xla_flags,
             SIAMAX_COORDINATOR_ADDRESS=f"localhost:{port}",
             SIAMAX_NUM_PROCESSES="2",
             SIAMAX_PROCESS_ID=str(pid),
