@@ -8,6 +8,7 @@
     siamax index build MODEL GALLERY INDEX [--overwrite] [--approximate]
     siamax index search INDEX QUERY... [-k K] [--json]
     siamax export MODEL OUT [--overwrite]
+    siamax pack DATA OUT [--image-size S] [--preset P] [--shard-size N]
     siamax serve MODEL [--index INDEX] [--host H] [--port P] [--token-file F]
 
 DATA and GALLERY are folders laid out DIR/<class>/<image> or DIR/<group>/<class>/<image>, or of sound
@@ -263,6 +264,23 @@ def _index_search(args) -> int:
     return 0
 
 
+def _pack(args) -> int:
+    r = commands.pack_folder(
+        args.data,
+        args.out,
+        image_size=args.image_size,
+        preset=args.preset,
+        ink=args.ink,
+        color=args.color,
+        layout=args.layout,
+        shard_size=args.shard_size,
+        progress=not args.no_progress,
+    )
+    print(r.summary())
+    print(f"train on it with: {PROG} train {args.out} --workdir W")
+    return 0
+
+
 def _export(args) -> int:
     from siamax import stablehlo  # jax.export: loaded for this command only
 
@@ -376,6 +394,33 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=_positive, default=5, help="classes per query (default 5)")
     s.add_argument("--json", action="store_true", help="print the matches as JSON")
     s.set_defaults(run=_index_search)
+
+    k = sub.add_parser(
+        "pack",
+        help="write a folder once as ArrayRecord shards that 'siamax train' reads from disk (data beyond memory)",
+        description="Decode a class folder (images or sound clips) into the model's input format once and write it "
+        "as ArrayRecord shards with a manifest, in bounded memory; 'siamax train OUT' then streams its batches from "
+        "disk (the same batches as from memory). Interrupted, the same command finishes the missing shards and "
+        "rewrites a damaged one (named).",
+        allow_abbrev=False,
+    )
+    k.add_argument("data", metavar="DATA", help="folder DATA/<class>/<image>, DATA/<group>/<class>/<image> or "
+                   "DATA/<class>/<clip>")  # fmt: skip
+    k.add_argument("out", metavar="OUT", help="new (or empty) folder for the packed dataset")
+    k.add_argument("--image-size", type=_positive, default=None, help="the model's input size S the examples are "
+                   "written at (default: that of --preset)")  # fmt: skip
+    k.add_argument("--preset", choices=presets.preset_names(), default=None, help="the preset whose input size "
+                   "to use (default: the one 'siamax train' chooses for what DATA holds)")  # fmt: skip
+    k.add_argument("--shard-size", type=_positive, default=commands.packed.SHARD_SIZE,
+                   help=f"examples per shard (default {commands.packed.SHARD_SIZE})")  # fmt: skip
+    k.add_argument(
+        "--ink", choices=("auto", "dark", "light"), default="auto", help="stroke polarity (auto: from the borders)"
+    )
+    k.add_argument("--color", choices=("auto", "rgb", "gray"), default="auto", help="images in colour or gray "
+                   "(auto: rgb if some image looked at has colour)")  # fmt: skip
+    k.add_argument("--layout", choices=("auto", "classes", "groups"), default="auto", help="folder layout")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    k.set_defaults(run=_pack)
 
     o = sub.add_parser(
         "export", help="the model as StableHLO (jax.export) that JAX alone can run, with a manifest", allow_abbrev=False

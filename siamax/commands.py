@@ -10,7 +10,9 @@ For a folder of one's own images (``DIR/<class>/<image>`` or ``DIR/<group>/<clas
   model's threshold), N-way K-shot one-shot accuracy, retrieval (P@1, R@5, MAP@R), each next to raw
   pixels (Euclidean) on exactly the same pairs, trials and queries;
 * :func:`verify`, :func:`identify`, :func:`build_index` / :func:`search_index`: same or different,
-  the nearest classes of a gallery, the same with the gallery's embeddings computed once and stored.
+  the nearest classes of a gallery, the same with the gallery's embeddings computed once and stored;
+* :func:`pack_folder`: a folder written once as a packed dataset (``siamax.data.packed``), which
+  ``train_folder`` then reads from disk as it trains, for folders larger than memory.
 
 Every image reaches the tower by the one route (``adapters.read_folder`` / ``read_files``: images
 through ``image_folder`` / ``image_files`` -> ``model_format``, sound clips through ``audio_folder`` /
@@ -29,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from siamax import api, checkpoint, config, evaluators, experiment
+from siamax import api, checkpoint, config, evaluators, experiment, presets
 from siamax.audio import MelConfig
-from siamax.data import adapters
+from siamax.data import adapters, packed
 from siamax.errors import InputError, ModelError
 from siamax.index import INDEX_NAME, Index
 
@@ -87,8 +89,21 @@ def load_model(path: str | Path) -> Model:
     )
 
 
+EMBED_BLOCK = 8192  # images of a packed gallery read and embedded at a time
+
+
 def _embed_table(params: api.Params, table):
-    return evaluators.ModelEmbedder(params).embed(np.asarray(table.images), "light")
+    embedder = evaluators.ModelEmbedder(params)
+    images = table.images
+    if not isinstance(images, packed.PackedImages):
+        return embedder.embed(np.asarray(images), "light")
+    # A packed gallery may not fit in memory: read and embedded block by block (the embeddings do fit).
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+
+    n = len(images)
+    blocks = [np.arange(i, min(i + EMBED_BLOCK, n)) for i in range(0, n, EMBED_BLOCK)]
+    bar = tqdm(blocks, desc="embedding", unit="block", disable=len(blocks) < 4)
+    return np.concatenate([np.asarray(embedder.embed(images.read(b), "light")) for b in bar])
 
 
 def load_models(paths) -> Model:
@@ -164,6 +179,60 @@ def folder_config(cfg: config.Config, kind: adapters.FolderKind, *, color: str =
 # train and evaluate: the one pipeline (siamax.experiment)
 
 
+def pack_folder(
+    data: str | Path,
+    out: str | Path,
+    *,
+    image_size: int | None = None,
+    preset: str | None = None,
+    ink: str = "auto",
+    color: str = "auto",
+    layout: str = "auto",
+    shard_size: int = packed.SHARD_SIZE,
+    progress: bool = True,
+) -> packed.PackReport:
+    """Write the folder ``data`` as the packed dataset ``out`` (``siamax.data.packed.pack``; resumable) for
+    the input size ``image_size``, by default that of ``preset`` (by default the preset ``siamax train``
+    chooses for what the folder holds), so that ``siamax train OUT`` with the same flags reads it."""
+    if packed.is_packed(data):
+        raise InputError(f"{data} is already a packed dataset: give the folder it was packed from")
+    kind = folder_kind(data, color=color, layout=layout)
+    if image_size is None:
+        name = preset or presets.default_preset(presets.folder_task(kind.modality))
+        image_size = presets.config(name).spec.input_size
+    if kind.modality == "audio" and color != "auto":
+        raise InputError(f"--color {color} is for images, and the folder holds audio clips: drop --color")
+    return packed.pack(
+        data,
+        out,
+        size=image_size,
+        modality=kind.modality,
+        ink=adapters._photo_ink(kind.modality, ink, None),  # pylint: disable=protected-access
+        color=kind.color if kind.modality != "audio" else "auto",
+        layout=layout,
+        shard_size=shard_size,
+        progress=progress,
+    )
+
+
+def _packed_if_too_large(data, workdir: Path, cfg, kind, *, ink: str, color: str, layout: str, progress: bool):
+    """``data`` itself, or, where its images in model format would pass ``packed.MEMORY_BUDGET``, the
+    pack of it in ``workdir/packed`` (written once, resumed by a rerun), said in one line."""
+    n, need = packed.folder_bytes(data, cfg.spec, modality=kind.modality, layout=layout)
+    if need <= packed.MEMORY_BUDGET:
+        return data
+    where = workdir / "packed"
+    print(
+        f"{data}: {n:,} files would take {packed.size_text(need)} in memory (more than "
+        f"{packed.size_text(packed.MEMORY_BUDGET)}): packing them once into {where} and training from disk (siamax "
+        "pack does this ahead of time)"
+    )
+    report = pack_folder(data, where, image_size=cfg.spec.input_size, ink=ink, color=color, layout=layout,
+                         progress=progress)  # fmt: skip
+    print(report.summary())
+    return where
+
+
 def train_folder(
     cfg: config.Config,
     data: str | Path,
@@ -184,6 +253,10 @@ def train_folder(
     ``kind``: :func:`folder_kind` of ``data`` (None: told here)."""
     kind = kind or folder_kind(data, color=color, layout=layout)
     mel = MelConfig.square(cfg.spec.input_size) if kind.modality == "audio" else None
+    if not packed.is_packed(data):
+        data = _packed_if_too_large(
+            data, Path(workdir), cfg, kind, ink=ink, color=color, layout=layout, progress=progress
+        )
     dataset = adapters.ImageFolder(
         data,
         fractions=tuple(fractions),

@@ -83,6 +83,18 @@ def claim_workdir(
         sharding.sync("claim_workdir")
 
 
+def objective_of(cfg) -> train.Objective:
+    """What the train step optimises for the config ``cfg``: its objective, augmentation, L2 and margin."""
+    return train.Objective(
+        kind=cfg.objective.kind,
+        augment=cfg.data.augment,
+        augment_ops=augment.op_names(cfg.data.augment_ops),
+        l2=optim.l2_lambdas(cfg.optim, cfg.spec.layer_names),
+        margin=cfg.margin,
+        miner=cfg.objective.miner,
+    )
+
+
 def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True, max_seconds=None, on_epoch=None):
     """Train (or resume) a model on ``train_table`` (a ``LabelledImages``) in ``workdir``, choosing the
     checkpoint by one-shot accuracy on ``val_tasks`` (validation data only).
@@ -101,15 +113,7 @@ def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True,
     )
     params = init(rng.train_streams(cfg.seed)["init"], cfg.spec)
     tx, lr_of = optim.make_optimizer(cfg.optim, cfg.spec.layer_names, sampler.steps_per_epoch)
-    objective = train.Objective(
-        kind=cfg.objective.kind,
-        augment=cfg.data.augment,
-        augment_ops=augment.op_names(cfg.data.augment_ops),
-        l2=optim.l2_lambdas(cfg.optim, cfg.spec.layer_names),
-        margin=cfg.margin,
-        miner=cfg.objective.miner,
-    )
-    state = sharding.replicate(train.create_train_state(params, tx, objective), mesh)
+    state = sharding.replicate(train.create_train_state(params, tx, objective_of(cfg)), mesh)
     validation = evaluators.OneShot(val_tasks, seed=candidates_seed)
 
     def validate(p):

@@ -357,6 +357,24 @@ class Index:
             self._paths = [self._paths[i] for i in keep]
         return int(n - keep.size)
 
+    def shards(self, n: int) -> list[Index]:
+        """The items split into ``n`` contiguous parts, each an index of its own (same model and backend):
+        shard ``i`` holds ids ``offsets[i] ..`` of this one, in order. :func:`search_shards` (one process)
+        or :func:`search_across_processes` (one shard per process) answer as this index does."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= max(len(self), 1):
+            raise InputError(
+                f"shards: n must be in 1..{max(len(self), 1)} (the index holds {len(self)} items), got {n!r}"
+            )
+        rows = np.asarray(self.embeddings)
+        bounds = np.linspace(0, len(self), int(n) + 1).round().astype(int)
+        out = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            part = Index.__new__(Index)
+            part._init(self.specs, self._head, self.fingerprint, self.backend)
+            part.add(rows[lo:hi], self._labels[lo:hi], None if not any(self._paths) else self._paths[lo:hi])
+            out.append(part)
+        return out
+
     # -- search ----------------------------------------------------------------------------
 
     def search(self, query_embeddings, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -554,3 +572,65 @@ def _checked_paths(paths, m: int) -> list[str | None]:
     if bad:
         raise InputTypeError(f"paths must be str or os.PathLike (or None); got {type(bad[0]).__name__} {bad[0]!r}")
     return [None if p is None else os.fspath(p) for p in paths]
+
+
+# ---------------------------------------------------------------------------------------------
+# A gallery in parts: several files, or one part per process.
+
+
+def merge_top_k(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of several parts' answers (each (Q, k_i) scores, best first, and global ids), per
+    query: by score, ties by the lower id (as one index's search orders them)."""
+    s = np.concatenate([np.asarray(x, np.float32) for x in scores], axis=1)
+    i = np.concatenate([np.asarray(x, np.int64) for x in ids], axis=1)
+    order = np.lexsort((i, -s), axis=1)[:, :k]
+    return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+
+
+def _same_model(parts: Sequence[Index]) -> None:
+    if len({p.fingerprint for p in parts}) > 1:
+        raise ModelError(
+            "the index parts were made by different models: " + ", ".join(p.fingerprint[:12] for p in parts)
+        )
+
+
+def search_shards(parts: Sequence[Index], query_embeddings, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`Index.search` of a gallery held in ``parts`` (e.g. :meth:`Index.shards`, or index files of
+    one model loaded one by one), exactly: each part answers its own ``k`` best, the answers are merged
+    (:func:`merge_top_k`). Ids: positions in the parts' concatenation, in order."""
+    parts = list(parts)
+    if not parts:
+        raise InputError("search_shards: no index parts given")
+    _same_model(parts)
+    total = sum(len(p) for p in parts)
+    if not 1 <= k <= total:
+        raise InputError(f"search: k={k!r}, but the parts hold {total} items; pass 1 <= k <= {total}")
+    scores, ids, offset = [], [], 0
+    for p in parts:
+        if len(p):
+            s, i = p.search(query_embeddings, min(k, len(p)))
+            scores.append(s)
+            ids.append(i + offset)
+        offset += len(p)
+    return merge_top_k(scores, ids, k)
+
+
+def search_across_processes(part: Index, query_embeddings, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search_shards` with one part per process (``jax.distributed``): every process passes its
+    own part and the same queries, and every process gets the whole answer (ids: positions in the
+    parts' concatenation in process order). Collective: all processes must call it."""
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([len(part)], np.int64))).reshape(-1)
+    total, offset = int(sizes.sum()), int(sizes[: jax.process_index()].sum())
+    if not 1 <= k <= total:
+        raise InputError(f"search: k={k!r}, but the parts hold {total} items; pass 1 <= k <= {total}")
+    nq = np.asarray(query_embeddings).shape[0]
+    scores = np.full((nq, k), -np.inf, np.float32)
+    ids = np.full((nq, k), np.iinfo(np.int64).max, np.int64)  # a part with fewer than k items pads its answer
+    if len(part):
+        s, i = part.search(query_embeddings, min(k, len(part)))
+        scores[:, : s.shape[1]], ids[:, : i.shape[1]] = s, i + offset
+    every_s = np.asarray(multihost_utils.process_allgather(scores))  # (P, Q, k)
+    every_i = np.asarray(multihost_utils.process_allgather(ids))
+    return merge_top_k(list(every_s), list(every_i), k)

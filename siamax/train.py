@@ -276,9 +276,9 @@ def fit(
             break
         t0 = time.perf_counter()
         sums, finite = None, jnp.asarray(True)
-        for i in range(spe):
+        for i, batch in enumerate(sampler.batches(epoch * spe, (epoch + 1) * spe)):
             step = epoch * spe + i
-            state, m = train_step(state, place_batch(sampler.batch(step)), jax.random.fold_in(step_key, step))
+            state, m = train_step(state, place_batch(batch), jax.random.fold_in(step_key, step))
             finite = finite & m["finite"]
             sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
             if (i + 1) % 25 == 0 or i + 1 == spe:

@@ -17,16 +17,20 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 # The tests' programs are small and run a few times each, so compiling is most of their cost (~85% of
-# the unit suite's time). XLA's backend optimisation level 1 without LLVM's expensive passes compiles
-# faster than the default and computes the same bits on every pinned value (not on every program: some
-# differ in the last bits, as they do between CPUs). Level 0 does not: it changes the affine warps'
-# rounding, so the samplers' pinned batch digests fail. The benchmarks and experiments run at the
-# default. SIAMAX_TEST_XLA_OPT=default keeps it.
+# the unit suite's time). XLA's backend optimisation level 1 without LLVM's expensive passes, and the
+# CPU backend's earlier loop emitters in place of its fusion emitters, compile faster than the default
+# (the emitters alone: the suite's test time 1,295 s -> 863 s on 2 cores) and compute the same bits on
+# every pinned value (not on every program: some differ in the last bits, as they do between CPUs).
+# Level 0 does not: it changes the affine warps' rounding, so the samplers' pinned batch digests fail.
+# The benchmarks and experiments run at the default. SIAMAX_TEST_XLA_OPT=default keeps it.
 if (
     os.environ.get("SIAMAX_TEST_XLA_OPT") != "default"
     and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]
 ):
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
+    os.environ["XLA_FLAGS"] += (
+        " --xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
+        " --xla_cpu_use_fusion_emitters=false"
+    )
 
 
 # ---- Data fixtures (siamax.data). The raw archives: $SIAMAX_DATA_DIR, defaulting to the project's

@@ -427,3 +427,79 @@ def test_missing_faiss_says_how_to_install(monkeypatch):
     with pytest.raises(ConfigError, match=r"pip install 'siamax\[faiss\]'") as err:
         Index(_params("cosine"), backend="faiss")
     assert isinstance(err.value, UserError)
+
+
+# ---- a gallery in parts: files, or one part per process
+
+
+def test_a_gallery_in_shards_answers_as_one_index(energy):
+    params = _params(energy)
+    gallery, queries, labels = _data(n=300, q=7)
+    gallery[150] = gallery[10]  # the same item in two shards: a tie, broken by the lower id as one index does
+    whole = Index.build(params, gallery, labels, paths=[f"f{i}.png" for i in range(300)])
+    parts = whole.shards(3)
+    assert [len(p) for p in parts] == [100, 100, 100] and sum((p.labels for p in parts), []) == labels
+    assert sum((p.paths for p in parts), []) == whole.paths
+    for k in (1, 5, 120):
+        s, i = whole.search(queries, k)
+        s2, i2 = index_module.search_shards(parts, queries, k)
+        np.testing.assert_array_equal(i2, i)
+        np.testing.assert_array_equal(s2, s)
+    with pytest.raises(InputError, match="k=301"):
+        index_module.search_shards(parts, queries, 301)
+    other = Index.build(_params(energy, seed=1), gallery[:5], labels[:5])
+    with pytest.raises(ModelError, match="different models"):
+        index_module.search_shards([parts[0], other], queries, 3)
+    with pytest.raises(InputError, match="shards: n must be in 1..300"):
+        whole.shards(301)
+
+
+_PART_SCRIPT = """
+import sys
+import numpy as np
+from siamax import sharding
+from siamax.index import Index, search_across_processes
+address, me, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sharding.initialize_distributed(address, 2, me)
+part = Index.load(f"{folder}/part{me}.npz")
+s, i = search_across_processes(part, np.load(f"{folder}/queries.npy"), 10)
+np.savez(f"{folder}/answer{me}.npz", scores=s, ids=i)
+"""
+
+
+@pytest.mark.slow  # two processes
+def test_two_processes_each_holding_a_shard_answer_as_one_index(tmp_path, one_device_xla_flags):
+    import os
+    import socket
+    import subprocess
+
+    params = _params("cosine")
+    gallery, queries, labels = _data(n=301, q=9)
+    whole = Index.build(params, gallery, labels)
+    for j, part in enumerate(whole.shards(2)):
+        part.save(tmp_path / f"part{j}.npz")
+    np.save(tmp_path / "queries.npy", queries)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("XLA_", "JAX_", "SIAMAX_COORD"))}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=one_device_xla_flags)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PART_SCRIPT, address, str(j), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for j in range(2)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    s, i = whole.search(queries, 10)
+    for j in range(2):
+        answer = np.load(tmp_path / f"answer{j}.npz")
+        np.testing.assert_array_equal(answer["ids"], i)
+        np.testing.assert_array_equal(answer["scores"], s)

@@ -45,7 +45,7 @@ import numpy as np
 
 from siamax import rng
 from siamax.data import folder as fo
-from siamax.data import lake, mnist, omniglot, orl, samplers, splits, tasks
+from siamax.data import lake, mnist, omniglot, orl, packed, samplers, splits, tasks
 from siamax.data.audio_folder import (
     DecodedClips,
     audio_files,
@@ -121,7 +121,13 @@ class Dataset(Protocol):
 
 
 def _pairs_of(table: LabelledImages, n: int, seed) -> tuple[np.ndarray, samplers.Pairs]:
-    return np.asarray(table.images), samplers.make_pairs(table, n, seed=seed)
+    pairs = samplers.make_pairs(table, n, seed=seed)
+    if not isinstance(table.images, packed.PackedImages):
+        return np.asarray(table.images), pairs
+    # A packed part may be larger than memory: read only the images the pairs use (the same pairs).
+    used, inverse = np.unique(np.concatenate([pairs.i1, pairs.i2]), return_inverse=True)
+    i1, i2 = np.split(inverse.astype(pairs.i1.dtype), 2)
+    return table.images.read(used), samplers.Pairs(i1, i2, pairs.label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,6 +414,9 @@ def folder_kind(path, *, color: str = "auto", layout: str = "auto") -> FolderKin
     if color not in fo.COLORS:
         raise InputError(f"color must be one of {fo.COLORS}, got {color!r}")
     root = Path(path).expanduser()
+    if packed.is_packed(root):
+        manifest = packed.read_manifest(root)
+        return FolderKind(manifest["modality"], "rgb" if manifest["channels"] == 3 else "gray")
     if is_audio_folder(root):
         return FolderKind("audio", "gray")
     if not root.is_dir():
@@ -477,7 +486,12 @@ def read_folder(
     ``(LabelledImages, report, ink)``. Images through ``image_folder`` (photos keep their own values
     unless ``ink`` says otherwise: :func:`_photo_ink`), sound clips through ``audio_folder`` with the
     front-end ``mel`` (a ``siamax.audio.MelConfig``; None: ``MelConfig.square`` of the input size), as
-    1-channel log-mel images ("light": 255 = loudest). A folder of the other kind is refused."""
+    1-channel log-mel images ("light": 255 = loudest). A folder of the other kind is refused. A packed
+    dataset (``siamax pack``) is read as it was packed: its images stay on disk, read on demand."""
+    if packed.is_packed(path):
+        table, manifest = packed.load_packed(path, spec)
+        _refuse_modality(path, manifest["modality"] == "audio", modality)
+        return table, packed.PackedReport.of(path, manifest), manifest["ink"]
     _refuse_modality(path, is_audio_folder(path), modality)
     if modality == "audio":
         table, report = audio_folder(path, size=spec, config=mel, min_clips=min_images, progress=progress)

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import flax.struct
@@ -200,12 +201,25 @@ def _class_batch_indices(key, index: ClassIndex, n_groups: int, classes_per_grou
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """``batch(step)`` -> the batch of global step ``step``; ``steps_per_epoch``; pairs per batch."""
+    """``batch(step)`` -> the batch of global step ``step``; ``batches(start, stop)`` -> those of the steps
+    ``start .. stop - 1`` in order (read ahead by ``stream`` where the images come from disk);
+    ``steps_per_epoch``; pairs and images per batch."""
 
     batch: Callable[[int], dict]
     steps_per_epoch: int
     pairs_per_step: int
     images_per_step: int
+    stream: Callable[[int, int], Iterator[dict]] | None = None  # a packed dataset's prefetching pipeline
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the images are read from a packed dataset as the batches are drawn."""
+        return self.stream is not None
+
+    def batches(self, start: int, stop: int) -> Iterator[dict]:
+        if self.stream is not None:
+            return self.stream(start, stop)
+        return (self.batch(s) for s in range(start, stop))
 
 
 def _local(x: jax.Array, shard: tuple[int, int]) -> jax.Array:
@@ -223,6 +237,59 @@ def _check_shardable(global_batch: int, processes: int) -> None:
         )
 
 
+PREFETCH = 4  # batches a streaming sampler reads ahead (host memory: PREFETCH x one batch's images)
+READ_THREADS = 1  # one reader thread keeps ahead of a step on 2 cores (more contended with XLA's threads: measured)
+PLAN_WINDOW = 256  # steps planned ahead at a time
+
+
+def _sampler(args_of, plan, build, images, fetch: tuple[str, ...], steps: int, pairs: int, n_images: int) -> Sampler:
+    """A Sampler from ``plan(*args_of(step))`` (jittable: a dict of arrays, the image rows that ``fetch``
+    names and whatever ``build`` needs) and ``build(plan, *images of those rows)`` (jittable).
+
+    In memory, plan, gather and build are one jitted program, as they always were. From a packed
+    dataset (``images`` is a ``siamax.data.packed.PackedImages``), the batches are planned a window
+    of steps at a time on the calling thread, a Grain pipeline over them reads each plan's rows from
+    the shards in a reader thread, ``PREFETCH`` batches ahead, and ``build`` runs on them: the same
+    plan and the same pixels, hence the same batch (a test). The pipeline's position is the global
+    step, which the checkpoint holds: a resumed run rebuilds it at that step.
+    """
+    if isinstance(images, jax.Array | np.ndarray):
+
+        @jax.jit
+        def in_memory(*args):
+            p = plan(*args)
+            return build(p, *(images[p[k]] for k in fetch))
+
+        return Sampler(lambda step: in_memory(*args_of(step)), steps, pairs, n_images)
+
+    planned, built, fetch_keys = jax.jit(plan), jax.jit(build), fetch
+
+    def read(step) -> tuple[dict, list]:
+        p = jax.device_get(planned(*args_of(step)))
+        return p, [images.read(p[k]) for k in fetch]
+
+    def one(step) -> dict:
+        p, xs = read(step)
+        return built(p, *xs)
+
+    def batches(start: int, stop: int) -> Iterator[dict]:
+        import grain  # pylint: disable=g-import-not-at-top
+
+        options = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH)
+        for lo in range(start, stop, PLAN_WINDOW):
+            # Planned here, a window at a time (dispatched at once, tiny): the reading threads then only read.
+            plans = [planned(*args_of(step)) for step in range(lo, min(lo + PLAN_WINDOW, stop))]
+
+            def fetch(i: int, plans=plans) -> tuple[dict, list]:
+                p = jax.device_get(plans[i])
+                return p, [images.read(p[k]) for k in fetch_keys]
+
+            for p, xs in grain.MapDataset.range(len(plans)).map(fetch).to_iter_dataset(options):
+                yield built(p, *xs)
+
+    return Sampler(one, steps, pairs, n_images, stream=batches)
+
+
 def make_sampler(
     cfg,
     batch: str,
@@ -233,7 +300,8 @@ def make_sampler(
     shard: tuple[int, int] = (0, 1),
 ) -> Sampler:
     """The sampler of ``batch`` form ("pairs" or "classes", from the objective) that the data section
-    ``cfg`` (``siamax.config.DataConfig``) asks for, over the training table ``table``.
+    ``cfg`` (``siamax.config.DataConfig``) asks for, over the training table ``table`` (in memory, or
+    packed: ``siamax.data.packed``, read as it trains).
 
     ``steps_per_epoch``: class batches and fresh pairs are drawn on the fly and need it; 0 for a
     fixed pair set means one pass over the set. Randomness comes from the data stream of ``seed``
@@ -246,29 +314,33 @@ def make_sampler(
         raise ValueError(f"shard index {index} is not in [0, {count})")
     if batch not in ("pairs", "classes"):
         raise ValueError(f"batch must be 'pairs' or 'classes', got {batch!r}")
-    images = table.images
     idx = class_index(table)
     if batch == "classes":
         return _class_sampler(cfg, table, idx, streams["batches"], steps_per_epoch, shard)
     b = cfg.batch_size
     _check_shardable(b, count)
     _check_pairs_possible(table, idx, cfg.different)
+    distorted = cfg.distortions > 0
+
+    def build(p, x1, x2):
+        if distorted:  # a fixed set's copy 0 carries identity transforms, which reproduce the image exactly
+            x1, x2 = _warped(x1, p["t1"]), _warped(x2, p["t2"])
+        return {"x1": x1, "x2": x2, "y": p["y"].astype(jnp.float32)}
+
     if cfg.n_pairs == 0:  # fresh pairs every step, distorted on the fly if asked
+        if not steps_per_epoch:
+            raise ConfigError("on-the-fly pairs (n_pairs=0) need steps_per_epoch > 0")
         key = streams["batches"]
 
-        @jax.jit
         def fresh(step):
             k_pairs, k1, k2 = jax.random.split(jax.random.fold_in(key, step), 3)
             i1, i2, y = (_local(v, shard) for v in sample_pairs(k_pairs, idx, b, cfg.different))
-            x1, x2 = images[i1], images[i2]
-            if cfg.distortions:
-                t1, t2 = (_local(augment.sample_affine(k, b), shard) for k in (k1, k2))
-                x1, x2 = _warped(x1, t1), _warped(x2, t2)
-            return {"x1": x1, "x2": x2, "y": y.astype(jnp.float32)}
+            p = {"i1": i1, "i2": i2, "y": y}
+            if distorted:
+                p["t1"], p["t2"] = (_local(augment.sample_affine(k, b), shard) for k in (k1, k2))
+            return p
 
-        if not steps_per_epoch:
-            raise ConfigError("on-the-fly pairs (n_pairs=0) need steps_per_epoch > 0")
-        return Sampler(fresh, steps_per_epoch, b, 2 * b)
+        return _sampler(lambda step: (step,), fresh, build, table.images, ("i1", "i2"), steps_per_epoch, b, 2 * b)
 
     # The paper's fixed pair set, with `distortions` transformed copies of every pair (9x for 8).
     pairs = make_pairs(table, cfg.n_pairs, different=cfg.different, seed=rng.host_seed(streams["pairs"]))
@@ -278,31 +350,31 @@ def make_sampler(
     steps = steps_per_epoch or max(n_rows // b, 1)
     if steps * b > n_rows:
         raise ConfigError(f"steps_per_epoch={steps} x batch_size={b} exceeds the {n_rows} rows of the pair set")
-    distorted = cfg.distortions > 0
     order_key = streams["order"]
 
     @jax.jit
     def epoch_order(epoch):
         return jax.random.permutation(jax.random.fold_in(order_key, epoch), n_rows)
 
-    @jax.jit
-    def gather(order, offset):
+    def rows_of(order, offset):
         r = _local(jax.lax.dynamic_slice_in_dim(order, offset, b), shard)
-        x1, x2 = images[rows_on_device["i1"][r]], images[rows_on_device["i2"][r]]
-        if distorted:  # copy 0 carries identity transforms, which reproduce the image exactly
-            x1, x2 = _warped(x1, rows_on_device["t1"][r]), _warped(x2, rows_on_device["t2"][r])
-        return {"x1": x1, "x2": x2, "y": rows_on_device["label"][r].astype(jnp.float32)}
+        p = {"i1": rows_on_device["i1"][r], "i2": rows_on_device["i2"][r], "y": rows_on_device["label"][r]}
+        if distorted:
+            p["t1"], p["t2"] = rows_on_device["t1"][r], rows_on_device["t2"][r]
+        return p
 
     cache: dict[int, jax.Array] = {}
+    lock = threading.Lock()  # a streaming sampler plans from several threads
 
-    def fixed(step):
+    def args_of(step):
         epoch, offset = divmod(step, steps)
-        if epoch not in cache:
-            cache.clear()
-            cache[epoch] = epoch_order(epoch)
-        return gather(cache[epoch], offset * b)
+        with lock:
+            if epoch not in cache:
+                cache.clear()
+                cache[epoch] = epoch_order(epoch)
+            return cache[epoch], offset * b
 
-    return Sampler(fixed, steps, b, 2 * b)
+    return _sampler(args_of, rows_of, build, table.images, ("i1", "i2"), steps, b, 2 * b)
 
 
 def _class_sampler(cfg, table: LabelledImages, idx: ClassIndex, key, steps_per_epoch: int, shard) -> Sampler:
@@ -315,24 +387,24 @@ def _class_sampler(cfg, table: LabelledImages, idx: ClassIndex, key, steps_per_e
         raise ConfigError("class batches are drawn on the fly: set steps_per_epoch > 0")
     b = p * k
     _check_shardable(b, shard[1])
-    images = table.images
 
-    @jax.jit
-    def classes(step):
+    def plan(step):
         k_idx, k_rot = jax.random.split(jax.random.fold_in(key, step))
         flat, labels = _class_batch_indices(k_idx, idx, g, p // g, k)
         if cfg.rotations:
             turns = jnp.repeat(jax.random.randint(k_rot, (p,), 0, 4), k)
             labels = labels * 4 + turns
-        flat, labels = _local(flat, shard), _local(labels, shard)
-        x = images[flat]
+        return {"flat": _local(flat, shard), "labels": _local(labels, shard), "thicken": jax.random.key_data(k_rot)}
+
+    def build(plan, x):
+        labels = plan["labels"]
         if cfg.rotations:
             x = rotate90(x, labels % 4)
         if cfg.thicken:
-            x = thicken(jax.random.fold_in(k_rot, 1), x, cfg.thicken)
+            x = thicken(jax.random.fold_in(jax.random.wrap_key_data(plan["thicken"]), 1), x, cfg.thicken)
         return {"x": x, "labels": labels}
 
-    return Sampler(classes, steps_per_epoch, b * (b - 1) // 2, b)
+    return _sampler(lambda step: (step,), plan, build, table.images, ("flat",), steps_per_epoch, b * (b - 1) // 2, b)
 
 
 def thicken(key, x: jax.Array, p: float) -> jax.Array:
