@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+import siamax
 from siamax import Index, cli, commands, config
 from siamax.data import LabelledImages, _paths, image_folder, make_sampler, packed
 from siamax.errors import DataError, InputError
@@ -174,3 +175,41 @@ def test_a_folder_of_sound_clips_packs_as_audio_folder_reads_it(tmp_path, siamax
     np.testing.assert_array_equal(np.asarray(table.images), np.asarray(ref.images))
     assert manifest["modality"] == "audio" and manifest["ink"] == "light" and "mel" in manifest
     assert commands.folder_kind(tmp_path / "packed").modality == "audio"
+
+
+def test_training_from_a_pack_interrupted_and_resumed_equals_training_in_memory(tmp_path):
+    """The streaming pipeline's position is the global step, which the checkpoint holds: a run from a pack,
+    interrupted during epoch 2 and resumed by a fresh start, ends with the parameters of an uninterrupted
+    run on the same images in memory."""
+    from siamax import optim, train
+
+    cfg = config.Config.from_flat(
+        dict(model="tiny", objective="episodic", episode_chars=4, episode_drawers=2, episode_alphabets=2,
+             optimizer="adam", learning_rate=1e-3, epochs=3, steps_per_epoch=3, patience=0, devices=1)
+    )  # fmt: skip
+    table = _table(size=28)
+    packed.pack_table(table, tmp_path / "p", shard_size=16, progress=False)
+    on_disk, _ = packed.load_packed(tmp_path / "p")
+
+    def start(t):
+        sampler = make_sampler(cfg.data, cfg.objective.batch, t, cfg.seed, cfg.schedule.steps_per_epoch)
+        tx, _ = optim.make_optimizer(cfg.optim, cfg.spec.layer_names, sampler.steps_per_epoch)
+        params = siamax.init(jax.random.key(0), cfg.spec)
+        return train.create_train_state(params, tx, train.Objective(kind=cfg.objective.kind)), sampler
+
+    run = dict(epochs=3, patience=0, seed=0, progress=False)
+    reference, _ = train.fit(*start(table), validate=lambda _: 0.5, workdir=tmp_path / "memory", **run)
+    calls = {"n": 0}
+
+    def interrupted(_):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C during epoch 2's validation, before its checkpoint
+            raise KeyboardInterrupt
+        return 0.5
+
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(*start(on_disk), validate=interrupted, workdir=tmp_path / "stream", **run)
+    resumed, meta = train.fit(*start(on_disk), validate=lambda _: 0.5, workdir=tmp_path / "stream", **run)
+    assert meta["epoch"] == 3 and int(resumed.step) == int(reference.step) == 9
+    for a, b in zip(jax.tree.leaves(reference.params.weights), jax.tree.leaves(resumed.params.weights)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
