@@ -177,6 +177,7 @@ def test_a_folder_of_sound_clips_packs_as_audio_folder_reads_it(tmp_path, siamax
     assert commands.folder_kind(tmp_path / "packed").modality == "audio"
 
 
+@pytest.mark.slow  # trains three times
 def test_training_from_a_pack_interrupted_and_resumed_equals_training_in_memory(tmp_path):
     """The streaming pipeline's position is the global step, which the checkpoint holds: a run from a pack,
     interrupted during epoch 2 and resumed by a fresh start, ends with the parameters of an uninterrupted

@@ -5,6 +5,8 @@ arrays); a batch is drawn as indices with ``jax.random`` and gathered (and disto
 so the host never becomes the bottleneck. The batch of global step ``t`` depends only on (seed, t),
 which is what makes an interrupted run resume to exactly the same parameters, and on nothing about
 the devices or processes it runs on: with several processes, each gathers only its slice of it.
+A packed table (``siamax.data.packed``: images on disk) gets the same batches: the same draws, its
+rows read from the shards by a Grain pipeline a few batches ahead (:func:`_sampler`).
 
 Two batch forms (``siamax.losses.OBJECTIVES`` says which an objective trains on):
 
