@@ -102,19 +102,22 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         default=(0.7, 0.15, 0.15),
         help="train,validation,test fractions of the classes (default 0.7,0.15,0.15); saved as W/splits.json",
     )
+    _reading_arguments(
+        parser,
+        color_help="images in colour (rgb: a 3-channel model) or gray; auto: rgb if some image of the folder has "
+        "colour. Sets the model's channels unless --channels is given (images only)",
+    )
+
+
+def _reading_arguments(parser: argparse.ArgumentParser, *, color_help: str) -> None:
+    """How a folder is read (train, pack): --ink, --layout, --color, --no-progress."""
     parser.add_argument(
         "--ink", choices=("auto", "dark", "light"), default="auto", help="stroke polarity (auto: from the borders)"
     )
     parser.add_argument(
         "--layout", choices=("auto", "classes", "groups"), default="auto", help="folder layout (auto: detect)"
     )
-    parser.add_argument(
-        "--color",
-        choices=("auto", "rgb", "gray"),
-        default="auto",
-        help="images in colour (rgb: a 3-channel model) or gray; auto: rgb if some image of the folder has colour. "
-        "Sets the model's channels unless --channels is given (images only)",
-    )
+    parser.add_argument("--color", choices=("auto", "rgb", "gray"), default="auto", help=color_help)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
@@ -413,13 +416,7 @@ def _parser() -> argparse.ArgumentParser:
                    "to use (default: the one 'siamax train' chooses for what DATA holds)")  # fmt: skip
     k.add_argument("--shard-size", type=_positive, default=commands.packed.SHARD_SIZE,
                    help=f"examples per shard (default {commands.packed.SHARD_SIZE})")  # fmt: skip
-    k.add_argument(
-        "--ink", choices=("auto", "dark", "light"), default="auto", help="stroke polarity (auto: from the borders)"
-    )
-    k.add_argument("--color", choices=("auto", "rgb", "gray"), default="auto", help="images in colour or gray "
-                   "(auto: rgb if some image looked at has colour)")  # fmt: skip
-    k.add_argument("--layout", choices=("auto", "classes", "groups"), default="auto", help="folder layout")
-    k.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    _reading_arguments(k, color_help="images in colour or gray (auto: rgb if some image looked at has colour)")
     k.set_defaults(run=_pack)
 
     o = sub.add_parser(

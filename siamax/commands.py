@@ -154,12 +154,16 @@ def folder_kind(data, *, color: str = "auto", layout: str = "auto") -> adapters.
     return adapters.folder_kind(data, color=color, layout=layout)
 
 
+def _refuse_color_for_audio(color: str) -> None:
+    if color != "auto":
+        raise InputError(f"--color {color} is for images, and the folder holds audio clips: drop --color")
+
+
 def folder_config(cfg: config.Config, kind: adapters.FolderKind, *, color: str = "auto", channels_given: bool = False):
     """``cfg`` with the channels of the folder's images (``kind.color``) unless ``--channels`` was given;
     ``--color`` / ``--channels`` that contradict the folder or each other are refused."""
     if kind.modality == "audio":
-        if color != "auto":
-            raise InputError(f"--color {color} is for images, and the folder holds audio clips: drop --color")
+        _refuse_color_for_audio(color)
         if cfg.model.channels != 1:
             raise InputError(
                 f"--channels {cfg.model.channels}: log-mel images of audio clips have 1 channel; drop --channels"
@@ -190,18 +194,20 @@ def pack_folder(
     layout: str = "auto",
     shard_size: int = packed.SHARD_SIZE,
     progress: bool = True,
+    kind: adapters.FolderKind | None = None,
 ) -> packed.PackReport:
     """Write the folder ``data`` as the packed dataset ``out`` (``siamax.data.packed.pack``; resumable) for
     the input size ``image_size``, by default that of ``preset`` (by default the preset ``siamax train``
-    chooses for what the folder holds), so that ``siamax train OUT`` with the same flags reads it."""
+    chooses for what the folder holds), so that ``siamax train OUT`` with the same flags reads it.
+    ``kind``: :func:`folder_kind` of ``data`` (None: told here)."""
     if packed.is_packed(data):
         raise InputError(f"{data} is already a packed dataset: give the folder it was packed from")
-    kind = folder_kind(data, color=color, layout=layout)
+    kind = kind or folder_kind(data, color=color, layout=layout)
     if image_size is None:
         name = preset or presets.default_preset(presets.folder_task(kind.modality))
         image_size = presets.config(name).spec.input_size
-    if kind.modality == "audio" and color != "auto":
-        raise InputError(f"--color {color} is for images, and the folder holds audio clips: drop --color")
+    if kind.modality == "audio":
+        _refuse_color_for_audio(color)
     return packed.pack(
         data,
         out,
@@ -228,7 +234,7 @@ def _packed_if_too_large(data, workdir: Path, cfg, kind, *, ink: str, color: str
         "pack does this ahead of time)"
     )
     report = pack_folder(data, where, image_size=cfg.spec.input_size, ink=ink, color=color, layout=layout,
-                         progress=progress)  # fmt: skip
+                         progress=progress, kind=kind)  # fmt: skip
     print(report.summary())
     return where
 

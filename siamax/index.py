@@ -371,7 +371,7 @@ class Index:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             part = Index.__new__(Index)
             part._init(self.specs, self._head, self.fingerprint, self.backend)
-            part.add(rows[lo:hi], self._labels[lo:hi], None if not any(self._paths) else self._paths[lo:hi])
+            part.add(rows[lo:hi], self._labels[lo:hi], self._paths[lo:hi])
             out.append(part)
         return out
 
@@ -587,6 +587,11 @@ def merge_top_k(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int)
     return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
 
 
+def _check_k(k, total: int) -> None:
+    if not 1 <= k <= total:
+        raise InputError(f"search: k={k!r}, but the parts hold {total} items; pass 1 <= k <= {total}")
+
+
 def _same_model(parts: Sequence[Index]) -> None:
     if len({p.fingerprint for p in parts}) > 1:
         raise ModelError(
@@ -602,9 +607,7 @@ def search_shards(parts: Sequence[Index], query_embeddings, k: int = 1) -> tuple
     if not parts:
         raise InputError("search_shards: no index parts given")
     _same_model(parts)
-    total = sum(len(p) for p in parts)
-    if not 1 <= k <= total:
-        raise InputError(f"search: k={k!r}, but the parts hold {total} items; pass 1 <= k <= {total}")
+    _check_k(k, sum(len(p) for p in parts))
     scores, ids, offset = [], [], 0
     for p in parts:
         if len(p):
@@ -622,9 +625,8 @@ def search_across_processes(part: Index, query_embeddings, k: int = 1) -> tuple[
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
     sizes = np.asarray(multihost_utils.process_allgather(np.asarray([len(part)], np.int64))).reshape(-1)
-    total, offset = int(sizes.sum()), int(sizes[: jax.process_index()].sum())
-    if not 1 <= k <= total:
-        raise InputError(f"search: k={k!r}, but the parts hold {total} items; pass 1 <= k <= {total}")
+    offset = int(sizes[: jax.process_index()].sum())
+    _check_k(k, int(sizes.sum()))
     nq = np.asarray(query_embeddings).shape[0]
     scores = np.full((nq, k), -np.inf, np.float32)
     ids = np.full((nq, k), np.iinfo(np.int64).max, np.int64)  # a part with fewer than k items pads its answer

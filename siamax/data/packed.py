@@ -154,9 +154,9 @@ def _decide(root: Path, files: list, spec, size: int, ink: str, color: str) -> t
 
 def _convert(root: Path, chunk: list, *, modality: str, spec, size: int, ink: str, channels: int, mel):
     """(uint8 model-format images of the readable files of ``chunk``, their positions in it, skipped)."""
+    cfg = af._config_for(size, mel) if modality == "audio" else None  # pylint: disable=protected-access
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        if modality == "audio":
-            cfg = af._config_for(size, mel)  # pylint: disable=protected-access
+        if cfg is not None:
             decoded = list(pool.map(lambda p: af._decode(root / p, cfg.sample_rate), chunk))  # pylint: disable=protected-access
         else:
             decoded = list(pool.map(lambda p: fo._decode(root / p, size), chunk))  # pylint: disable=protected-access
@@ -164,12 +164,12 @@ def _convert(root: Path, chunk: list, *, modality: str, spec, size: int, ink: st
     skipped = [(chunk[i], d[1]) for i, d in enumerate(decoded) if d[0] is None]
     if not kept:
         return np.zeros((0,), np.uint8), kept, skipped
-    if modality == "audio":
+    if cfg is not None:
         from siamax.audio import clips_to_images  # pylint: disable=g-import-not-at-top
 
-        x = np.asarray(clips_to_images([decoded[i][0] for i in kept], af._config_for(size, mel)))  # pylint: disable=protected-access
+        x = np.asarray(clips_to_images([decoded[i][0] for i in kept], cfg))
     else:
-        if channels == 3 or spec is None:
+        if channels == 3:  # a gray model's spec would convert to gray: the RGB spec of this size
             spec, _, _ = fo._spec_and_size(size, channels)  # pylint: disable=protected-access
         x, _ = fo._converted(spec, size, [decoded[i][0] for i in kept], [ink] * len(kept), channels)  # pylint: disable=protected-access
     return x, kept, skipped

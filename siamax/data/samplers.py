@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -264,14 +263,15 @@ def _sampler(args_of, plan, build, images, fetch: tuple[str, ...], steps: int, p
 
         return Sampler(lambda step: in_memory(*args_of(step)), steps, pairs, n_images)
 
-    planned, built, fetch_keys = jax.jit(plan), jax.jit(build), fetch
+    planned, built = jax.jit(plan), jax.jit(build)
 
-    def read(step) -> tuple[dict, list]:
-        p = jax.device_get(planned(*args_of(step)))
+    def read(p) -> tuple[dict, list]:
+        """A plan on the host and its rows' images, read from the shards."""
+        p = jax.device_get(p)
         return p, [images.read(p[k]) for k in fetch]
 
     def one(step) -> dict:
-        p, xs = read(step)
+        p, xs = read(planned(*args_of(step)))
         return built(p, *xs)
 
     def batches(start: int, stop: int) -> Iterator[dict]:
@@ -279,14 +279,10 @@ def _sampler(args_of, plan, build, images, fetch: tuple[str, ...], steps: int, p
 
         options = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH)
         for lo in range(start, stop, PLAN_WINDOW):
-            # Planned here, a window at a time (dispatched at once, tiny): the reading threads then only read.
+            # Planned here (every plan is made on the calling thread), a window at a time, dispatched at
+            # once: the reader thread only reads.
             plans = [planned(*args_of(step)) for step in range(lo, min(lo + PLAN_WINDOW, stop))]
-
-            def fetch(i: int, plans=plans) -> tuple[dict, list]:
-                p = jax.device_get(plans[i])
-                return p, [images.read(p[k]) for k in fetch_keys]
-
-            for p, xs in grain.MapDataset.range(len(plans)).map(fetch).to_iter_dataset(options):
+            for p, xs in grain.MapDataset.source(plans).map(read).to_iter_dataset(options):
                 yield built(p, *xs)
 
     return Sampler(one, steps, pairs, n_images, stream=batches)
@@ -366,15 +362,13 @@ def make_sampler(
         return p
 
     cache: dict[int, jax.Array] = {}
-    lock = threading.Lock()  # a streaming sampler plans from several threads
 
     def args_of(step):
         epoch, offset = divmod(step, steps)
-        with lock:
-            if epoch not in cache:
-                cache.clear()
-                cache[epoch] = epoch_order(epoch)
-            return cache[epoch], offset * b
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = epoch_order(epoch)
+        return cache[epoch], offset * b
 
     return _sampler(args_of, rows_of, build, table.images, ("i1", "i2"), steps, b, 2 * b)
 
