@@ -29,7 +29,7 @@ peak_rss_mb, embed_images_per_s, rounds: [{steps_per_s, repeats_steps_per_s, pea
 seconds, images_per_s, peak_rss_mb}}]}, "memory": {...}, "round_ratios", "ratio" (training steps/s,
 streaming / in-memory, median over rounds), "embed_round_ratios", "embed_ratio"}. ``embed``: the first ``--embed-items``
 images embedded as ``siamax index build`` embeds a gallery (``commands._embed_table``: from the pack
-in blocks of ``EMBED_BLOCK`` read as it goes, or from memory).
+in blocks of ``siamax.evaluators.embedders.EMBED_BLOCK`` read as it goes, or from memory).
 
 Example::
 
@@ -78,6 +78,20 @@ def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
+
+
+def machine() -> dict:
+    """Where and with what a result was measured: device, CPU, cores, versions, commit, date."""
+    import jax
+
+    from siamax import provenance
+
+    return {
+        "device": str(jax.devices()[0]), "cpu": cpu_model_name(), "cores": os.cpu_count(),
+        "versions": {**provenance.environment()["versions"], "grain": _version("grain"),
+                     "array_record": _version("array_record")},
+        **provenance.git_state(), "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
 
 
 def _rss_mb() -> float:
@@ -212,10 +226,11 @@ def train_phase(args) -> dict:
 
     # `siamax index build`'s embedding of a gallery: from the pack block by block, or from memory at once.
     from siamax import commands
+    from siamax.evaluators import embedders
 
     params = sharding.local_copy(state.params)
     part = table.take(np.arange(min(args.embed_items, table.n_images)))
-    commands._embed_table(params, part.take(np.arange(min(commands.EMBED_BLOCK, part.n_images))))  # compile
+    commands._embed_table(params, part.take(np.arange(min(embedders.EMBED_BLOCK, part.n_images))))  # compile
     t = time.perf_counter()
     emb = commands._embed_table(params, part)
     seconds = time.perf_counter() - t
@@ -229,9 +244,8 @@ def main(argv=None) -> dict:
     if args.phase:
         print(json.dumps(train_phase(args)))
         return {}
-    import jax
 
-    from siamax import presets, provenance
+    from siamax import presets
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -271,10 +285,7 @@ def main(argv=None) -> dict:
         "items": args.items, "steps": args.steps, "repeats": args.repeats, "rounds": args.rounds, "preset": PRESET,
         "model": cfg.model.model, "batch_images": rounds["stream"][0]["batch_images"],
         "input_size": cfg.spec.input_size,
-        "device": str(jax.devices()[0]), "cpu": cpu_model_name(), "cores": os.cpu_count(),
-        "versions": {**provenance.environment()["versions"], "grain": _version("grain"),
-                     "array_record": _version("array_record")},
-        **provenance.git_state(), "date": time.strftime("%Y-%m-%d"),
+        **machine(),
     }  # fmt: skip
     if args.json:
         write_results(args.json, out)

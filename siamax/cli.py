@@ -5,7 +5,7 @@
     siamax evaluate MODEL DATA [--n-way N] [--shots K] [--trials T] [--json PATH]
     siamax verify MODEL IMAGE_A IMAGE_B [--json]
     siamax identify MODEL GALLERY QUERY... [-k K] [--json]
-    siamax index build MODEL GALLERY INDEX [--overwrite] [--approximate]
+    siamax index build MODEL GALLERY INDEX [--overwrite] [--approximate] [multi-process flags]
     siamax index search INDEX QUERY... [-k K] [--json]
     siamax export MODEL OUT [--overwrite]
     siamax pack DATA OUT [--image-size S] [--preset P] [--shard-size N]
@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from siamax import commands, errors, flags, presets, report, runtime
+from siamax import commands, errors, flags, presets, report, runtime, sharding
 
 PROG = "siamax"
 TRIALS = 400  # siamax evaluate's one-shot trials, rounded up to whole episodes
@@ -255,6 +255,7 @@ def _identify(args) -> int:
 
 
 def _index_build(args) -> int:
+    sharding.initialize_from_args(args)  # before anything touches the devices
     model = commands.load_model(args.model)
     out = commands.build_index(model, args.gallery, args.index, overwrite=args.overwrite, approximate=args.approximate)
     print(f"index of {args.gallery} written to {out}")
@@ -390,6 +391,7 @@ def _parser() -> argparse.ArgumentParser:
         "some of the best matches; its recall@10 against exact search is measured and printed. Euclidean and "
         "cosine models only (default: exact)",
     )
+    sharding.add_arguments(b)
     b.set_defaults(run=_index_build)
     s = xs.add_parser("search", help="the nearest classes in INDEX for each query (the answers of identify)")
     s.add_argument("index", metavar="INDEX", help="an index folder made by 'siamax index build'")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamax import api, checkpoint, config, evaluators, experiment, presets
+from siamax import api, checkpoint, config, evaluators, experiment, presets, sharding
 from siamax.audio import MelConfig
 from siamax.data import adapters, packed
 from siamax.errors import InputError, ModelError
@@ -89,21 +89,33 @@ def load_model(path: str | Path) -> Model:
     )
 
 
-EMBED_BLOCK = 8192  # images of a packed gallery read and embedded at a time
+PACK_NAME = "packed"  # where a folder too large for memory is packed, inside a run's or an index's folder
 
 
-def _embed_table(params: api.Params, table):
-    embedder = evaluators.ModelEmbedder(params)
-    images = table.images
-    if not isinstance(images, packed.PackedImages):
-        return embedder.embed(np.asarray(images), "light")
-    # A packed gallery may not fit in memory: read and embedded block by block (the embeddings do fit).
+def _embed_table(params: api.Params, table, *, progress: bool | None = None) -> np.ndarray:
+    """The embeddings of a table's images, read and embedded ``evaluators.embedders.EMBED_BLOCK`` at a time (a packed
+    gallery may not fit in memory; its embeddings do), with a progress bar over many blocks. In a
+    multi-process run (``jax.distributed``) each process embeds its own contiguous share of the rows
+    and every process gets all the embeddings, in row order."""
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
-    n = len(images)
-    blocks = [np.arange(i, min(i + EMBED_BLOCK, n)) for i in range(0, n, EMBED_BLOCK)]
-    bar = tqdm(blocks, desc="embedding", unit="block", disable=len(blocks) < 4)
-    return np.concatenate([np.asarray(embedder.embed(images.read(b), "light")) for b in bar])
+    process, processes = sharding.shard_of_process()
+    share = -(-table.n_images // processes)
+    mine = table.images[process * share : (process + 1) * share]
+    embedder = evaluators.ModelEmbedder(params)
+    total = -(-len(mine) // evaluators.embedders.EMBED_BLOCK)
+    blocks = evaluators.embed_blocks(embedder, mine, "light")
+    bar = tqdm(blocks, total=total, desc="embedding", unit="block", disable=progress is False or total < 4)
+    emb = (
+        np.concatenate([np.asarray(e) for e in bar]) if total else np.zeros((0, params.spec.embedding_dim), np.float32)
+    )
+    if processes == 1:
+        return emb
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    padded = np.zeros((share, emb.shape[1]), emb.dtype)  # equal shapes for the all-gather
+    padded[: len(emb)] = emb
+    return np.asarray(multihost_utils.process_allgather(padded)).reshape(-1, emb.shape[1])[: table.n_images]
 
 
 def load_models(paths) -> Model:
@@ -221,22 +233,45 @@ def pack_folder(
     )
 
 
-def _packed_if_too_large(data, workdir: Path, cfg, kind, *, ink: str, color: str, layout: str, progress: bool):
+def _packed_if_too_large(data, where: Path, spec, modality: str, *, layout: str, doing: str, pack):
     """``data`` itself, or, where its images in model format would pass ``packed.MEMORY_BUDGET``, the
-    pack of it in ``workdir/packed`` (written once, resumed by a rerun), said in one line."""
-    n, need = packed.folder_bytes(data, cfg.spec, modality=kind.modality, layout=layout)
+    pack of it in ``where`` (``pack(where)``: written once, resumed by a rerun), said in one line."""
+    if packed.is_packed(data):
+        return data
+    n, need = packed.folder_bytes(data, spec, modality=modality, layout=layout)
     if need <= packed.MEMORY_BUDGET:
         return data
-    where = workdir / "packed"
-    print(
-        f"{data}: {n:,} files would take {packed.size_text(need)} in memory (more than "
-        f"{packed.size_text(packed.MEMORY_BUDGET)}): packing them once into {where} and training from disk (siamax "
-        "pack does this ahead of time)"
-    )
-    report = pack_folder(data, where, image_size=cfg.spec.input_size, ink=ink, color=color, layout=layout,
-                         progress=progress, kind=kind)  # fmt: skip
-    print(report.summary())
+    if sharding.is_primary():  # one writer; in a multi-process run the others wait for the pack
+        print(
+            f"{data}: {n:,} files would take {packed.size_text(need)} in memory (more than "
+            f"{packed.size_text(packed.MEMORY_BUDGET)}): packing them once into {where} and {doing} from disk "
+            "(siamax pack does this ahead of time)"
+        )
+        print(pack(where).summary())
+    sharding.sync(f"packed {where}")
     return where
+
+
+def _model_data(model: Model, data, where: Path, *, ink: str, progress: bool, doing: str):
+    """:func:`_packed_if_too_large` for a stored model: packed as the model reads its files."""
+    return _packed_if_too_large(
+        data,
+        where,
+        model.spec,
+        model.modality,
+        layout="auto",
+        doing=doing,
+        pack=lambda w: packed.pack(
+            data,
+            w,
+            size=model.spec,
+            modality=model.modality,
+            ink=adapters._photo_ink(model.modality, ink, None),  # pylint: disable=protected-access
+            color="auto" if model.modality == "audio" else ("rgb" if model.spec.channels == 3 else "gray"),
+            mel=model.mel,
+            progress=progress,
+        ),
+    )
 
 
 def train_folder(
@@ -259,10 +294,17 @@ def train_folder(
     ``kind``: :func:`folder_kind` of ``data`` (None: told here)."""
     kind = kind or folder_kind(data, color=color, layout=layout)
     mel = MelConfig.square(cfg.spec.input_size) if kind.modality == "audio" else None
-    if not packed.is_packed(data):
-        data = _packed_if_too_large(
-            data, Path(workdir), cfg, kind, ink=ink, color=color, layout=layout, progress=progress
-        )
+    data = _packed_if_too_large(
+        data,
+        Path(workdir) / PACK_NAME,
+        cfg.spec,
+        kind.modality,
+        layout=layout,
+        doing="training",
+        pack=lambda w: pack_folder(
+            data, w, image_size=cfg.spec.input_size, ink=ink, color=color, layout=layout, progress=progress, kind=kind
+        ),  # fmt: skip
+    )
     dataset = adapters.ImageFolder(
         data,
         fractions=tuple(fractions),
@@ -308,6 +350,7 @@ def evaluate_folder(
     retrieval. Writes ``out/evaluation.json`` (the one results schema) and the plots."""
     if tta > 1 and model.modality == "audio":
         raise InputError("--tta distorts images (rotation, shear, scale, shift); a log-mel image of a clip is not one")
+    data = _model_data(model, data, Path(out) / PACK_NAME, ink=ink, progress=progress, doing="evaluating")
     table, folder = _read_folder(model, data, ink=ink, progress=progress)
     print(folder.summary())
     tests = adapters.folder_tests(
@@ -350,13 +393,23 @@ def verify(model: Model, image_a: str | Path, image_b: str | Path) -> dict:
 
 
 def gallery_index(
-    model: Model, gallery: str | Path, *, ink: str = "auto", progress: bool | None = None, backend: str = "jax"
+    model: Model,
+    gallery: str | Path,
+    *,
+    ink: str = "auto",
+    progress: bool | None = None,
+    backend: str = "jax",
+    pack_into: Path | None = None,
 ) -> Index:
-    """The index of a class-folder gallery (one image per class is enough), in ``backend`` (``siamax.index``)."""
+    """The index of a class-folder gallery (one image per class is enough), or of a packed one, in
+    ``backend`` (``siamax.index``). ``pack_into``: where a folder too large for memory is packed first
+    (None: it is read into memory)."""
+    if pack_into is not None:
+        gallery = _model_data(model, gallery, pack_into, ink=ink, progress=progress is not False, doing="indexing")
     table, folder = _read_folder(model, gallery, ink=ink, min_images=1, progress=progress)
     if folder.skipped or (model.modality == "ink" and folder.ink_outliers):  # photos have no ink to disagree on
         print(folder.summary())
-    emb = _embed_table(model.params, table)
+    emb = _embed_table(model.params, table, progress=progress)
     return Index.build(
         model.params,
         np.asarray(emb),
@@ -401,7 +454,9 @@ def build_index(
 ) -> Path:
     """Embed ``gallery`` once into the index folder ``out``: ``index.npz`` and a copy of the model.
     ``approximate``: an HNSW graph (``backend="hnsw"``), its recall against exact search measured
-    (``Index.recall``), printed and saved with it.
+    (``Index.recall``), printed and saved with it. A gallery folder too large for memory is packed
+    into ``out/packed`` first (kept: a rerun resumes it) and embedded block by block. In a
+    multi-process run (``jax.distributed``) each process embeds its share and process 0 writes the index.
 
     ``out`` must be new or empty; an index folder already there (one that a build interrupted before
     its end left included) is replaced only with ``overwrite``; anything else is refused."""
@@ -409,7 +464,7 @@ def build_index(
     if out.exists():
         if not out.is_dir():
             raise InputError(f"{out} exists and is a file, not a siamax index folder: choose a new path")
-        ours = {INDEX_NAME, MODEL_NAME, INDEX_NAME + ".tmp"}  # what a build writes (Index.save's .tmp)
+        ours = {INDEX_NAME, MODEL_NAME, INDEX_NAME + ".tmp", PACK_NAME}  # what a build writes (Index.save's .tmp)
         found = {p.name for p in out.iterdir()}
         if INDEX_NAME not in found and not found <= ours:
             raise InputError(
@@ -421,7 +476,12 @@ def build_index(
             raise InputError(f"{out} already holds {what}: pass --overwrite to replace it, or choose a new path")
     if approximate:
         Index(model.params, backend="hnsw")  # refuses a model that it cannot search before the gallery is read
-    index = gallery_index(model, gallery, backend="hnsw" if approximate else "jax")
+    primary = sharding.is_primary()  # in a multi-process build every process embeds its share; one writes
+    index = gallery_index(
+        model, gallery, backend="hnsw" if approximate and primary else "jax", pack_into=out / PACK_NAME
+    )
+    if not primary:
+        return out
     if approximate:
         print(approximate_note(index, measure=True))
     out.mkdir(parents=True, exist_ok=True)

@@ -11,15 +11,18 @@ once. Every archive the run will read is resolved (downloaded where it can be) b
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from siamax import api, augment, checkpoint, config, evaluators, metrics, optim, plots, provenance, rng, sharding, train
-from siamax.data import adapters, samplers
+from siamax.data import adapters, packed, samplers
 from siamax.errors import ConfigError, WorkdirError
 from siamax.model import Ensemble, Params, init
 
@@ -136,6 +139,40 @@ def train_on(cfg, workdir: Path, train_table, val_tasks: list, *, progress=True,
     return state, summary, sampler
 
 
+def table_identity(table) -> dict:
+    """What a training table is, for the pack of it: its name, counts and one checksum of its pixels,
+    labels and classes (another split, drawer selection, preset's data or input size changes it)."""
+    h = hashlib.sha256()
+    for lo in range(0, table.n_images, 8192):  # in slices: the table may be large, and on the device
+        h.update(np.asarray(table.images[lo : lo + 8192]).tobytes())
+    h.update(table.labels.tobytes() + table.groups.tobytes())
+    h.update(json.dumps([table.class_names, table.group_names]).encode())
+    return {"name": table.name, "images": table.n_images, "classes": table.n_classes, "sha256": h.hexdigest()}
+
+
+def stream_from_pack(table, pack, spec, *, progress: bool = True):
+    """``table`` (a run's training table, in memory) with its images read from the packed dataset
+    ``pack`` instead, so that training streams (``siamax.data.samplers``): written there once, kept by a
+    rerun (resume); a pack of another table is refused. The labels, classes and groups stay ``table``'s."""
+    pack = Path(pack).expanduser().resolve()
+    mine = table_identity(table)
+    theirs = packed.read_plan(pack)
+    if theirs is not None and theirs.get("identity") != mine:
+        was = theirs.get("identity")
+        what = f"{was['images']:,} images of {was['classes']:,} classes of {was['name']}" if was else theirs["source"]
+        raise ConfigError(
+            f"{pack} holds the pack of another training table ({what}, not this run's {mine['images']:,} images "
+            f"of {mine['classes']:,} classes of {mine['name']}, or other pixels: another preset, split, drawers "
+            "or input size); give another --pack folder, or the settings it was packed with"
+        )
+    if sharding.is_primary():  # one writer; the other processes read it once written (a shared folder)
+        report = packed.pack_table(table, pack, identity=mine, progress=progress)
+        print(f"training streams from {report.summary()}; validation and test stay in memory")
+    sharding.sync("pack")
+    on_disk, _ = packed.load_packed(pack, spec)
+    return dataclasses.replace(table, images=on_disk.images)  # the same rows, in the same order
+
+
 def pixels_on_validation(cfg, val_tasks: list) -> float:
     """Raw pixels' one-shot accuracy on the very validation trials that chose the checkpoint (same seed)."""
     seed = rng.eval_seeds(cfg.eval.eval_seed)["validation_candidates"]
@@ -186,6 +223,7 @@ def train_and_evaluate(
     test: bool = True,
     max_seconds: float | None = None,
     on_epoch=None,
+    pack: str | Path | None = None,
 ) -> dict:
     """Train (or resume) on ``dataset`` in ``workdir``, export the chosen model, score its test sets.
 
@@ -195,13 +233,18 @@ def train_and_evaluate(
     (``best_val_accuracy``, ``best_epoch``, ``epochs``, ``train_seconds``, ...) without building a
     test set: what model selection (``experiments.validation_sweep``, ``experiments.tune``) may read.
     ``max_seconds``: a time budget from the call, data loading included (training stops cleanly at
-    an epoch boundary). ``on_epoch(epoch, val_accuracy)``: see ``train.fit``.
+    an epoch boundary). ``on_epoch(epoch, val_accuracy)``: see ``train.fit``. ``pack``: a folder the
+    training table is packed into (once) and streamed from (:func:`stream_from_pack`); the same batches.
     """
     t_start = time.perf_counter()
     workdir = Path(workdir)
     claim_workdir(workdir, cfg, preset, extra=dataset.identity, check_only=True)  # a foreign run: before any work
     adapters.archives(dataset, test)
     prepared = dataset.prepare_run(cfg)  # reads the data: a bad dataset fails before any file is written
+    if pack is not None:  # a foreign pack is refused before the work directory is written
+        prepared = dataclasses.replace(
+            prepared, train=stream_from_pack(prepared.train, pack, cfg.spec, progress=progress)
+        )
     data_seconds = time.perf_counter() - t_start
     claim_workdir(workdir, cfg, preset, extra=dataset.identity)
     if sharding.is_primary():

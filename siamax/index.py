@@ -578,15 +578,6 @@ def _checked_paths(paths, m: int) -> list[str | None]:
 # A gallery in parts: several files, or one part per process.
 
 
-def merge_top_k(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best of several parts' answers (each (Q, k_i) scores, best first, and global ids), per
-    query: by score, ties by the lower id (as one index's search orders them)."""
-    s = np.concatenate([np.asarray(x, np.float32) for x in scores], axis=1)
-    i = np.concatenate([np.asarray(x, np.int64) for x in ids], axis=1)
-    order = np.lexsort((i, -s), axis=1)[:, :k]
-    return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-
-
 def _check_k(k, total: int) -> None:
     if not 1 <= k <= total:
         raise InputError(f"search: k={k!r}, but the parts hold {total} items; pass 1 <= k <= {total}")
@@ -602,7 +593,7 @@ def _same_model(parts: Sequence[Index]) -> None:
 def search_shards(parts: Sequence[Index], query_embeddings, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """:meth:`Index.search` of a gallery held in ``parts`` (e.g. :meth:`Index.shards`, or index files of
     one model loaded one by one), exactly: each part answers its own ``k`` best, the answers are merged
-    (:func:`merge_top_k`). Ids: positions in the parts' concatenation, in order."""
+    (``siamax.neighbours.merge_top_k``). Ids: positions in the parts' concatenation, in order."""
     parts = list(parts)
     if not parts:
         raise InputError("search_shards: no index parts given")
@@ -615,7 +606,7 @@ def search_shards(parts: Sequence[Index], query_embeddings, k: int = 1) -> tuple
             scores.append(s)
             ids.append(i + offset)
         offset += len(p)
-    return merge_top_k(scores, ids, k)
+    return neighbours.merge_top_k(scores, ids, k)
 
 
 def search_across_processes(part: Index, query_embeddings, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -635,4 +626,4 @@ def search_across_processes(part: Index, query_embeddings, k: int = 1) -> tuple[
         scores[:, : s.shape[1]], ids[:, : i.shape[1]] = s, i + offset
     every_s = np.asarray(multihost_utils.process_allgather(scores))  # (P, Q, k)
     every_i = np.asarray(multihost_utils.process_allgather(ids))
-    return merge_top_k(list(every_s), list(every_i), k)
+    return neighbours.merge_top_k(list(every_s), list(every_i), k)

@@ -57,7 +57,7 @@ sorted by that score. Equal keys go to the lower gallery index.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -230,11 +230,15 @@ def _labels(labels, name: str) -> np.ndarray:
     return y
 
 
-def _retrieval(ranking, labels, gallery_labels):
+def _retrieval(ranking, labels, gallery_labels, self_rows=None):
     """Per query: ``(valid, hit, pos, R)``: entries other than the query itself, those of its class,
-    their 1-based rank among the valid ones, and R (gallery items of its class)."""
+    their 1-based rank among the valid ones, and R (gallery items of its class, itself not counted).
+    Leave-one-out without ``gallery_labels``; ``self_rows``: the gallery row each query is (a
+    leave-one-out over some of the gallery's items)."""
     q_labels = _labels(labels, "labels")
     loo = gallery_labels is None
+    if loo:
+        self_rows = np.arange(q_labels.size)
     g_labels = q_labels if loo else _labels(gallery_labels, "gallery_labels")
     n_q, n_g = q_labels.size, g_labels.size
     r = np.asarray(ranking)
@@ -252,10 +256,11 @@ def _retrieval(ranking, labels, gallery_labels):
         raise InputError(f"ranking repeats a gallery index in row {int(dup[0])} ({dup.size} rows in all)")
     _, codes = np.unique(np.concatenate([q_labels, g_labels]), return_inverse=True)
     q_code, g_code = codes[:n_q], codes[n_q:]
-    valid = r != np.arange(n_q)[:, None] if loo else np.ones(r.shape, bool)
+    inside = self_rows is not None
+    valid = r != np.asarray(self_rows)[:, None] if inside else np.ones(r.shape, bool)
     hit = valid & (g_code[r] == q_code[:, None])
     pos = np.cumsum(valid, axis=1)
-    big_r = np.bincount(g_code, minlength=codes.max() + 1)[q_code] - int(loo)
+    big_r = np.bincount(g_code, minlength=codes.max() + 1)[q_code] - int(inside)
     return valid, hit, pos, big_r
 
 
@@ -464,10 +469,117 @@ def retrieval_report(
         leave_one_out=loo,
         dtype=dtype,
     )
-    parts = _retrieval(np.asarray(idx), q_labels, None if loo else g_labels)
+    return _report(_retrieval(np.asarray(idx), q_labels, None if loo else g_labels), k)
+
+
+def _report(parts, k: int) -> dict:
     return {
         "precision_at_1": _recall(*parts, 1),
         f"recall_at_{int(k)}": _recall(*parts, int(k)),
         "map_at_r": _map_at_r(*parts),
         "queries": int(_scored(parts[3]).sum()),
     }
+
+
+_SEARCH_BYTES = 256 << 20  # retrieval_in_blocks: most bytes of one search call's intermediates
+
+
+def _search_bytes(energy, dim: int, k: int, queries: int, capacity: int, dtype: str) -> int:
+    return neighbours.block_bytes(energy, dim, k, queries, neighbours.chunk_rows(energy, queries, dim, capacity), dtype)
+
+
+def _pow2_at_most(x: int) -> int:
+    return 1 << (max(1, int(x)).bit_length() - 1)
+
+
+def retrieval_in_blocks(
+    queries,
+    query_rows,
+    blocks: Iterable,
+    labels,
+    energy: str | energies.Energy,
+    head: Mapping | None = None,
+    k: int = 5,
+    *,
+    chunk: int = 256,
+    dtype=jnp.float32,
+) -> dict:
+    """:func:`retrieval_report`'s leave-one-out figures for some items of a gallery that is seen one
+    block at a time (a gallery too large to hold, embedded as it is read: ``siamax.evaluators.Retrieval``).
+
+    ``queries`` (Q, D) are the embeddings of the gallery items ``query_rows`` (Q,); ``blocks`` yields
+    the gallery's embeddings (G_i, D) in order, ``labels`` (G,) their classes. Each query is ranked
+    against every other item: per block its ``max(k, largest R)`` best (``siamax.neighbours.search``,
+    as ``knn``), merged into the running best (``neighbours.merge_top_k``: ties by the lower row, as
+    one search orders them). With every item a query and one block, the very figures of
+    ``retrieval_report``. Memory: one block, its stored copy, the search's intermediates (queries
+    per call made fewer where they would pass ``_SEARCH_BYTES``: ``neighbours.block_bytes``) and the
+    (Q, depth) running best; never the gallery's embeddings.
+    """
+    g_labels = _labels(labels, "labels")
+    rows = np.asarray(query_rows).reshape(-1)
+    if rows.size == 0 or not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= g_labels.size:
+        raise InputError(f"query_rows must be rows of the gallery's {g_labels.size} items, got {rows[:5]}...")
+    q = _embeddings(queries, "queries")
+    if q.shape[0] != rows.size:
+        raise InputError(f"{q.shape[0]} query embeddings for {rows.size} query rows; expected one each")
+    _, codes = np.unique(g_labels, return_inverse=True)
+    depth = max(int(k), int((np.bincount(codes)[codes[rows]] - 1).max()))
+    if depth > g_labels.size - 1:
+        raise InputError(f"k is {k}; expected k <= {g_labels.size - 1} (the gallery's items, less the query itself)")
+    energy = _energy(energy)
+    head = _check_head(energy, head, int(q.shape[1]))
+    best_s = best_i = None
+    offset = 0
+    for part in blocks:
+        g = _embeddings(part, "gallery block")
+        del part  # one block alive at a time (the generator makes the next one while this one is held)
+        n = g.shape[0]
+        local = rows - offset
+        exclude = np.where((local >= 0) & (local < n), local, -1)
+        stored, depth_n, name = neighbours.store(energy, g, prepass=False), min(depth, n), jnp.dtype(dtype).name
+        # A deep ranking (MAP@R over large classes) of wide vectors gathers k rows of D values per query
+        # to score them: fewer queries per call keep that within _SEARCH_BYTES.
+        per_call, capacity = min(int(chunk), q.shape[0]), stored.rows.shape[0]
+        while per_call > 1 and _search_bytes(energy, q.shape[1], depth_n, per_call, capacity, name) > _SEARCH_BYTES:
+            per_call = _pow2_at_most(per_call - 1)
+        s, i = neighbours.search(
+            energy,
+            head,
+            stored,
+            q,
+            depth_n,
+            dtype=name,
+            score="negative_distance" if head is None else "logit",
+            exclude=exclude,
+            block=per_call,
+        )
+        s = np.where(i == exclude[:, None], -np.inf, s)  # k = n gives back the excluded row, last
+        i = i + offset
+        if best_s is None:
+            best_s, best_i = s, i
+        else:
+            best_s, best_i = neighbours.merge_top_k([best_s, s], [best_i, i], min(depth, offset + n))
+        offset += n
+        del g, stored
+    if offset != g_labels.size:
+        raise InputError(f"the blocks held {offset} items for {g_labels.size} labels; expected one label each")
+    if rows.size <= _REPORT_ROWS:
+        return _report(_retrieval(best_i[:, :depth], g_labels[rows], g_labels, self_rows=rows), k)
+    # Many deep rows: the figures summed over chunks of queries (the (Q, depth) masks stay small).
+    sums, scored = np.zeros(3), 0
+    for lo in range(0, rows.size, _REPORT_ROWS):
+        r = rows[lo : lo + _REPORT_ROWS]
+        valid, hit, pos, big_r = _retrieval(best_i[lo : lo + _REPORT_ROWS, :depth], g_labels[r], g_labels, self_rows=r)
+        keep = big_r > 0
+        if keep.any():
+            n = int(keep.sum())
+            sums += n * np.array([_recall(valid, hit, pos, big_r, 1), _recall(valid, hit, pos, big_r, int(k)),
+                                  _map_at_r(valid, hit, pos, big_r)])  # fmt: skip
+            scored += n
+    _scored(np.array([scored]))
+    p1, rk, ap = (float(x / scored) for x in sums)
+    return {"precision_at_1": p1, f"recall_at_{int(k)}": rk, "map_at_r": ap, "queries": scored}
+
+
+_REPORT_ROWS = 2048  # retrieval_in_blocks: queries whose figures are computed at a time

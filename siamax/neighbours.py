@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -366,3 +366,22 @@ def search(
         return _search(energy, dtype, score, k, plan, gallery, head, q, ex)
 
     return in_blocks(queries, block, search_block)
+
+
+def merge_top_k(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of several parts' answers (each (Q, k_i) scores, best first, and global ids), per
+    query: by score, ties by the lower id (as one search orders them). A part's entries of score
+    ``-inf`` (none to give) sort last."""
+    scores = [np.asarray(x, np.float32) for x in scores]
+    ids = [np.asarray(x, np.int64) for x in ids]
+    n = scores[0].shape[0]
+    out_s, out_i = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    for lo in range(0, n, _MERGE_ROWS):  # in rows: a deep merge's sort keys stay small
+        s = np.concatenate([x[lo : lo + _MERGE_ROWS] for x in scores], axis=1)
+        i = np.concatenate([x[lo : lo + _MERGE_ROWS] for x in ids], axis=1)
+        order = np.lexsort((i, -s), axis=1)[:, :k]
+        out_s[lo : lo + _MERGE_ROWS], out_i[lo : lo + _MERGE_ROWS] = (np.take_along_axis(x, order, 1) for x in (s, i))
+    return out_s, out_i
+
+
+_MERGE_ROWS = 2048

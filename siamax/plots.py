@@ -137,7 +137,7 @@ def retrieval(model, embeddings, images, labels, out: Path, n_queries: int = 6, 
     (``siamax.evaluators``: its energy, head and dtype rank them)."""
     plt = _plt()
     emb = np.asarray(embeddings)
-    images, labels = np.asarray(images), np.asarray(labels)
+    labels = np.asarray(labels)  # the images are indexed a row at a time: a packed table's are read so
     n, n_classes = len(labels), len(np.unique(labels))
     gen = np.random.default_rng(0)
     queries = gen.choice(n, min(n_queries, n), replace=False)
@@ -157,7 +157,7 @@ def retrieval(model, embeddings, images, labels, out: Path, n_queries: int = 6, 
                 ax.axis("off")
                 continue
             img, title, color = cells[col]
-            ax.imshow(img, cmap="gray_r", vmin=0, vmax=255)
+            ax.imshow(np.asarray(img), cmap="gray_r", vmin=0, vmax=255)
             ax.set_title(title, fontsize=6)
             for spine in ax.spines.values():
                 spine.set_color(color or "black")

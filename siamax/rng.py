@@ -31,6 +31,7 @@ EVAL_STREAMS = (
     "random_tasks",  # Vinyals-style N-way K-shot episodes across the test alphabets
     "transfer_validation",  # MNIST-train 10-way trials: choosing transfer settings without MNIST's test set
     "validation_holdout",  # which images of a small folder's training classes validate instead of classes
+    "retrieval_queries",  # which images are the retrieval queries where there are too many to take all
 )
 DATA_STREAMS = ("pairs", "distortions", "order", "batches")
 

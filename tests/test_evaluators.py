@@ -286,6 +286,17 @@ def test_retrieval(params, labelled):
     pixels = E.Retrieval(images, labels).run(E.PixelEmbedder())
     assert pixels == metrics.retrieval_report(images.reshape(32, -1) / 255.0, labels, "euclidean", None, 5)
     assert pixels["precision_at_1"] == 1.0  # 5% noise on distinct prototypes
+    # In blocks (embedded and searched 10 images at a time), the same figures; above max_queries images,
+    # that many drawn from the seed are the queries, each against all the images.
+    assert E.Retrieval(images, labels, k=3, block=10).run(params) == r
+    sampled = E.Retrieval(images, labels, k=3, block=10, max_queries=12, seed=5)
+    s = sampled.run(params)
+    rows = np.sort(np.random.default_rng(5).choice(32, 12, replace=False))
+    expected = metrics.retrieval_in_blocks(
+        emb[rows], rows, [emb], labels, params.spec.energy, params.weights["head"], 3
+    )
+    assert s == {**expected, "sampled": {"queries": 12, "of": 32, "seed": 5}}
+    np.testing.assert_array_equal(sampled.figures["images"], images[rows])
     # A separate gallery: the even images query the odd ones.
     g = E.Retrieval(images[::2], labels[::2], gallery=images[1::2], gallery_labels=labels[1::2], k=1)
     assert g.run(E.PixelEmbedder())["queries"] == 16

@@ -454,6 +454,33 @@ def test_a_gallery_in_shards_answers_as_one_index(energy):
         whole.shards(301)
 
 
+def _run_two_processes(script: str, *args: str, xla_flags: str) -> None:
+    """``script`` in two local processes of one jax.distributed run (argv: address, process id, ``args``)."""
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("XLA_", "JAX_", "SIAMAX_COORD"))}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, address, str(j), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for j in range(2)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+
+
 _PART_SCRIPT = """
 import sys
 import numpy as np
@@ -469,37 +496,40 @@ np.savez(f"{folder}/answer{me}.npz", scores=s, ids=i)
 
 @pytest.mark.slow  # two processes
 def test_two_processes_each_holding_a_shard_answer_as_one_index(tmp_path, one_device_xla_flags):
-    import os
-    import socket
-    import subprocess
-
     params = _params("cosine")
     gallery, queries, labels = _data(n=301, q=9)
     whole = Index.build(params, gallery, labels)
     for j, part in enumerate(whole.shards(2)):
         part.save(tmp_path / f"part{j}.npz")
     np.save(tmp_path / "queries.npy", queries)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{s.getsockname()[1]}"
-    keep = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
-    env = {k: v for k, v in os.environ.items() if k in keep or not k.startswith(("XLA_", "JAX_", "SIAMAX_COORD"))}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=one_device_xla_flags)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _PART_SCRIPT, address, str(j), str(tmp_path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for j in range(2)
-    ]
-    for p in procs:
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, out
+    _run_two_processes(_PART_SCRIPT, str(tmp_path), xla_flags=one_device_xla_flags)
     s, i = whole.search(queries, 10)
     for j in range(2):
         answer = np.load(tmp_path / f"answer{j}.npz")
         np.testing.assert_array_equal(answer["ids"], i)
         np.testing.assert_array_equal(answer["scores"], s)
+
+
+_BUILD_SCRIPT = """
+import sys
+from siamax import cli
+address, me, model, gallery, out = sys.argv[1:]
+sys.exit(cli.main(["index", "build", model, gallery, out, "--coordinator-address", address,
+                   "--num-processes", "2", "--process-id", me]))
+"""
+
+
+@pytest.mark.slow  # two processes
+def test_index_build_by_two_processes_each_embedding_its_share_is_one_process_s(tmp_path, one_device_xla_flags):
+    from siamax import api, cli
+    from tests.test_cli import _tiny_folder
+
+    model = checkpoint.export(api.init(jax.random.key(0), "tiny"), tmp_path / "m" / "model.msgpack",
+                              metadata={"ink": "dark"})  # fmt: skip
+    gallery = _tiny_folder(tmp_path / "gallery", classes=7, per_class=5)  # 35 images: shares of 18 and 17
+    assert cli.main(["index", "build", str(model.parent), str(gallery), str(tmp_path / "one")]) == 0
+    _run_two_processes(_BUILD_SCRIPT, str(model.parent), str(gallery), str(tmp_path / "two"),
+                       xla_flags=one_device_xla_flags)  # fmt: skip
+    one, two = (Index.load(tmp_path / n / "index.npz") for n in ("one", "two"))
+    np.testing.assert_array_equal(np.asarray(two.embeddings), np.asarray(one.embeddings))
+    assert list(two.labels) == list(one.labels) and list(two.paths) == list(one.paths)

@@ -154,12 +154,14 @@ def test_one_class_is_enough_where_defined():
 # Retrieval from a ranking.
 
 
-def _loop_metrics(ranking, q_labels, g_labels, loo, k):
-    """P@1, R@k, MAP@R by plain loops over queries (R = 0 queries left out)."""
+def _loop_metrics(ranking, q_labels, g_labels, loo, k, self_rows=None):
+    """P@1, R@k, MAP@R by plain loops over queries (R = 0 queries left out); ``self_rows``: the gallery
+    row each query is (leave-one-out over some of the gallery)."""
     p1, rk, ap = [], [], []
     for i, row in enumerate(ranking):
-        row = [j for j in row if not (loo and j == i)]
-        r = sum(g_labels[j] == q_labels[i] for j in range(len(g_labels)) if not (loo and j == i))
+        me = i if loo else (-1 if self_rows is None else self_rows[i])
+        row = [j for j in row if j != me]
+        r = sum(g_labels[j] == q_labels[i] for j in range(len(g_labels)) if j != me)
         if r == 0:
             continue
         rel = [g_labels[j] == q_labels[i] for j in row]
@@ -446,6 +448,29 @@ def test_retrieval_report_equals_the_metrics_of_a_brute_force_ranking(energy):
     assert report["recall_at_5"] == pytest.approx(expected[1])
     assert report["map_at_r"] == pytest.approx(expected[2])
     assert report["queries"] == 69  # the class of one is left out
+
+
+@pytest.mark.parametrize("energy", ["euclidean", "cosine", "weighted_l1"])
+def test_retrieval_in_blocks_is_the_report_and_samples_queries_exactly(energy):
+    e, labels = _data(4, n=70)
+    head = _head(energy, 6)
+    whole = metrics.retrieval_report(e, labels, energy, head, k=5, chunk=16)
+    cuts = [0, 7, 8, 40, 69, 70]  # blocks of 7, 1, 32, 29 and 1 items
+    blocks = [e[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    assert metrics.retrieval_in_blocks(e, np.arange(70), blocks, labels, energy, head, 5, chunk=16) == whole
+    assert metrics.retrieval_in_blocks(e, np.arange(70), [e], labels, energy, head, 5, chunk=16) == whole
+    rows = np.array([0, 3, 8, 39, 40, 68, 69])  # 69: the class of one, left out
+    got = metrics.retrieval_in_blocks(e[rows], rows, iter(blocks), labels, energy, head, 5, chunk=4)
+    truth = _brute_scores(energy, head, e[rows], e)
+    truth[np.arange(len(rows)), rows] = -np.inf
+    ranking = np.argsort(-truth, axis=1, kind="stable")[:, :-1]
+    expected = _loop_metrics(ranking, labels[rows], labels, False, 5, self_rows=rows)
+    assert [got[m] for m in ("precision_at_1", "recall_at_5", "map_at_r")] == pytest.approx(list(expected))
+    assert got["queries"] == 6
+    with pytest.raises(InputError, match="the blocks held 69 items for 70 labels"):
+        metrics.retrieval_in_blocks(e, np.arange(70), blocks[:-1], labels, energy, head, 5)
+    with pytest.raises(InputError, match="query_rows must be rows"):
+        metrics.retrieval_in_blocks(e[:1], [70], blocks, labels, energy, head, 5)
 
 
 def test_retrieval_report_separate_gallery():

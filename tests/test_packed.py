@@ -12,6 +12,7 @@ import siamax
 from siamax import Index, cli, commands, config
 from siamax.data import LabelledImages, _paths, image_folder, make_sampler, packed
 from siamax.errors import DataError, InputError
+from siamax.evaluators import embedders, retrieval
 from tests.test_cli import TINY, _tiny_folder
 
 
@@ -148,12 +149,28 @@ def test_siamax_train_packs_a_folder_too_large_for_memory_and_trains_as_in_memor
 
     # A gallery index from the pack, embedded block by block, is the folder's.
     monkeypatch.setattr(packed, "MEMORY_BUDGET", budget)
-    monkeypatch.setattr(commands, "EMBED_BLOCK", 16)
+    monkeypatch.setattr(embedders, "EMBED_BLOCK", 16)
     for name, data in (("idx_folder", src), ("idx_pack", tmp_path / "stream" / "packed")):
         assert cli.main(["index", "build", str(tmp_path / "memory"), str(data), str(tmp_path / name)]) == 0
     a, b = (Index.load(tmp_path / n / "index.npz") for n in ("idx_folder", "idx_pack"))
     np.testing.assert_array_equal(np.asarray(a.embeddings), np.asarray(b.embeddings))
     assert list(a.labels) == list(b.labels) and list(a.paths) == list(b.paths)
+
+    # `siamax evaluate` of the pack (its images read as each evaluator needs them, retrieval searched in
+    # blocks) and of a folder packed on the fly (too large for memory) give the folder's very figures.
+
+    monkeypatch.setattr(retrieval, "BLOCK_BYTES", 10 * 28 * 28)  # several blocks (the last of 6 images)
+    runs = {"folder": src, "pack": tmp_path / "stream" / "packed"}
+    for name, data in runs.items():
+        args = ["evaluate", str(tmp_path / "memory"), str(data), "--out", str(tmp_path / f"ev_{name}"), "--no-plots"]
+        assert cli.main(args) == 0
+    monkeypatch.setattr(packed, "MEMORY_BUDGET", 20_000)
+    args = ["evaluate", str(tmp_path / "memory"), str(src), "--out", str(tmp_path / "ev_auto"), "--no-plots"]
+    assert cli.main(args) == 0
+    assert "packing them once into" in capsys.readouterr().out and (tmp_path / "ev_auto" / "packed").is_dir()
+    results = [json.loads((tmp_path / f"ev_{n}" / "evaluation.json").read_text()) for n in ("folder", "pack", "auto")]
+    for key in ("verification", "random_5way_1shot", "retrieval", "pixels"):
+        assert results[0][key] == results[1][key] == results[2][key], key
 
 
 @pytest.mark.slow  # reads real FSDD clips

@@ -273,7 +273,12 @@ def omniglot_tests(cfg, table: LabelledImages, sp: splits.Splits, validation) ->
             },
         ),
         "retrieval": lambda: TestSet(
-            "retrieval", {"images": np.asarray(test_table().images), "labels": test_table().labels}
+            "retrieval",
+            {
+                "images": np.asarray(test_table().images),
+                "labels": test_table().labels,
+                "seed": seeds["retrieval_queries"],
+            },
         ),
         **{
             f"nway_within_alphabet/{n}": functools.partial(lambda n: oneshot(within(n), baselines=()), n)
@@ -345,7 +350,7 @@ def folder_tests(
     """
     tasks.require_classes(table, max(n_way, 2), f"a {n_way}-way {shots}-shot evaluation", per_class=shots + 1)
     seeds = rng.eval_seeds(eval_seed)
-    images = np.asarray(table.images)
+    images = table.images  # a packed table's stay on disk: each evaluator reads the rows it uses
     verification = {
         "images": images,
         "pairs": samplers.make_pairs(table, pairs, seed=seeds["verification_test"]),
@@ -362,7 +367,9 @@ def folder_tests(
             model_args={} if threshold is None else {"threshold": threshold, "threshold_from": threshold_from},
         ),
         f"random_{n_way}way_{shots}shot": TestSet("oneshot", {"tasks": episodes, "seed": seeds["test_candidates"]}),
-        "retrieval": TestSet("retrieval", {"images": images, "labels": table.labels}),
+        "retrieval": TestSet(
+            "retrieval", {"images": images, "labels": table.labels, "seed": seeds["retrieval_queries"]}
+        ),
     }
 
 

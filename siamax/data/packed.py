@@ -245,9 +245,14 @@ def pack(
     return _write(out, plan, str(root), classes, files, skipped, convert, shard_size, progress, t0)
 
 
-def pack_table(table: LabelledImages, out, *, shard_size: int = SHARD_SIZE, progress: bool = True) -> PackReport:
+def pack_table(
+    table: LabelledImages, out, *, identity: dict | None = None, shard_size: int = SHARD_SIZE, progress: bool = True
+) -> PackReport:
     """Write a table (its ``images``: a device or NumPy array, or any array-like that reads slices, e.g.
-    images generated on demand) as a packed dataset: the same format as :func:`pack`'s, in chunks."""
+    images generated on demand) as a packed dataset: the same format as :func:`pack`'s, in chunks.
+
+    ``identity``: what the table is (e.g. its checksum), kept in ``pack.json`` and the manifest: a rerun
+    with another identity is refused, and a caller reads it back (:func:`read_plan`) to say why first."""
     t0 = time.perf_counter()
     out = Path(out).expanduser().resolve()
     classes = [(table.group_names[g], name) for g, name in zip(table.groups, table.class_names)]
@@ -255,6 +260,8 @@ def pack_table(table: LabelledImages, out, *, shard_size: int = SHARD_SIZE, prog
     files = [(int(c), p) for c, p in zip(table.labels, paths)]
     plan = {"modality": "ink", "size": table.size, "channels": table.channels, "ink": "light", "ink_how": "a table"}
     plan["layout"] = "classes"  # the table's class names are kept whole
+    if identity is not None:
+        plan["identity"] = identity
 
     def convert(lo: int, hi: int):
         return np.asarray(table.images[lo:hi]), range(hi - lo), []
@@ -473,6 +480,18 @@ class PackedImages:
             )
         out = np.concatenate([self.read(np.arange(i, min(i + 8192, len(self)))) for i in range(0, len(self), 8192)])
         return out if dtype is None else out.astype(dtype)
+
+
+def read_plan(path) -> dict | None:
+    """The settings a pack was started with (its ``pack.json``, written first: finished or not), or None
+    where ``path`` holds no pack."""
+    p = Path(path).expanduser() / PLAN
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p} is unreadable ({e}); give another folder for the pack") from e
 
 
 def read_manifest(path) -> dict:

@@ -275,6 +275,25 @@ def as_embedder(model, *, score_fn: bool = False):
     raise TypeError(f"model must be {what}, got {type(model).__name__}")
 
 
+EMBED_BLOCK = 8192  # images read and embedded at a time (a multiple of ModelEmbedder's batch size)
+
+
+def embed_blocks(embedder, images, ink: str = "light", block: int | None = None):
+    """``embedder``'s embeddings of ``images`` (an array, or a ``siamax.data.packed.PackedImages`` too
+    large to read at once), one block of ``block`` rows (None: ``EMBED_BLOCK``) at a time: only a
+    block's images are ever read into memory. A multiple of the embedder's batch size keeps every
+    tower call as one call on all of ``images`` makes it."""
+    block = block or EMBED_BLOCK
+    for lo in range(0, len(images), block):
+        yield embedder.embed(np.asarray(images[lo : lo + block]), ink)
+
+
+def _joined(parts):
+    if len(parts) == 1:
+        return parts[0]
+    return jnp.concatenate(parts) if isinstance(parts[0], jax.Array) else np.concatenate(parts)
+
+
 def score_pairs(embedder, images, i1, i2, *, ink: str = "light") -> np.ndarray:
     """``embedder``'s scores of pairs of rows (i1, i2) of ``images`` (N, H, W) (e.g. a table's
     model-format images, ``ink="light"``, and ``siamax.data.make_pairs``' indices), each image that a
@@ -282,7 +301,7 @@ def score_pairs(embedder, images, i1, i2, *, ink: str = "light") -> np.ndarray:
     i1, i2 = np.asarray(i1), np.asarray(i2)
     chex.assert_equal_shape([i1, i2])
     used, inverse = np.unique(np.concatenate([i1, i2]), return_inverse=True)
-    emb = embedder.embed(np.asarray(images)[used], ink)
+    emb = _joined(list(embed_blocks(embedder, images[used], ink)))  # only those rows read, a block at a time
     return embedder.pair_scores(emb, inverse[: len(i1)], inverse[len(i1) :])
 
 
