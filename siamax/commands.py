@@ -253,7 +253,10 @@ def _packed_if_too_large(data, where: Path, spec, modality: str, *, layout: str,
 
 
 def _model_data(model: Model, data, where: Path, *, ink: str, progress: bool, doing: str):
-    """:func:`_packed_if_too_large` for a stored model: packed as the model reads its files."""
+    """:func:`_packed_if_too_large` for a stored model: packed as the model reads its files (a folder of
+    the other kind refused first, with read_folder's message)."""
+    if not packed.is_packed(data) and Path(data).is_dir():
+        adapters._refuse_modality(data, adapters.is_audio_folder(data), model.modality)  # pylint: disable=protected-access
     return _packed_if_too_large(
         data,
         where,
