@@ -488,10 +488,6 @@ def _search_bytes(energy, dim: int, k: int, queries: int, capacity: int, dtype: 
     return neighbours.block_bytes(energy, dim, k, queries, neighbours.chunk_rows(energy, queries, dim, capacity), dtype)
 
 
-def _pow2_at_most(x: int) -> int:
-    return 1 << (max(1, int(x)).bit_length() - 1)
-
-
 def retrieval_in_blocks(
     queries,
     query_rows,
@@ -542,7 +538,7 @@ def retrieval_in_blocks(
         # to score them: fewer queries per call keep that within _SEARCH_BYTES.
         per_call, capacity = min(int(chunk), q.shape[0]), stored.rows.shape[0]
         while per_call > 1 and _search_bytes(energy, q.shape[1], depth_n, per_call, capacity, name) > _SEARCH_BYTES:
-            per_call = _pow2_at_most(per_call - 1)
+            per_call = neighbours._pow2_at_most(per_call - 1)  # pylint: disable=protected-access
         s, i = neighbours.search(
             energy,
             head,
